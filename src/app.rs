@@ -1,0 +1,193 @@
+//! Putting the pieces together: connect, warm the ring, bind (port 0 in
+//! tests), start the committer and listener, serve, and stop cleanly.
+//!
+//! Stopping: `/readyz` fails, new connections are refused, open streams end
+//! spread over the drain window (each after its own `retry:`-guided
+//! reconnect delay begins), publishes in flight finish, then the process
+//! exits. An SSE body never ends by itself, so without the shutdown token
+//! the server would wait on open streams forever; the whole stop is bounded
+//! by the drain window plus [`STOP_GRACE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, AppState, PublishLimits};
+use crate::hub::Hub;
+use crate::listener::{self, Listener, ListenerStatus};
+use crate::log::EventLog;
+use crate::subscription::StreamSettings;
+use crate::{db, telemetry};
+
+/// Extra time after the drain window for publishes and writes in flight.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A herald instance, bound and ready to serve.
+pub struct Server {
+    tcp: TcpListener,
+    state: AppState,
+    drain: Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Connects to PostgreSQL (creating the database and applying migrations
+    /// if needed), warms the ring and binds the listen address.
+    ///
+    /// # Errors
+    /// One line naming what failed: the database, or the address.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = telemetry::metrics_handle();
+        let pool = db::connect(&config.database_url, config.db_pool, config.db_timeout).await?;
+        let (log, committer) = EventLog::start(pool);
+        let hub = Hub::new(config.ring_size, 0);
+        listener::warm(&log, &hub, config.ring_size)
+            .await
+            .context("cannot read the event log")?;
+        let tcp = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+
+        let shutdown = CancellationToken::new();
+        let status = Arc::new(ListenerStatus::default());
+        let tail = Listener {
+            log: log.clone(),
+            hub: hub.clone(),
+            status: status.clone(),
+            poll_interval: config.poll_interval,
+            probe_after: config.listener_probe,
+        };
+        let tasks = vec![
+            committer,
+            tokio::spawn(tail.run(shutdown.clone())),
+            telemetry::spawn_upkeep(metrics.clone()),
+        ];
+        let state = AppState {
+            log,
+            hub,
+            streams: Arc::new(StreamSettings {
+                heartbeat: config.heartbeat,
+                retry: config.retry,
+                drain: config.drain,
+                queue_capacity: config.subscriber_queue,
+            }),
+            limits: PublishLimits {
+                max_data_bytes: config.max_data_bytes,
+                max_body_bytes: config.max_body_bytes,
+                max_batch: config.max_batch,
+            },
+            listener: status,
+            metrics,
+            shutdown,
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self {
+            tcp,
+            state,
+            drain: config.drain,
+            tasks,
+        })
+    }
+
+    /// The bound address (the real port when asked for port 0).
+    ///
+    /// # Panics
+    /// If the socket has no local address, which a bound socket always has.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp
+            .local_addr()
+            .expect("a bound socket has an address")
+    }
+
+    /// Serves until `stop` resolves, then stops as described above.
+    ///
+    /// # Errors
+    /// If the server fails while serving.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            tcp,
+            state,
+            drain,
+            tasks,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let draining = state.draining.clone();
+        let pool = state.log.pool().clone();
+        tracing::info!(address = %tcp.local_addr()?, "herald is serving");
+
+        // Frames are small and latency matters: no Nagle delay.
+        let tcp = tcp.tap_io(|io| {
+            let _ = io.set_nodelay(true);
+        });
+        let serve = axum::serve(tcp, http::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = tokio::spawn(async move { serve.await });
+
+        tokio::select! {
+            result = &mut server => {
+                shutdown.cancel();
+                return result.context("server task failed")?.context("server failed");
+            }
+            () = stop => {}
+        }
+        tracing::info!(drain = ?drain, "stopping: ending open streams over the drain window");
+        draining.store(true, Ordering::Relaxed);
+        shutdown.cancel();
+        match tokio::time::timeout(drain + STOP_GRACE, &mut server).await {
+            Ok(result) => result
+                .context("server task failed")?
+                .context("server failed")?,
+            Err(_) => {
+                tracing::warn!("connections still open after the drain window; closing them");
+                server.abort();
+            }
+        }
+        for task in tasks {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Builds and serves until SIGINT or SIGTERM.
+///
+/// # Errors
+/// As [`Server::build`] and [`Server::run_until`].
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    Server::build(config).await?.run_until(stop_signal()).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,104 @@
+//! Configuration: every setting is a flag and an environment variable
+//! (DESIGN.md, "Configuration"). The doc comment of each field is its
+//! `--help` text; the README's table lists the same.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The local PostgreSQL, as installed on a fresh machine of this kind.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/herald";
+
+/// herald: Server-Sent Events backed by a PostgreSQL event log.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald", version, about)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL to keep the event log in; the database is created if missing.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Interval of `: ping` comments on an idle stream.
+    #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// The `retry:` hint sent at the start of every stream.
+    #[arg(long, env = "HERALD_RETRY", default_value = "3s", value_parser = parse_duration)]
+    pub retry: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Window over which a stopping instance ends its open streams.
+    #[arg(long, env = "HERALD_DRAIN", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+
+    /// Recent events kept in memory to serve resumes without a query.
+    #[arg(long, env = "HERALD_RING_SIZE", default_value_t = 65_536)]
+    pub ring_size: usize,
+
+    /// Frames a subscriber may have queued before it counts as too slow and
+    /// its stream is ended.
+    #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 4096)]
+    pub subscriber_queue: usize,
+
+    /// Largest `data` of one event, in bytes of compact JSON.
+    #[arg(long, env = "HERALD_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
+    pub max_data_bytes: usize,
+
+    /// Largest publish request body, in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most events in one batch publish.
+    #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// How often the listener reads the log even without a notification, so a
+    /// lost NOTIFY delays delivery by at most this much.
+    #[arg(long, env = "HERALD_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Silence after which the listener probes its LISTEN connection with a
+    /// notification of its own; twice this without an answer and it reconnects.
+    #[arg(long, env = "HERALD_LISTENER_PROBE", default_value = "5s", value_parser = parse_duration)]
+    pub listener_probe: Duration,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+
+    /// How long a request waits for a pool connection before answering 503.
+    #[arg(long, env = "HERALD_DB_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `15s`, `500ms`, `1m30s`.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: expected a duration such as 15s, 500ms or 1m"))
+}
+
+impl Config {
+    /// The configuration of `herald` started with no flags (environment
+    /// variables still apply); tests adjust fields from here.
+    pub fn defaults() -> Self {
+        Self::parse_from(["herald"])
+    }
+}

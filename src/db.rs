@@ -1,0 +1,95 @@
+//! Connecting to PostgreSQL at start: create the database if it is missing,
+//! apply `migrations/`, and fail with one line that says what was tried.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+/// SQLSTATE for "database does not exist".
+const INVALID_CATALOG_NAME: &str = "3D000";
+/// SQLSTATE for "database already exists" (another instance won the race).
+const DUPLICATE_DATABASE: &str = "42P04";
+
+/// Opens the pool, creating the database and running migrations as needed.
+/// `sqlx::migrate!` takes an advisory lock, so instances starting together
+/// are safe.
+///
+/// # Errors
+/// A one-line message naming the server, database and user tried.
+pub async fn connect(
+    url: &str,
+    pool_size: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow!("DATABASE_URL is not a PostgreSQL URL ({e})"))?;
+    let target = describe(&options);
+    let fix = "start PostgreSQL or point --database-url / DATABASE_URL at one";
+
+    if let Err(e) = try_connect(&options).await {
+        if code(&e).as_deref() == Some(INVALID_CATALOG_NAME) {
+            create_database(&options)
+                .await
+                .with_context(|| format!("cannot create the database at {target}"))?;
+        } else {
+            return Err(anyhow!(
+                "cannot connect to PostgreSQL at {target}: {e}; {fix}"
+            ));
+        }
+    }
+
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size.max(2))
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow!("cannot connect to PostgreSQL at {target}: {e}; {fix}"))?;
+    sqlx::migrate!()
+        .run(&pool)
+        .await
+        .with_context(|| format!("cannot apply migrations to {target}"))?;
+    Ok(pool)
+}
+
+async fn try_connect(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let conn = tokio::time::timeout(Duration::from_secs(10), options.connect())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    conn.close().await
+}
+
+async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let name = options.get_database().unwrap_or("herald").to_owned();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let created = sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))
+        .execute(&mut admin)
+        .await;
+    match created {
+        Ok(_) => tracing::info!(database = %name, "created the database"),
+        Err(e) if code(&e).as_deref() == Some(DUPLICATE_DATABASE) => {}
+        Err(e) => return Err(e.into()),
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+fn code(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
+/// `127.0.0.1:5432 (database "herald", user "postgres")`, no password.
+fn describe(o: &PgConnectOptions) -> String {
+    format!(
+        "{}:{} (database {:?}, user {:?})",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("(default)"),
+        o.get_username()
+    )
+}

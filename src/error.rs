@@ -1,0 +1,118 @@
+//! Every refusal as an `application/problem+json` body (RFC 9457) with the
+//! status DESIGN.md assigns. Handlers return `Result<_, ApiError>` and use `?`.
+//!
+//! Problem `type` is `about:blank` (RFC 9457 §4.2.1), so `title` is the
+//! status phrase; the machine-readable reason is the `code` extension member
+//! and the human one is `detail`. 5xx bodies say nothing of the cause, which
+//! is logged once here instead.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::event::Invalid;
+use crate::log::LogError;
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the body must be JSON: send Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("{0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("the event log is unavailable; nothing was stored, retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    problem_type: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'static str,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(Invalid::Topic(_)) => "invalid_topic",
+            Self::Invalid(Invalid::Filter(_)) => "invalid_filter",
+            Self::Invalid(Invalid::Type(_)) => "invalid_type",
+            Self::Invalid(Invalid::ReservedType(_)) => "reserved_type",
+            Self::Invalid(Invalid::Key) => "invalid_key",
+            Self::BadRequest(_) => "bad_request",
+            Self::TooLarge(_) => "too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Unavailable => "database_unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "event log unavailable");
+                Self::Unavailable
+            }
+            LogError::Closed => Self::Unavailable,
+            LogError::Database(msg) => {
+                tracing::error!(error = %msg, "event log error");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Problem {
+            problem_type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+        };
+        let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        res
+    }
+}

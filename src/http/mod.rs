@@ -1,0 +1,98 @@
+//! The HTTP surface: the router, the state every handler shares, and the
+//! request-level middleware (tracing without query strings, request counts).
+//!
+//! - `publish`: `POST /v1/events`
+//! - `stream`: `GET /v1/stream`
+//! - `history`: `GET /v1/events`
+//! - `ops`: `/healthz`, `/readyz`, `/metrics`
+
+mod history;
+mod ops;
+mod publish;
+mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::listener::ListenerStatus;
+use crate::log::EventLog;
+use crate::subscription::StreamSettings;
+use crate::telemetry;
+
+pub use publish::PublishLimits;
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub log: EventLog,
+    pub hub: Hub,
+    pub streams: Arc<StreamSettings>,
+    pub limits: PublishLimits,
+    pub listener: Arc<ListenerStatus>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the instance begins to stop.
+    pub shutdown: CancellationToken,
+    /// Set when the instance begins to stop; `/readyz` fails from then on.
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", get(history::history).post(publish::publish))
+        .route("/v1/stream", get(stream::stream))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(count_requests))
+        .layer(
+            // The span names the route, never the full URI: query strings may
+            // carry tokens.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                tracing::info_span!("http", method = %req.method(), route)
+            }),
+        )
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(req.uri().path().to_owned())
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS,
+        "method" => method,
+        "route" => route,
+        "status" => res.status().as_u16().to_string()
+    )
+    .increment(1);
+    res
+}

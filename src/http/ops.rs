@@ -1,0 +1,56 @@
+//! Operations endpoints: `/healthz` (the process answers), `/readyz` (the
+//! database answers, the listener is attached, the instance is not
+//! draining) and `/metrics` (Prometheus text format).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+
+/// Longest `/readyz` waits for PostgreSQL before calling it unreachable.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let listener = state.listener.is_attached();
+    let database = state.log.ping(READY_DB_TIMEOUT).await;
+    let ready = database && listener && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "database": database,
+        "listener": listener,
+        "draining": draining,
+    });
+    let mut res = (status, Json(body)).into_response();
+    if !ready {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    }
+    res
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

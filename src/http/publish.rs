@@ -1,0 +1,203 @@
+//! `POST /v1/events`: one JSON event or an array of them (a batch, all or
+//! nothing). The answer comes after the commit: `201` with the stored
+//! events, or `200` with the originals when every event repeats an
+//! idempotency key already stored.
+//!
+//! Idempotency keys come from the `key` field or the `Idempotency-Key`
+//! header. For a batch, the header names the whole batch: event `i` is stored
+//! under `<header>#<i>`, so repeating the same batch with the same header
+//! returns the same events. An event may not carry both a `key` and the
+//! header (which one wins would be a guess).
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::event::{EventType, IdempotencyKey, Topic, compact_json};
+use crate::log::NewEvent;
+use crate::telemetry;
+
+/// Size limits on what a publisher may send.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishLimits {
+    pub max_data_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+}
+
+/// One event as a publisher sends it. Unknown fields are refused, so a typo
+/// such as `tpoic` is an error rather than an event without a topic.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn<'a> {
+    topic: String,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    key: Option<String>,
+}
+
+pub async fn publish(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let header_key = idempotency_header(req.headers())?;
+    require_json(req.headers())?;
+    let body = read_body(req.into_body(), state.limits.max_body_bytes).await?;
+    let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.limits)?;
+
+    let appended = state.log.append(events).await?;
+
+    let created = appended.iter().filter(|a| a.created).count();
+    metrics::counter!(telemetry::EVENTS_PUBLISHED).increment(created as u64);
+    metrics::histogram!(telemetry::PUBLISH_SECONDS).record(started.elapsed());
+    let status = if created > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut envelopes: Vec<_> = appended.iter().map(|a| a.event.envelope_raw()).collect();
+    Ok(if is_batch {
+        (status, Json(envelopes)).into_response()
+    } else {
+        (status, Json(envelopes.remove(0))).into_response()
+    })
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| crate::event::Invalid::Key)?;
+    Ok(Some(IdempotencyKey::parse(text)?))
+}
+
+/// `application/json` or any `application/*+json`, parameters allowed.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let ok =
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        // Either the limit was hit, or the client went away mid-body (then
+        // nobody reads this answer).
+        ApiError::TooLarge(format!("the request body exceeds {limit} bytes"))
+    })
+}
+
+/// Parses and validates the body into events, all or nothing.
+fn parse_events(
+    body: &[u8],
+    header_key: Option<&IdempotencyKey>,
+    limits: &PublishLimits,
+) -> Result<(Vec<NewEvent>, bool), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') => {
+            let one: EventIn = serde_json::from_slice(body).map_err(json_error)?;
+            let key = header_key.cloned();
+            Ok((vec![validate(one, key, limits)?], false))
+        }
+        Some(b'[') => {
+            let many: Vec<EventIn> = serde_json::from_slice(body).map_err(json_error)?;
+            if many.is_empty() {
+                return Err(ApiError::BadRequest("the batch is empty".into()));
+            }
+            if many.len() > limits.max_batch {
+                return Err(ApiError::TooLarge(format!(
+                    "the batch has {} events; at most {} are accepted",
+                    many.len(),
+                    limits.max_batch
+                )));
+            }
+            let events = many
+                .into_iter()
+                .enumerate()
+                .map(|(i, ev)| {
+                    let key = header_key
+                        .map(|k| IdempotencyKey::parse(&format!("{}#{i}", k.as_str())))
+                        .transpose()?;
+                    validate(ev, key, limits).map_err(|e| at_index(i, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((events, true))
+        }
+        _ => Err(ApiError::BadRequest(
+            "the body must be a JSON event object or an array of them".into(),
+        )),
+    }
+}
+
+fn json_error(e: serde_json::Error) -> ApiError {
+    ApiError::BadRequest(format!("invalid JSON body: {e}"))
+}
+
+fn at_index(i: usize, e: ApiError) -> ApiError {
+    match e {
+        ApiError::Invalid(inv) => ApiError::BadRequest(format!("event {i}: {inv}")),
+        ApiError::BadRequest(m) => ApiError::BadRequest(format!("event {i}: {m}")),
+        ApiError::TooLarge(m) => ApiError::TooLarge(format!("event {i}: {m}")),
+        other => other,
+    }
+}
+
+fn validate(
+    ev: EventIn<'_>,
+    header_key: Option<IdempotencyKey>,
+    limits: &PublishLimits,
+) -> Result<NewEvent, ApiError> {
+    let topic = Topic::parse(&ev.topic)?;
+    let event_type = match ev.event_type.as_deref() {
+        Some(t) => EventType::parse(t)?,
+        None => EventType::message(),
+    };
+    let data = ev
+        .data
+        .map_or_else(|| "null".to_owned(), |raw| compact_json(raw.get()));
+    if data.len() > limits.max_data_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "data is {} bytes of compact JSON; at most {} are accepted",
+            data.len(),
+            limits.max_data_bytes
+        )));
+    }
+    let key = match (ev.key, header_key) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give the idempotency key either as the key field or as the Idempotency-Key header, not both".into(),
+            ));
+        }
+        (Some(k), None) => Some(IdempotencyKey::parse(&k)?),
+        (None, k) => k,
+    };
+    Ok(NewEvent {
+        topic,
+        event_type,
+        data,
+        key,
+    })
+}

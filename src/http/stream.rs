@@ -1,0 +1,118 @@
+//! `GET /v1/stream`: the `text/event-stream` of matching events
+//! (DESIGN.md, "Subscribe"). Only malformed requests are refused here; every
+//! well-formed one gets `200` at once and the [`Subscription`] does the rest,
+//! so a database outage never turns into a status that makes a browser's
+//! `EventSource` give up.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::event::{Filters, TopicFilter, retry_frame};
+use crate::subscription::Subscription;
+
+/// Most topic filters on one stream.
+pub const MAX_FILTERS: usize = 64;
+
+/// The parsed query string of a stream or history request.
+#[derive(Debug, Default)]
+pub(super) struct StreamQuery {
+    pub filters: Filters,
+    pub last_event_id: Option<i64>,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = parse_query(query.as_deref().unwrap_or(""))?;
+    // The header is what `EventSource` sends on reconnect; it wins over a
+    // `last_event_id` left in the URL from the first connection.
+    let resume = match last_event_id_header(&headers)? {
+        Some(id) => Some(id),
+        None => q.last_event_id,
+    };
+
+    let body = if state.shutdown.is_cancelled() {
+        // This instance is stopping: tell the client when to come back and
+        // end, so it reconnects (to another instance) rather than failing.
+        Body::from(retry_frame(state.streams.retry))
+    } else {
+        let sub = Subscription::new(
+            state.hub.clone(),
+            state.log.clone(),
+            q.filters,
+            resume,
+            state.streams.clone(),
+            state.shutdown.clone(),
+        );
+        Body::from_stream(sub.into_body_stream())
+    };
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx and similar proxies must pass each frame on as it comes.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+/// Parses an event id cursor: a non-negative integer (`0` means from the
+/// beginning of the log).
+pub(super) fn parse_cursor(what: &str, text: &str) -> Result<i64, ApiError> {
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id >= 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{what} must be an event id (a non-negative integer), got {text:?}"
+            ))
+        })
+}
+
+fn last_event_id_header(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Last-Event-ID must be an event id".into()))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_cursor("Last-Event-ID", text).map(Some)
+}
+
+fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
+    let mut filters = Vec::new();
+    let mut last_event_id = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "topic" => filters.push(TopicFilter::parse(&value)?),
+            "last_event_id" => last_event_id = Some(parse_cursor("last_event_id", &value)?),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: expected topic or last_event_id"
+                )));
+            }
+        }
+    }
+    if filters.len() > MAX_FILTERS {
+        return Err(ApiError::BadRequest(format!(
+            "{} topic filters given; at most {MAX_FILTERS} are accepted",
+            filters.len()
+        )));
+    }
+    Ok(StreamQuery {
+        filters: Filters::new(filters),
+        last_event_id,
+    })
+}

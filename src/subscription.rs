@@ -1,0 +1,404 @@
+//! One subscriber's stream: `retry:`, the resume from its cursor (ring or
+//! log), the hand-over to live frames from the hub, heartbeats, and its end
+//! (fell behind, or the instance is draining).
+//!
+//! The hand-over has no gap and no duplicate because of two rules:
+//! - replay reads the log in pages until the hub's ring covers the cursor,
+//!   then copies the ring and registers for live frames under one hub lock
+//!   ([`Hub::attach`]);
+//! - the stream keeps the id of the last event it wrote and drops any frame
+//!   at or below it, so an event seen both in a page and live goes out once.
+//!
+//! Nothing here answers with an HTTP error: by the time this runs the client
+//! has its `200 text/event-stream`. A database that cannot be reached while
+//! resuming is retried behind heartbeats, because a browser's `EventSource`
+//! gives up for good on any other answer.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{self, Filters, ResetReason, StoredEvent};
+use crate::hub::{Attach, Hub, Registration};
+use crate::log::{EventLog, Head, LogError};
+use crate::telemetry;
+
+/// Events read per replay query.
+const REPLAY_PAGE: i64 = 1000;
+/// Largest chunk written at once while replaying.
+const COALESCE_BYTES: usize = 64 * 1024;
+/// Wait before retrying a replay query that failed.
+const RETRY_QUERY_AFTER: Duration = Duration::from_secs(1);
+
+/// Stream settings shared by every subscriber of an instance.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub drain: Duration,
+    pub queue_capacity: usize,
+}
+
+/// Spreads drain times: each stream gets the next slot of a low-discrepancy
+/// sequence over the drain window, so a stopping instance sheds its clients
+/// evenly instead of all in the same second.
+static ORDINAL: AtomicU64 = AtomicU64::new(0);
+
+enum State {
+    /// Before `retry:` went out.
+    Opening,
+    /// Deciding where to start: needs the log's head if the cursor is outside
+    /// what the hub knows.
+    Resolve,
+    /// Reading the log from `cursor`.
+    Replay,
+    /// A query is running; heartbeats continue meanwhile.
+    Querying(BoxFuture<'static, Result<Step, LogError>>),
+    /// A query failed; try again at `until`.
+    Backoff {
+        until: Instant,
+        then: Retry,
+    },
+    Live(Registration),
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Retry {
+    Resolve,
+    Replay,
+}
+
+enum Step {
+    Head(Head),
+    Page {
+        events: Vec<StoredEvent>,
+        /// The hub's head before the query: every event up to it was
+        /// committed before the query's snapshot.
+        hub_head: i64,
+    },
+}
+
+pub struct Subscription {
+    hub: Hub,
+    log: EventLog,
+    filters: Filters,
+    settings: Arc<StreamSettings>,
+    /// The client's `Last-Event-ID`, if any.
+    resume: Option<i64>,
+    /// Id of the last event written (or skipped past): nothing at or below it
+    /// is written again.
+    cursor: i64,
+    read_database: bool,
+    state: State,
+    out: VecDeque<Bytes>,
+    next_ping: Instant,
+    shutdown: CancellationToken,
+    end_at: Option<Instant>,
+    drain_offset: Duration,
+    _gauge: ActiveStream,
+}
+
+/// Counts the stream in `herald_streams_active` for exactly its lifetime,
+/// however it ends (a client that leaves raises no error).
+struct ActiveStream;
+
+impl ActiveStream {
+    fn new() -> Self {
+        telemetry::streams_active().increment(1.0);
+        metrics::counter!(telemetry::STREAMS_OPENED).increment(1);
+        Self
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        telemetry::streams_active().decrement(1.0);
+    }
+}
+
+impl Subscription {
+    pub fn new(
+        hub: Hub,
+        log: EventLog,
+        filters: Filters,
+        resume: Option<i64>,
+        settings: Arc<StreamSettings>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let ordinal = ORDINAL.fetch_add(1, Ordering::Relaxed);
+        let spread = (ordinal as f64 * 0.618_033_988_749_895).fract();
+        Self {
+            drain_offset: settings.drain.mul_f64(spread),
+            next_ping: Instant::now() + settings.heartbeat,
+            hub,
+            log,
+            filters,
+            settings,
+            resume,
+            cursor: 0,
+            read_database: false,
+            state: State::Opening,
+            out: VecDeque::new(),
+            shutdown,
+            end_at: None,
+            _gauge: ActiveStream::new(),
+        }
+    }
+
+    /// The body as a stream of chunks, for `Body::from_stream`.
+    pub fn into_body_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+        futures_util::stream::unfold(self, |mut s| async move {
+            s.next_chunk().await.map(|b| (Ok(b), s))
+        })
+    }
+
+    /// The next bytes to write, or `None` when the stream ends.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.take_out() {
+                self.next_ping = Instant::now() + self.settings.heartbeat;
+                return Some(chunk);
+            }
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Opening => {
+                    self.out.push_back(event::retry_frame(self.settings.retry));
+                    self.state = State::Resolve;
+                }
+                State::Resolve => self.resolve(),
+                State::Replay => self.query_page(),
+                State::Querying(fut) => {
+                    if let ControlFlow::Break(chunk) = self.await_query(fut).await {
+                        return chunk;
+                    }
+                }
+                State::Backoff { until, then } => {
+                    if let ControlFlow::Break(chunk) = self.await_backoff(until, then).await {
+                        return chunk;
+                    }
+                }
+                State::Live(reg) => return self.await_live(reg).await,
+                State::Done => return None,
+            }
+        }
+    }
+
+    /// Where to start: the hub's head for a new client; the cursor for a
+    /// resume, after a reset if the log cannot serve it.
+    fn resolve(&mut self) {
+        let Some(resume) = self.resume else {
+            self.cursor = self.hub.head();
+            self.attach_or_replay();
+            return;
+        };
+        if resume > self.hub.head() || resume < self.hub.ring_floor() {
+            // Only the log knows whether this cursor is too old or too new:
+            // the hub may merely be a few ms behind another instance.
+            let log = self.log.clone();
+            self.state = State::Querying(Box::pin(async move { log.head().await.map(Step::Head) }));
+            return;
+        }
+        self.cursor = resume;
+        self.attach_or_replay();
+    }
+
+    fn on_head(&mut self, head: Head) {
+        let resume = self.resume.unwrap_or(0);
+        let reset = if resume > head.last_id {
+            Some(ResetReason::CursorAhead)
+        } else if resume < head.pruned_through {
+            Some(ResetReason::CursorTooOld)
+        } else {
+            None
+        };
+        match reset {
+            Some(reason) => {
+                metrics::counter!(telemetry::RESETS, "reason" => reason_label(reason)).increment(1);
+                self.out.push_back(event::reset_frame(
+                    reason,
+                    resume,
+                    head.pruned_through + 1,
+                    head.last_id,
+                ));
+                // The client refetches its state; live events go on from now.
+                self.resume = None;
+                self.cursor = head.last_id;
+            }
+            None => self.cursor = resume,
+        }
+        self.attach_or_replay();
+    }
+
+    fn attach_or_replay(&mut self) {
+        match self
+            .hub
+            .attach(self.cursor, &self.filters, self.settings.queue_capacity)
+        {
+            Attach::Live { backlog, live } => {
+                if self.resume.is_some() {
+                    let source = if self.read_database {
+                        "database"
+                    } else {
+                        "ring"
+                    };
+                    metrics::counter!(telemetry::RESUMES, "source" => source).increment(1);
+                }
+                for frame in backlog {
+                    self.write_event(frame.id, &frame.bytes);
+                }
+                self.state = State::Live(live);
+            }
+            Attach::NotCovered { .. } => self.state = State::Replay,
+        }
+    }
+
+    fn query_page(&mut self) {
+        self.read_database = true;
+        let (log, filters, after) = (self.log.clone(), self.filters.clone(), self.cursor);
+        let hub_head = self.hub.head();
+        self.state = State::Querying(Box::pin(async move {
+            let events = log.read_after(after, &filters, REPLAY_PAGE).await?;
+            Ok(Step::Page { events, hub_head })
+        }));
+    }
+
+    fn on_page(&mut self, events: &[StoredEvent], hub_head: i64) {
+        let complete = (events.len() as i64) < REPLAY_PAGE;
+        for ev in events {
+            let frame = ev.to_frame();
+            self.write_event(frame.id, &frame.bytes);
+        }
+        if complete {
+            // No more matching events up to `hub_head`.
+            self.cursor = self.cursor.max(hub_head);
+        }
+        self.attach_or_replay();
+    }
+
+    fn write_event(&mut self, id: i64, bytes: &Bytes) {
+        if id > self.cursor {
+            self.cursor = id;
+            self.out.push_back(bytes.clone());
+            telemetry::events_delivered().increment(1);
+        }
+    }
+
+    /// One chunk from `out`; several small replay frames are joined so a
+    /// replay of thousands of events is not thousands of writes.
+    fn take_out(&mut self) -> Option<Bytes> {
+        let first = self.out.pop_front()?;
+        if self.out.is_empty() || first.len() >= COALESCE_BYTES {
+            return Some(first);
+        }
+        let mut buf = BytesMut::with_capacity(COALESCE_BYTES);
+        buf.extend_from_slice(&first);
+        while let Some(next) = self.out.front() {
+            if buf.len() + next.len() > COALESCE_BYTES {
+                break;
+            }
+            buf.extend_from_slice(next);
+            self.out.pop_front();
+        }
+        Some(buf.freeze())
+    }
+
+    /// Waits for a query, with heartbeats; `Continue` once its result is in.
+    async fn await_query(
+        &mut self,
+        mut fut: BoxFuture<'static, Result<Step, LogError>>,
+    ) -> ControlFlow<Option<Bytes>> {
+        tokio::select! {
+            result = &mut fut => {
+                match result {
+                    Ok(Step::Head(head)) => self.on_head(head),
+                    Ok(Step::Page { events, hub_head }) => self.on_page(&events, hub_head),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replay query failed; retrying behind heartbeats");
+                        let then = if self.resume.is_some() && !self.read_database { Retry::Resolve } else { Retry::Replay };
+                        self.state = State::Backoff { until: Instant::now() + RETRY_QUERY_AFTER, then };
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+            () = sleep_until(self.next_ping) => {
+                self.state = State::Querying(fut);
+                ControlFlow::Break(self.ping())
+            }
+            () = until_end(&self.shutdown, &mut self.end_at, self.drain_offset) => ControlFlow::Break(None),
+        }
+    }
+
+    /// Waits out a failed query's backoff, with heartbeats.
+    async fn await_backoff(&mut self, until: Instant, then: Retry) -> ControlFlow<Option<Bytes>> {
+        tokio::select! {
+            () = sleep_until(until) => {
+                self.state = match then { Retry::Resolve => State::Resolve, Retry::Replay => State::Replay };
+                ControlFlow::Continue(())
+            }
+            () = sleep_until(self.next_ping) => {
+                self.state = State::Backoff { until, then };
+                ControlFlow::Break(self.ping())
+            }
+            () = until_end(&self.shutdown, &mut self.end_at, self.drain_offset) => ControlFlow::Break(None),
+        }
+    }
+
+    async fn await_live(&mut self, mut reg: Registration) -> Option<Bytes> {
+        loop {
+            tokio::select! {
+                frame = reg.queue.recv() => match frame {
+                    Some(frame) if frame.id > self.cursor => {
+                        self.cursor = frame.id;
+                        telemetry::events_delivered().increment(1);
+                        self.next_ping = Instant::now() + self.settings.heartbeat;
+                        self.state = State::Live(reg);
+                        return Some(frame.bytes.clone());
+                    }
+                    Some(_) => {}
+                    // The hub dropped this subscriber: it fell behind. Ending
+                    // the stream makes the client resume from its last id.
+                    None => return None,
+                },
+                () = sleep_until(self.next_ping) => {
+                    self.state = State::Live(reg);
+                    return self.ping();
+                }
+                () = until_end(&self.shutdown, &mut self.end_at, self.drain_offset) => return None,
+            }
+        }
+    }
+
+    fn ping(&mut self) -> Option<Bytes> {
+        self.next_ping = Instant::now() + self.settings.heartbeat;
+        Some(Bytes::from_static(event::PING_FRAME))
+    }
+}
+
+/// Resolves when this stream must end: its slot in the drain window after
+/// the instance began to stop.
+async fn until_end(shutdown: &CancellationToken, end_at: &mut Option<Instant>, offset: Duration) {
+    let at = match *end_at {
+        Some(at) => at,
+        None => {
+            shutdown.cancelled().await;
+            *end_at.insert(Instant::now() + offset)
+        }
+    };
+    sleep_until(at).await;
+}
+
+fn reason_label(reason: ResetReason) -> &'static str {
+    match reason {
+        ResetReason::CursorTooOld => "cursor_too_old",
+        ResetReason::CursorAhead => "cursor_ahead",
+    }
+}
