@@ -1,0 +1,11 @@
+//! Integration tests: each starts herald on port 0 against a fresh
+//! PostgreSQL database of its own and talks to it over real HTTP.
+//! Set `TEST_LOG=1` to see the server's logs.
+
+mod helpers;
+
+mod history;
+mod ops;
+mod publish;
+mod resume;
+mod stream;
