@@ -36,6 +36,7 @@ pub struct Server {
     state: AppState,
     drain: Duration,
     tasks: Vec<JoinHandle<()>>,
+    tasks_stop: CancellationToken,
 }
 
 impl Server {
@@ -57,6 +58,9 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
 
         let shutdown = CancellationToken::new();
+        // The listener outlives `shutdown`: streams in their drain slot still
+        // get live events until the server has finished.
+        let tasks_stop = CancellationToken::new();
         let status = Arc::new(ListenerStatus::default());
         let tail = Listener {
             log: log.clone(),
@@ -67,7 +71,7 @@ impl Server {
         };
         let tasks = vec![
             committer,
-            tokio::spawn(tail.run(shutdown.clone())),
+            tokio::spawn(tail.run(tasks_stop.clone())),
             telemetry::spawn_upkeep(metrics.clone()),
         ];
         let state = AppState {
@@ -94,6 +98,7 @@ impl Server {
             state,
             drain: config.drain,
             tasks,
+            tasks_stop,
         })
     }
 
@@ -120,6 +125,7 @@ impl Server {
             state,
             drain,
             tasks,
+            tasks_stop,
         } = self;
         let shutdown = state.shutdown.clone();
         let draining = state.draining.clone();
@@ -137,6 +143,7 @@ impl Server {
         tokio::select! {
             result = &mut server => {
                 shutdown.cancel();
+                tasks_stop.cancel();
                 return result.context("server task failed")?.context("server failed");
             }
             () = stop => {}
@@ -153,6 +160,7 @@ impl Server {
                 server.abort();
             }
         }
+        tasks_stop.cancel();
         for task in tasks {
             task.abort();
         }
