@@ -1,12 +1,14 @@
 //! Putting the pieces together: connect, warm the ring, bind (port 0 in
 //! tests), start the committer and listener, serve, and stop cleanly.
 //!
-//! Stopping: `/readyz` fails, new connections are refused, open streams end
-//! spread over the drain window (each after its own `retry:`-guided
-//! reconnect delay begins), publishes in flight finish, then the process
-//! exits. An SSE body never ends by itself, so without the shutdown token
-//! the server would wait on open streams forever; the whole stop is bounded
-//! by the drain window plus [`STOP_GRACE`].
+//! Stopping: `/readyz` fails at once; open streams end spread over the drain
+//! window (each in its own slot, so clients do not all reconnect in the same
+//! second) while new streams are answered with `retry:` and an end; once the
+//! last stream is gone (or the window is over) the server stops accepting,
+//! lets publishes in flight finish, and returns. An SSE body never ends by
+//! itself, so without the shutdown token the server would wait on open
+//! streams forever; the whole stop is bounded by the drain window plus twice
+//! [`STOP_GRACE`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, AppState, PublishLimits};
@@ -92,6 +95,7 @@ impl Server {
             metrics,
             shutdown,
             draining: Arc::new(AtomicBool::new(false)),
+            streams_open: TaskTracker::new(),
         };
         Ok(Self {
             tcp,
@@ -136,8 +140,13 @@ impl Server {
         let tcp = tcp.tap_io(|io| {
             let _ = io.set_nodelay(true);
         });
+        // Connections are still accepted during the drain window: a load
+        // balancer sees `/readyz` fail, and a stream that arrives is told to
+        // come back (`retry:`, then the end) instead of being refused.
+        let stop_accepting = CancellationToken::new();
+        let streams = state.streams_open.clone();
         let serve = axum::serve(tcp, http::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { serve.await });
 
         tokio::select! {
@@ -151,7 +160,12 @@ impl Server {
         tracing::info!(drain = ?drain, "stopping: ending open streams over the drain window");
         draining.store(true, Ordering::Relaxed);
         shutdown.cancel();
-        match tokio::time::timeout(drain + STOP_GRACE, &mut server).await {
+        streams.close();
+        // Every stream ends in its slot of the window; stop waiting as soon as
+        // none is left.
+        let _ = tokio::time::timeout(drain + STOP_GRACE, streams.wait()).await;
+        stop_accepting.cancel();
+        match tokio::time::timeout(STOP_GRACE, &mut server).await {
             Ok(result) => result
                 .context("server task failed")?
                 .context("server failed")?,

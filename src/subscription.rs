@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::event::{self, Filters, ResetReason, StoredEvent};
 use crate::hub::{Attach, Hub, Registration};
@@ -104,6 +105,8 @@ pub struct Subscription {
     end_at: Option<Instant>,
     drain_offset: Duration,
     _gauge: ActiveStream,
+    /// Held for the stream's lifetime: the instance waits for these to go.
+    _tracked: TaskTrackerToken,
 }
 
 /// Counts the stream in `herald_streams_active` for exactly its lifetime,
@@ -132,6 +135,7 @@ impl Subscription {
         resume: Option<i64>,
         settings: Arc<StreamSettings>,
         shutdown: CancellationToken,
+        tracked: TaskTrackerToken,
     ) -> Self {
         let ordinal = ORDINAL.fetch_add(1, Ordering::Relaxed);
         let spread = (ordinal as f64 * 0.618_033_988_749_895).fract();
@@ -150,6 +154,7 @@ impl Subscription {
             shutdown,
             end_at: None,
             _gauge: ActiveStream::new(),
+            _tracked: tracked,
         }
     }
 

@@ -22,6 +22,7 @@ use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -46,6 +47,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Set when the instance begins to stop; `/readyz` fails from then on.
     pub draining: Arc<AtomicBool>,
+    /// One token per open stream, so a stopping instance knows when the
+    /// last one has ended.
+    pub streams_open: TaskTracker,
 }
 
 pub fn router(state: AppState) -> Router {

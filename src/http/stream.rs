@@ -49,6 +49,7 @@ pub async fn stream(
             resume,
             state.streams.clone(),
             state.shutdown.clone(),
+            state.streams_open.token(),
         );
         Body::from_stream(sub.into_body_stream())
     };
