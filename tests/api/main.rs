@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod cluster;
+mod faults;
 mod history;
 mod ops;
 mod publish;
