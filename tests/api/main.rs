@@ -8,6 +8,7 @@ mod cluster;
 mod faults;
 mod history;
 mod ops;
+mod proxy;
 mod publish;
 mod resume;
 mod stream;

@@ -1,0 +1,165 @@
+//! `deploy/nginx/nginx.conf`, run by a real nginx in front of two herald
+//! instances: the config passes `nginx -t`, streams pass through unbuffered
+//! with their heartbeats, and a resume through the proxy works.
+//! Needs `nginx` (Debian package `nginx-light`; `.ci/run` installs it).
+
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+struct Nginx {
+    child: tokio::process::Child,
+    dir: std::path::PathBuf,
+    base: String,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The deploy config with its upstreams pointed at `backends` and its
+/// listener at a free loopback port.
+fn render_config(backends: &[&TestApp], port: u16) -> String {
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nginx/nginx.conf"
+    ))
+    .unwrap();
+    assert!(conf.contains("server herald-1:8080") && conf.contains("listen 80;"));
+    conf.replace("herald-1:8080", &backends[0].addr.to_string())
+        .replace("herald-2:8080", &backends[1].addr.to_string())
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace("access_log /dev/stdout;", "access_log off;")
+        .replace("worker_processes auto;", "worker_processes 1;")
+}
+
+fn nginx_args(dir: &std::path::Path) -> Vec<String> {
+    vec![
+        "-p".into(),
+        dir.display().to_string(),
+        "-c".into(),
+        dir.join("nginx.conf").display().to_string(),
+        "-g".into(),
+        format!(
+            "daemon off; pid {}; error_log stderr warn;",
+            dir.join("nginx.pid").display()
+        ),
+    ]
+}
+
+async fn start_nginx(backends: &[&TestApp]) -> Nginx {
+    let dir = std::env::temp_dir().join(format!(
+        "herald-nginx-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    std::fs::write(dir.join("nginx.conf"), render_config(backends, port)).unwrap();
+
+    let check = tokio::process::Command::new("nginx")
+        .arg("-t")
+        .args(nginx_args(&dir))
+        .output()
+        .await
+        .expect("nginx must be installed: apt-get install nginx-light (see README)");
+    assert!(
+        check.status.success(),
+        "nginx -t failed: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let child = tokio::process::Command::new("nginx")
+        .args(nginx_args(&dir))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let nginx = Nginx {
+        child,
+        dir,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    wait_for("nginx to answer", || async {
+        client
+            .get(format!("{}/healthz", nginx.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    nginx
+}
+
+#[tokio::test]
+async fn deploy_nginx_config_streams_unbuffered_across_two_instances() {
+    let a = spawn_app().await;
+    let b = spawn_on(a.db.clone(), test_config(&a.db.url)).await;
+    let nginx = start_nginx(&[&a, &b]).await;
+    let client = reqwest::Client::new();
+    let topic = unique_topic("proxy");
+
+    // Arrange: a stream through nginx.
+    let res = client
+        .get(format!("{}/v1/stream?topic={topic}", nginx.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut sse = SseClient::new(res);
+    assert!(sse.next_frame().await.unwrap().retry.is_some());
+
+    // Act: publish through nginx (either instance), one event at a time;
+    // each must arrive before the next is sent, so nothing sits in a buffer.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let res = client
+            .post(format!("{}/v1/events", nginx.base))
+            .json(&json!({"topic": topic, "data": i}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let id: i64 = res.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(sse.next_event().await.unwrap().id_num(), id);
+        ids.push(id);
+    }
+    // Heartbeats pass through too (test heartbeat: 300 ms).
+    let ping = sse.next_frame().await.unwrap();
+    assert_eq!(ping.comments, vec!["ping".to_owned()]);
+
+    // A resume through the proxy gets exactly the rest.
+    let res = client
+        .get(format!("{}/v1/stream?topic={topic}", nginx.base))
+        .header("last-event-id", ids[4].to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut resumed = SseClient::new(res);
+    let got: Vec<i64> = resumed.events(5).await.iter().map(|f| f.id_num()).collect();
+    assert_eq!(got, ids[5..]);
+
+    drop(nginx);
+    a.stop().await;
+    b.stop().await;
+}
