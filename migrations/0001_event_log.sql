@@ -28,9 +28,16 @@ create table events (
     data json not null,
     -- optional idempotency key: a repeated key returns the original event
     key text,
-    time timestamptz not null,
-    constraint events_key_unique unique (key)
+    -- position in the batch when the key came from an Idempotency-Key header
+    -- naming a whole batch; null for a key of one event
+    key_index integer check (key_index >= 0),
+    time timestamptz not null
 );
+
+-- at most one event per (key, position); appends also check under the
+-- log_head lock, this index is the last line of defence
+create unique index events_idempotency on events (key, coalesce(key_index, -1))
+    where key is not null;
 
 -- replay and history filtered by topic read in id order within a topic
 create index events_topic_id on events (topic text_pattern_ops, id);

@@ -51,7 +51,7 @@ impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = telemetry::metrics_handle();
         let pool = db::connect(&config.database_url, config.db_pool, config.db_timeout).await?;
-        let (log, committer) = EventLog::start(pool);
+        let (log, committer) = EventLog::start(pool, config.db_timeout);
         let hub = Hub::new(config.ring_size, 0);
         listener::warm(&log, &hub, config.ring_size)
             .await

@@ -73,7 +73,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 
-    /// How long a request waits for a pool connection before answering 503.
+    /// How long a request waits for a pool connection, and an append for the
+    /// log's lock or a statement, before answering 503.
     #[arg(long, env = "HERALD_DB_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub db_timeout: Duration,
 }

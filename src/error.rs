@@ -20,6 +20,9 @@ pub const RETRY_AFTER_SECS: u64 = 2;
 pub enum ApiError {
     #[error("{0}")]
     Invalid(#[from] Invalid),
+    /// An invalid event of a batch, by position.
+    #[error("event {0}: {1}")]
+    InvalidEvent(usize, Invalid),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -49,7 +52,9 @@ struct Problem<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) | Self::InvalidEvent(..) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -62,11 +67,13 @@ impl ApiError {
     /// A stable machine-readable reason.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid(Invalid::Topic(_)) => "invalid_topic",
-            Self::Invalid(Invalid::Filter(_)) => "invalid_filter",
-            Self::Invalid(Invalid::Type(_)) => "invalid_type",
-            Self::Invalid(Invalid::ReservedType(_)) => "reserved_type",
-            Self::Invalid(Invalid::Key) => "invalid_key",
+            Self::Invalid(invalid) | Self::InvalidEvent(_, invalid) => match invalid {
+                Invalid::Topic(_) => "invalid_topic",
+                Invalid::Filter(_) => "invalid_filter",
+                Invalid::Type(_) => "invalid_type",
+                Invalid::ReservedType(_) => "reserved_type",
+                Invalid::Key => "invalid_key",
+            },
             Self::BadRequest(_) => "bad_request",
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

@@ -117,9 +117,14 @@ impl EventType {
 }
 
 /// A publisher-chosen idempotency key: visible ASCII, so it is safe in logs
-/// and headers.
+/// and headers. A key given in the `Idempotency-Key` header of a batch names
+/// the whole batch; each event of it carries the key and its position, so
+/// batch keys can never collide with a key some single event chose.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey {
+    key: String,
+    index: Option<i32>,
+}
 
 impl IdempotencyKey {
     /// # Errors
@@ -128,16 +133,33 @@ impl IdempotencyKey {
         if s.is_empty() || s.len() > MAX_KEY_LEN || !s.bytes().all(|c| c.is_ascii_graphic()) {
             return Err(Invalid::Key);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self {
+            key: s.to_owned(),
+            index: None,
+        })
+    }
+
+    /// The key of event `index` of a batch named by this key.
+    #[must_use]
+    pub fn in_batch(&self, index: usize) -> Self {
+        Self {
+            key: self.key.clone(),
+            index: Some(i32::try_from(index).unwrap_or(i32::MAX)),
+        }
     }
 
     /// A key read back from the log.
-    pub(crate) fn from_log(s: String) -> Self {
-        Self(s)
+    pub(crate) fn from_log(key: String, index: Option<i32>) -> Self {
+        Self { key, index }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    /// The position in a batch, for keys that name a batch.
+    pub fn index(&self) -> Option<i32> {
+        self.index
     }
 }
 

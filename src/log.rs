@@ -68,14 +68,18 @@ impl From<sqlx::Error> for LogError {
     }
 }
 
+/// SQLSTATE of a `lock_timeout` expiry.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// Connection loss, pool exhaustion and server shutdown are worth a retry;
 /// SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
-/// intervention) and 40 (rollback) likewise.
+/// intervention, including statement timeouts) and 40 (rollback) likewise,
+/// and a lock wait that timed out.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| ["08", "53", "57", "40"].iter().any(|p| c.starts_with(p))),
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c == LOCK_NOT_AVAILABLE || ["08", "53", "57", "40"].iter().any(|p| c.starts_with(p))
+        }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
@@ -119,9 +123,13 @@ fn from_row((id, topic, event_type, data, time): Row) -> StoredEvent {
 
 impl EventLog {
     /// Starts the committer task; it ends when every handle is dropped.
-    pub fn start(pool: PgPool) -> (Self, tokio::task::JoinHandle<()>) {
+    /// `timeout` bounds one append transaction: its waits for the
+    /// `log_head` lock and for each statement (an instance that lost its
+    /// network mid-append can hold the lock until TCP gives up on it), and
+    /// the whole transaction.
+    pub fn start(pool: PgPool, timeout: Duration) -> (Self, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(16 * 1024);
-        let task = tokio::spawn(committer(pool.clone(), rx));
+        let task = tokio::spawn(committer(pool.clone(), rx, timeout));
         (Self { pool, jobs }, task)
     }
 
@@ -205,7 +213,7 @@ impl EventLog {
 
 /// Takes every job that is waiting (up to a cap) and commits them in one
 /// transaction, then answers each.
-async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>) {
+async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, timeout: Duration) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut count = group[0].events.len();
@@ -220,7 +228,11 @@ async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>) {
         }
         let started = std::time::Instant::now();
         let batches: Vec<&[NewEvent]> = group.iter().map(|j| j.events.as_slice()).collect();
-        let result = append_group(&pool, &batches).await;
+        // Dropping a timed-out transaction closes its connection, which
+        // rolls it back.
+        let result = tokio::time::timeout(timeout * 2, append_group(&pool, &batches, timeout))
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
         metrics::histogram!(crate::telemetry::APPEND_SECONDS).record(started.elapsed());
         metrics::histogram!(crate::telemetry::APPEND_GROUP_EVENTS).record(count as f64);
         match result {
@@ -244,8 +256,16 @@ async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>) {
 async fn append_group(
     pool: &PgPool,
     batches: &[&[NewEvent]],
+    timeout: Duration,
 ) -> Result<Vec<Vec<Appended>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let millis = format!("{}ms", timeout.as_millis().max(1));
+    sqlx::query(
+        "select set_config('lock_timeout', $1, true), set_config('statement_timeout', $1, true)",
+    )
+    .bind(&millis)
+    .execute(&mut *tx)
+    .await?;
     // The row lock serializes appends across every instance until commit.
     let (mut last_id, now): (i64, OffsetDateTime) =
         sqlx::query_as("select last_id, clock_timestamp() from log_head for update")
@@ -287,16 +307,17 @@ async fn append_group(
 
     if !rows.ids.is_empty() {
         sqlx::query(
-            "insert into events (id, topic, type, data, key, time) \
-             select id, topic, type, data::json, key, $6 \
-             from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-               as t(id, topic, type, data, key)",
+            "insert into events (id, topic, type, data, key, key_index, time) \
+             select id, topic, type, data::json, key, key_index, $7 \
+             from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[]) \
+               as t(id, topic, type, data, key, key_index)",
         )
         .bind(&rows.ids)
         .bind(&rows.topics)
         .bind(&rows.types)
         .bind(&rows.data)
         .bind(&rows.keys)
+        .bind(&rows.key_indexes)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -329,17 +350,26 @@ async fn existing_keys(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(i64, String, String, String, OffsetDateTime, String)> = sqlx::query_as(
-        "select id, topic, type, data::text, time, key from events where key = any($1)",
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        OffsetDateTime,
+        String,
+        Option<i32>,
+    )> = sqlx::query_as(
+        "select id, topic, type, data::text, time, key, key_index from events \
+             where key = any($1)",
     )
     .bind(&keys)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, topic, ty, data, time, key)| {
+        .map(|(id, topic, ty, data, time, key, index)| {
             let ev = from_row((id, topic, ty, data, time));
-            (IdempotencyKey::from_log(key), ev)
+            (IdempotencyKey::from_log(key, index), ev)
         })
         .collect())
 }
@@ -352,6 +382,7 @@ struct NewRows {
     types: Vec<String>,
     data: Vec<String>,
     keys: Vec<Option<String>>,
+    key_indexes: Vec<Option<i32>>,
 }
 
 impl NewRows {
@@ -361,5 +392,6 @@ impl NewRows {
         self.types.push(ev.event_type.as_str().to_owned());
         self.data.push(ev.data.to_string());
         self.keys.push(key.map(|k| k.as_str().to_owned()));
+        self.key_indexes.push(key.and_then(IdempotencyKey::index));
     }
 }

@@ -5,9 +5,11 @@
 //!
 //! Idempotency keys come from the `key` field or the `Idempotency-Key`
 //! header. For a batch, the header names the whole batch: event `i` is stored
-//! under `<header>#<i>`, so repeating the same batch with the same header
-//! returns the same events. An event may not carry both a `key` and the
-//! header (which one wins would be a guess).
+//! under the key and its position `i`, so repeating the same batch with the
+//! same header returns the same events, and no single event's key can ever
+//! match one of them. An event may not carry both a `key` and the header
+//! (which one wins would be a guess), and one batch may not repeat a key (a
+//! `201` listing N events means N events were stored).
 
 use std::time::Instant;
 
@@ -48,8 +50,8 @@ struct EventIn<'a> {
 
 pub async fn publish(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let header_key = idempotency_header(req.headers())?;
     require_json(req.headers())?;
+    let header_key = idempotency_header(req.headers())?;
     let body = read_body(req.into_body(), state.limits.max_body_bytes).await?;
     let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.limits)?;
 
@@ -138,12 +140,11 @@ fn parse_events(
                 .into_iter()
                 .enumerate()
                 .map(|(i, ev)| {
-                    let key = header_key
-                        .map(|k| IdempotencyKey::parse(&format!("{}#{i}", k.as_str())))
-                        .transpose()?;
+                    let key = header_key.map(|k| k.in_batch(i));
                     validate(ev, key, limits).map_err(|e| at_index(i, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            refuse_repeated_keys(&events)?;
             Ok((events, true))
         }
         _ => Err(ApiError::BadRequest(
@@ -152,13 +153,27 @@ fn parse_events(
     }
 }
 
+fn refuse_repeated_keys(events: &[NewEvent]) -> Result<(), ApiError> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, ev) in events.iter().enumerate() {
+        if let Some(key) = &ev.key
+            && let Some(first) = seen.insert(key, i)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "event {i}: repeats the idempotency key of event {first}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn json_error(e: serde_json::Error) -> ApiError {
     ApiError::BadRequest(format!("invalid JSON body: {e}"))
 }
 
 fn at_index(i: usize, e: ApiError) -> ApiError {
     match e {
-        ApiError::Invalid(inv) => ApiError::BadRequest(format!("event {i}: {inv}")),
+        ApiError::Invalid(inv) => ApiError::InvalidEvent(i, inv),
         ApiError::BadRequest(m) => ApiError::BadRequest(format!("event {i}: {m}")),
         ApiError::TooLarge(m) => ApiError::TooLarge(format!("event {i}: {m}")),
         other => other,

@@ -98,6 +98,8 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
             "topic" => filters.push(TopicFilter::parse(&value)?),
+            // Empty means no cursor, as for an empty `Last-Event-ID` header.
+            "last_event_id" if value.trim().is_empty() => last_event_id = None,
             "last_event_id" => last_event_id = Some(parse_cursor("last_event_id", &value)?),
             other => {
                 return Err(ApiError::BadRequest(format!(

@@ -128,7 +128,11 @@ async fn reconnect_storm_of_2000_clients_is_served_from_the_ring() {
     let app = spawn_app().await;
     let topic = unique_topic("storm");
     let ids = app
-        .publish_batch_ok((0..100).map(|i| json!({"topic": topic, "data": i})).collect())
+        .publish_batch_ok(
+            (0..100)
+                .map(|i| json!({"topic": topic, "data": i}))
+                .collect(),
+        )
         .await;
     let last = *ids.last().unwrap();
     let before = app.metrics().await;
@@ -173,6 +177,9 @@ async fn reconnect_storm_of_2000_clients_is_served_from_the_ring() {
     println!("{CLIENTS} resumes in {took:?}: ring {ring}, database {database}");
     assert!(ring >= CLIENTS as f64, "ring resumes: {ring}");
     // Other tests in this process may resume from the database meanwhile.
-    assert!(database < (CLIENTS / 20) as f64, "database resumes: {database}");
+    assert!(
+        database < (CLIENTS / 20) as f64,
+        "database resumes: {database}"
+    );
     Arc::into_inner(app).unwrap().stop().await;
 }

@@ -1,0 +1,287 @@
+//! Every refusal of a publish is problem+json with the right status, and
+//! stores nothing (DESIGN.md, "Errors").
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+// ----- refusals ------------------------------------------------------------
+
+#[tokio::test]
+async fn invalid_topics_are_refused_with_400() {
+    let app = spawn_app().await;
+    let long = "a".repeat(257);
+
+    for topic in ["", "a::b", "a b", ":a", "a/", "x*", "caf\u{e9}", &long] {
+        let res = app.publish(&json!({"topic": topic, "data": 1})).await;
+        assert_problem(res, 400, "invalid_topic", "topic").await;
+    }
+    let no_topic = app.publish(&json!({"data": 1})).await;
+    assert_problem(no_topic, 400, "bad_request", "topic").await;
+
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn topic_of_256_characters_with_both_separators_is_accepted() {
+    let app = spawn_app().await;
+    let topic = format!("tenant/acme:{}", "a".repeat(256 - 12));
+    assert_eq!(topic.len(), 256);
+
+    let id = app.publish_ok(&topic, json!(null)).await;
+
+    assert!(id > 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_types_are_refused_with_400() {
+    let app = spawn_app().await;
+    let topic = unique_topic("bad-type");
+    let long = "t".repeat(65);
+
+    for ty in ["", "a b", "a\nb", "a:b", "caf\u{e9}", &long] {
+        let res = app.publish(&json!({"topic": topic, "type": ty})).await;
+        assert_problem(res, 400, "invalid_type", "event type").await;
+    }
+
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reserved_types_are_refused_with_400() {
+    let app = spawn_app().await;
+    let topic = unique_topic("reserved");
+
+    for ty in ["reset", "error", "open"] {
+        let res = app.publish(&json!({"topic": topic, "type": ty})).await;
+        assert_problem(res, 400, "reserved_type", ty).await;
+    }
+
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_field_is_refused_with_400() {
+    let app = spawn_app().await;
+    let topic = unique_topic("typo");
+
+    let res = app.publish(&json!({"tpoic": topic, "data": 1})).await;
+
+    assert_problem(res, 400, "bad_request", "tpoic").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_refused_with_400() {
+    let app = spawn_app().await;
+    let topic = unique_topic("malformed");
+
+    for body in [
+        format!(r#"{{"topic":"{topic}""#),
+        format!(r#"{{"topic":"{topic}",}}"#),
+        format!(r#"{{"topic":"{topic}"}} trailing"#),
+        format!(r#"[{{"topic":"{topic}"}}"#),
+        format!(r#"{{"topic":"{topic}","topic":"{topic}"}}"#),
+        format!(r#"{{"topic":"{topic}","data":'x'}}"#),
+    ] {
+        let res = post_text(&app, &body).await;
+        assert_problem(res, 400, "bad_request", "JSON").await;
+    }
+
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn body_neither_object_nor_array_is_refused_with_400() {
+    let app = spawn_app().await;
+
+    for body in ["42", "\"topic\"", "null", "true", "", "   "] {
+        let res = post_text(&app, body).await;
+        assert_problem(res, 400, "bad_request", "object or an array").await;
+    }
+
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn empty_batch_is_refused_with_400() {
+    let app = spawn_app().await;
+
+    let res = post_text(&app, " [ ] ").await;
+
+    assert_problem(res, 400, "bad_request", "empty").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn data_larger_than_max_data_bytes_is_refused_with_413() {
+    let app = spawn_app_with(|c| c.max_data_bytes = 64).await;
+    let topic = unique_topic("big-data");
+    // Compact JSON of `"xxx…"` is the characters plus two quotes.
+    let too_big = "x".repeat(63);
+
+    let single = app.publish(&json!({"topic": topic, "data": too_big})).await;
+    let batch = app
+        .publish(&json!([{"topic": topic}, {"topic": topic, "data": too_big}]))
+        .await;
+
+    assert_problem(single, 413, "too_large", "64").await;
+    assert_problem(batch, 413, "too_large", "event 1").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn data_of_exactly_max_data_bytes_is_accepted() {
+    let app = spawn_app_with(|c| c.max_data_bytes = 64).await;
+    let topic = unique_topic("edge-data");
+    let fits = "x".repeat(62);
+    // White space outside strings does not count.
+    let body = format!("{{\"topic\":\"{topic}\",\"data\":  \"{fits}\"   }}");
+
+    let res = post_text(&app, &body).await;
+
+    assert_eq!(res.status(), 201);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batch_larger_than_max_batch_is_refused_with_413() {
+    let app = spawn_app_with(|c| c.max_batch = 3).await;
+    let topic = unique_topic("big-batch");
+    let events = |n: usize| Value::Array(vec![json!({"topic": topic}); n]);
+
+    let refused = app.publish(&events(4)).await;
+    assert_problem(refused, 413, "too_large", "at most 3").await;
+    assert_nothing_stored(&app).await;
+
+    let accepted = app.publish(&events(3)).await;
+    assert_eq!(accepted.status(), 201);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn body_larger_than_max_body_bytes_is_refused_with_413() {
+    let app = spawn_app_with(|c| c.max_body_bytes = 1024).await;
+    let topic = unique_topic("big-body");
+    let body = json!({"topic": topic, "data": "x".repeat(2000)}).to_string();
+
+    let res = post_text(&app, &body).await;
+
+    assert_problem(res, 413, "too_large", "1024").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_content_type_is_refused_with_415() {
+    let app = spawn_app().await;
+    let body = json!({"topic": unique_topic("ctype")}).to_string();
+
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/jsonx"),
+        Some("text/json"),
+    ] {
+        let res = app.post_raw("/v1/events", ct, body.clone()).await;
+        assert_problem(res, 415, "unsupported_media_type", "application/json").await;
+    }
+
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn json_content_types_with_parameters_or_suffix_are_accepted() {
+    let app = spawn_app().await;
+    let topic = unique_topic("ctype-ok");
+    let body = json!({"topic": topic}).to_string();
+
+    for ct in [
+        "application/cloudevents+json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+    ] {
+        let res = app.post_raw("/v1/events", Some(ct), body.clone()).await;
+        assert_eq!(res.status(), 201, "{ct}");
+    }
+
+    assert_eq!(stored_rows(&app.db).await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_route_answers_404_problem() {
+    let app = spawn_app().await;
+
+    let get = app.get("/v1/nothing-here").await;
+    let post = app
+        .post_raw("/v1/event", Some("application/json"), r#"{"topic":"a"}"#)
+        .await;
+
+    assert_problem(get, 404, "not_found", "/v1/nothing-here").await;
+    assert_problem(post, 404, "not_found", "/v1/event").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_method_answers_405_problem() {
+    let app = spawn_app().await;
+
+    let delete = app
+        .client
+        .delete(app.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    let put = app
+        .client
+        .put(app.url("/v1/events"))
+        .json(&json!({"topic": "a"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_problem(delete, 405, "method_not_allowed", "DELETE").await;
+    assert_problem(put, 405, "method_not_allowed", "PUT").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+/// RFC 9110 §15.5.6: "The origin server MUST generate an Allow header field
+/// in a 405 response containing a list of the target resource's currently
+/// supported methods."
+#[tokio::test]
+async fn wrong_method_answer_lists_allowed_methods() {
+    let app = spawn_app().await;
+
+    let res = app
+        .client
+        .delete(app.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(res.status(), 405);
+    let allow = res
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        allow.contains("GET") && allow.contains("POST"),
+        "Allow: {allow:?}"
+    );
+    app.stop().await;
+}
