@@ -332,15 +332,20 @@ impl StoredEvent {
         let mut buf = String::with_capacity(json.len() + self.event_type.as_str().len() + 40);
         buf.push_str("id: ");
         buf.push_str(&self.id.to_string());
-        buf.push_str("\nevent: ");
+        buf.push('\n');
+        let event_start = buf.len();
+        buf.push_str("event: ");
         buf.push_str(self.event_type.as_str());
-        buf.push_str("\ndata: ");
+        buf.push('\n');
+        let event_end = buf.len();
+        buf.push_str("data: ");
         buf.push_str(&json);
         buf.push_str("\n\n");
         Frame {
             id: self.id,
             topic: self.topic.clone(),
             bytes: Bytes::from(buf),
+            event_line: (event_start, event_end),
         }
     }
 }
@@ -352,6 +357,17 @@ pub struct Frame {
     pub id: i64,
     pub topic: Topic,
     pub bytes: Bytes,
+    /// Byte range of the `event:` line within `bytes`.
+    pub event_line: (usize, usize),
+}
+
+impl Frame {
+    /// The frame without its `event:` line, as two slices of the same
+    /// shared bytes (no copy): browsers then dispatch it as `message`.
+    pub fn without_event_line(&self) -> [Bytes; 2] {
+        let (start, end) = self.event_line;
+        [self.bytes.slice(..start), self.bytes.slice(end..)]
+    }
 }
 
 /// The `retry:` line that opens every stream.
@@ -481,6 +497,23 @@ mod tests {
              \"type\":\"incident.updated\",\"time\":\"1970-01-01T00:00:00Z\",\
              \"data\":{\"text\":\"line1\\nline2\"}}\n\n"
         );
+    }
+
+    #[test]
+    fn frame_without_event_line_keeps_id_and_data() {
+        let ev = StoredEvent {
+            id: 7,
+            topic: Topic::parse("a").unwrap(),
+            event_type: EventType::parse("t.x").unwrap(),
+            data: "1".into(),
+            time: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+        };
+        let [head, tail] = ev.to_frame().without_event_line();
+        let joined = [head, tail].concat();
+        let text = std::str::from_utf8(&joined).unwrap();
+        assert!(text.starts_with("id: 7\ndata: {\"id\":\"7\""), "{text}");
+        assert!(!text.contains("event:"));
+        assert!(text.ends_with("}\n\n"));
     }
 
     #[test]

@@ -207,6 +207,7 @@ mod tests {
             id,
             topic: Topic::parse(topic).unwrap(),
             bytes: bytes::Bytes::from(format!("id: {id}\n\n")),
+            event_line: (0, 0),
         })
     }
 

@@ -191,6 +191,25 @@ impl EventLog {
         Ok(rows.into_iter().map(from_row).collect())
     }
 
+    /// The cursor just before the first event committed at or after `time`
+    /// (the log's newest id when there is none), so that reading after it
+    /// gives every event since `time`. Ids follow commit time, and `time`
+    /// is indexed.
+    ///
+    /// # Errors
+    /// [`LogError`] when the query fails.
+    pub async fn cursor_at(&self, time: OffsetDateTime) -> Result<i64, LogError> {
+        let cursor: i64 = sqlx::query_scalar(
+            "select coalesce(\
+               (select id - 1 from events where time >= $1 order by time, id limit 1), \
+               (select last_id from log_head))",
+        )
+        .bind(time)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(cursor)
+    }
+
     /// # Errors
     /// [`LogError`] when the query fails.
     pub async fn head(&self) -> Result<Head, LogError> {

@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
+use time::OffsetDateTime;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::event::{self, Filters, ResetReason, StoredEvent};
+use crate::event::{self, Filters, Frame, ResetReason, StoredEvent};
 use crate::hub::{Attach, Hub, Registration};
 use crate::log::{EventLog, Head, LogError};
 use crate::telemetry;
@@ -37,6 +38,27 @@ const REPLAY_PAGE: i64 = 1000;
 const COALESCE_BYTES: usize = 64 * 1024;
 /// Wait before retrying a replay query that failed.
 const RETRY_QUERY_AFTER: Duration = Duration::from_secs(1);
+
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Live, from now.
+    Now,
+    /// After this event id (`Last-Event-ID`, `last_event_id=`).
+    After(i64),
+    /// At the first event committed at or after this time (`since=`).
+    Since(OffsetDateTime),
+}
+
+/// What one subscriber asked for.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    pub filters: Filters,
+    pub start: Start,
+    /// Send events without their `event:` line, so a browser dispatches
+    /// every one as `message` (the type stays in the envelope).
+    pub message_events: bool,
+}
 
 /// Stream settings shared by every subscriber of an instance.
 #[derive(Debug, Clone)]
@@ -79,6 +101,8 @@ enum Retry {
 
 enum Step {
     Head(Head),
+    /// The cursor a `since=` time maps to.
+    Since(i64),
     Page {
         events: Vec<StoredEvent>,
         /// The hub's head before the query: every event up to it was
@@ -94,6 +118,9 @@ pub struct Subscription {
     settings: Arc<StreamSettings>,
     /// The client's `Last-Event-ID`, if any.
     resume: Option<i64>,
+    /// A start time still to be turned into a cursor.
+    since: Option<OffsetDateTime>,
+    message_events: bool,
     /// Id of the last event written (or skipped past): nothing at or below it
     /// is written again.
     cursor: i64,
@@ -131,8 +158,7 @@ impl Subscription {
     pub fn new(
         hub: Hub,
         log: EventLog,
-        filters: Filters,
-        resume: Option<i64>,
+        request: StreamRequest,
         settings: Arc<StreamSettings>,
         shutdown: CancellationToken,
         tracked: TaskTrackerToken,
@@ -144,9 +170,17 @@ impl Subscription {
             next_ping: Instant::now() + settings.heartbeat,
             hub,
             log,
-            filters,
+            filters: request.filters,
             settings,
-            resume,
+            resume: match request.start {
+                Start::After(id) => Some(id),
+                Start::Now | Start::Since(_) => None,
+            },
+            since: match request.start {
+                Start::Since(time) => Some(time),
+                Start::Now | Start::After(_) => None,
+            },
+            message_events: request.message_events,
             cursor: 0,
             read_database: false,
             state: State::Opening,
@@ -200,6 +234,13 @@ impl Subscription {
     /// Where to start: the hub's head for a new client; the cursor for a
     /// resume, after a reset if the log cannot serve it.
     fn resolve(&mut self) {
+        if let Some(time) = self.since {
+            let log = self.log.clone();
+            self.state = State::Querying(Box::pin(async move {
+                log.cursor_at(time).await.map(Step::Since)
+            }));
+            return;
+        }
         let Some(resume) = self.resume else {
             self.cursor = self.hub.head();
             self.attach_or_replay();
@@ -258,7 +299,7 @@ impl Subscription {
                     metrics::counter!(telemetry::RESUMES, "source" => source).increment(1);
                 }
                 for frame in backlog {
-                    self.write_event(frame.id, &frame.bytes);
+                    self.write_event(&frame);
                 }
                 self.state = State::Live(live);
             }
@@ -279,8 +320,7 @@ impl Subscription {
     fn on_page(&mut self, events: &[StoredEvent], hub_head: i64) {
         let complete = (events.len() as i64) < REPLAY_PAGE;
         for ev in events {
-            let frame = ev.to_frame();
-            self.write_event(frame.id, &frame.bytes);
+            self.write_event(&ev.to_frame());
         }
         if complete {
             // No more matching events up to `hub_head`.
@@ -289,12 +329,18 @@ impl Subscription {
         self.attach_or_replay();
     }
 
-    fn write_event(&mut self, id: i64, bytes: &Bytes) {
-        if id > self.cursor {
-            self.cursor = id;
-            self.out.push_back(bytes.clone());
-            telemetry::events_delivered().increment(1);
+    /// Queues a frame unless it is at or below the cursor.
+    fn write_event(&mut self, frame: &Frame) {
+        if frame.id <= self.cursor {
+            return;
         }
+        self.cursor = frame.id;
+        if self.message_events {
+            self.out.extend(frame.without_event_line());
+        } else {
+            self.out.push_back(frame.bytes.clone());
+        }
+        telemetry::events_delivered().increment(1);
     }
 
     /// One chunk from `out`; several small replay frames are joined so a
@@ -325,10 +371,16 @@ impl Subscription {
             result = &mut fut => {
                 match result {
                     Ok(Step::Head(head)) => self.on_head(head),
+                    Ok(Step::Since(cursor)) => {
+                        self.since = None;
+                        self.resume = Some(cursor);
+                        self.state = State::Resolve;
+                    }
                     Ok(Step::Page { events, hub_head }) => self.on_page(&events, hub_head),
                     Err(e) => {
                         tracing::warn!(error = %e, "replay query failed; retrying behind heartbeats");
-                        let then = if self.resume.is_some() && !self.read_database { Retry::Resolve } else { Retry::Replay };
+                        let resolving = self.since.is_some() || (self.resume.is_some() && !self.read_database);
+                        let then = if resolving { Retry::Resolve } else { Retry::Replay };
                         self.state = State::Backoff { until: Instant::now() + RETRY_QUERY_AFTER, then };
                     }
                 }
@@ -362,10 +414,15 @@ impl Subscription {
             tokio::select! {
                 frame = reg.queue.recv() => match frame {
                     Some(frame) if frame.id > self.cursor => {
+                        self.state = State::Live(reg);
+                        if self.message_events {
+                            self.write_event(&frame);
+                            self.next_ping = Instant::now() + self.settings.heartbeat;
+                            return self.take_out();
+                        }
                         self.cursor = frame.id;
                         telemetry::events_delivered().increment(1);
                         self.next_ping = Instant::now() + self.settings.heartbeat;
-                        self.state = State::Live(reg);
                         return Some(frame.bytes.clone());
                     }
                     Some(_) => {}

@@ -1,4 +1,5 @@
-//! `GET /v1/events?after=ID&topic=…&limit=N`: the log as JSON, for clients
+//! `GET /v1/events?after=ID&topic=…&limit=N` (or `since=10m` instead of
+//! `after`): the log as JSON, for clients
 //! that sync over plain HTTP and for snapshot-plus-delta recovery. The events
 //! and their envelopes are exactly those the stream sends, oldest first; to
 //! page on, pass the last id as the next `after`.
@@ -8,7 +9,7 @@ use axum::extract::{RawQuery, State};
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::stream::{MAX_FILTERS, parse_cursor};
+use super::stream::{MAX_FILTERS, parse_cursor, parse_since};
 use crate::error::ApiError;
 use crate::event::{Filters, TopicFilter};
 
@@ -20,17 +21,28 @@ pub async fn history(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<Box<RawValue>>>, ApiError> {
     let (after, filters, limit) = parse_query(query.as_deref().unwrap_or(""))?;
+    let after = match after {
+        After::Id(id) => id,
+        After::Since(time) => state.log.cursor_at(time).await?,
+    };
     let events = state.log.read_after(after, &filters, limit).await?;
     Ok(Json(events.iter().map(|e| e.envelope_raw()).collect()))
 }
 
-fn parse_query(query: &str) -> Result<(i64, Filters, i64), ApiError> {
-    let mut after = 0;
+enum After {
+    Id(i64),
+    Since(time::OffsetDateTime),
+}
+
+fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError> {
+    let mut after = None;
+    let mut since = None;
     let mut filters = Vec::new();
     let mut limit = DEFAULT_LIMIT;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
-            "after" => after = parse_cursor("after", &value)?,
+            "after" => after = Some(parse_cursor("after", &value)?),
+            "since" => since = Some(parse_since(&value)?),
             "topic" => filters.push(TopicFilter::parse(&value)?),
             "limit" => {
                 limit = value
@@ -45,7 +57,7 @@ fn parse_query(query: &str) -> Result<(i64, Filters, i64), ApiError> {
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: expected after, topic or limit"
+                    "unknown query parameter {other:?}: expected after, since, topic or limit"
                 )));
             }
         }
@@ -56,5 +68,13 @@ fn parse_query(query: &str) -> Result<(i64, Filters, i64), ApiError> {
             filters.len()
         )));
     }
+    let after = match (after, since) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest("give after or since, not both".into()));
+        }
+        (Some(id), None) => After::Id(id),
+        (None, Some(time)) => After::Since(time),
+        (None, None) => After::Id(0),
+    };
     Ok((after, Filters::new(filters), limit))
 }

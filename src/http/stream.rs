@@ -12,16 +12,20 @@ use axum::response::Response;
 use super::AppState;
 use crate::error::ApiError;
 use crate::event::{Filters, TopicFilter, retry_frame};
-use crate::subscription::Subscription;
+use crate::subscription::{Start, StreamRequest, Subscription};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Most topic filters on one stream.
 pub const MAX_FILTERS: usize = 64;
 
-/// The parsed query string of a stream or history request.
+/// The parsed query string of a stream request.
 #[derive(Debug, Default)]
 pub(super) struct StreamQuery {
     pub filters: Filters,
     pub last_event_id: Option<i64>,
+    pub since: Option<OffsetDateTime>,
+    pub message_events: bool,
 }
 
 pub async fn stream(
@@ -32,9 +36,11 @@ pub async fn stream(
     let q = parse_query(query.as_deref().unwrap_or(""))?;
     // The header is what `EventSource` sends on reconnect; it wins over a
     // `last_event_id` left in the URL from the first connection.
-    let resume = match last_event_id_header(&headers)? {
-        Some(id) => Some(id),
-        None => q.last_event_id,
+    // `since=` likewise only applies to the first connection.
+    let start = match (last_event_id_header(&headers)?, q.last_event_id, q.since) {
+        (Some(id), _, _) | (None, Some(id), _) => Start::After(id),
+        (None, None, Some(time)) => Start::Since(time),
+        (None, None, None) => Start::Now,
     };
 
     let body = if state.shutdown.is_cancelled() {
@@ -45,8 +51,11 @@ pub async fn stream(
         let sub = Subscription::new(
             state.hub.clone(),
             state.log.clone(),
-            q.filters,
-            resume,
+            StreamRequest {
+                filters: q.filters,
+                start,
+                message_events: q.message_events,
+            },
             state.streams.clone(),
             state.shutdown.clone(),
             state.streams_open.token(),
@@ -92,18 +101,47 @@ fn last_event_id_header(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     parse_cursor("Last-Event-ID", text).map(Some)
 }
 
+/// Parses a start time: a duration back from now (`10m`, `1h30m`) or an
+/// RFC 3339 time (`2026-11-23T08:00:00Z`).
+pub(super) fn parse_since(text: &str) -> Result<OffsetDateTime, ApiError> {
+    if let Ok(ago) = humantime::parse_duration(text.trim()) {
+        return Ok(OffsetDateTime::now_utc() - ago);
+    }
+    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "since must be a duration such as 10m or an RFC 3339 time such as \
+             2026-11-23T08:00:00Z, got {text:?}"
+        ))
+    })
+}
+
 fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
     let mut filters = Vec::new();
     let mut last_event_id = None;
+    let mut since = None;
+    let mut message_events = false;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
             "topic" => filters.push(TopicFilter::parse(&value)?),
+            "since" => since = Some(parse_since(&value)?),
+            "message_events" => {
+                message_events = match &*value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "message_events must be true or false, got {value:?}"
+                        )));
+                    }
+                };
+            }
             // Empty means no cursor, as for an empty `Last-Event-ID` header.
             "last_event_id" if value.trim().is_empty() => last_event_id = None,
             "last_event_id" => last_event_id = Some(parse_cursor("last_event_id", &value)?),
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: expected topic or last_event_id"
+                    "unknown query parameter {other:?}: expected topic, last_event_id, since \
+                     or message_events"
                 )));
             }
         }
@@ -114,8 +152,15 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
             filters.len()
         )));
     }
+    if last_event_id.is_some() && since.is_some() {
+        return Err(ApiError::BadRequest(
+            "give last_event_id or since, not both".into(),
+        ));
+    }
     Ok(StreamQuery {
         filters: Filters::new(filters),
         last_event_id,
+        since,
+        message_events,
     })
 }

@@ -14,4 +14,5 @@ mod proxy;
 mod publish;
 mod refusals;
 mod resume;
+mod since;
 mod stream;

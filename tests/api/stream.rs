@@ -653,3 +653,29 @@ async fn slow_consumer_is_disconnected_and_resumes_without_loss() {
     assert_eq!(union, published);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn message_events_stream_sends_frames_without_event_line() {
+    let app = spawn_app().await;
+    let topic = unique_topic("untyped");
+    let mut sse = app
+        .stream(&format!("topic={topic}&message_events=true"), None)
+        .await;
+    sse.next_frame().await.unwrap(); // retry:
+
+    let res = app
+        .publish(&json!({"topic": topic, "type": "incident.updated", "data": 1}))
+        .await;
+    let envelope = res.text().await.unwrap();
+    let frame = sse.next_event().await.unwrap();
+
+    assert_eq!(frame.event, None);
+    assert_eq!(frame.data.as_deref(), Some(envelope.as_str()));
+    let id = frame.id_num();
+    let raw = String::from_utf8(sse.raw.clone()).unwrap();
+    assert!(
+        raw.ends_with(&format!("id: {id}\ndata: {envelope}\n\n")),
+        "{raw:?}"
+    );
+    app.stop().await;
+}
