@@ -369,7 +369,8 @@ async fn existing_keys(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(
+    /// An event row with its idempotency key and batch position.
+    type KeyedRow = (
         i64,
         String,
         String,
@@ -377,9 +378,10 @@ async fn existing_keys(
         OffsetDateTime,
         String,
         Option<i32>,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<KeyedRow> = sqlx::query_as(
         "select id, topic, type, data::text, time, key, key_index from events \
-             where key = any($1)",
+         where key = any($1)",
     )
     .bind(&keys)
     .fetch_all(&mut *tx)

@@ -211,7 +211,9 @@ impl Subscription {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Opening => {
                     self.out.push_back(event::retry_frame(self.settings.retry));
-                    self.state = State::Resolve;
+                    // A stream that starts now attaches before `retry:` goes
+                    // out: whatever commits after the client sees it arrives.
+                    self.resolve();
                 }
                 State::Resolve => self.resolve(),
                 State::Replay => self.query_page(),

@@ -1,11 +1,13 @@
 //! The HTTP surface: the router, the state every handler shares, and the
 //! request-level middleware (tracing without query strings, request counts).
 //!
+//! - `console`: the live console page at `/`
 //! - `publish`: `POST /v1/events`
 //! - `stream`: `GET /v1/stream`
 //! - `history`: `GET /v1/events`
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`
 
+mod console;
 mod history;
 mod ops;
 mod publish;
@@ -54,6 +56,9 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         .route("/v1/events", get(history::history).post(publish::publish))
         .route("/v1/stream", get(stream::stream))
         .route("/healthz", get(ops::healthz))

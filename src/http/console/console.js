@@ -1,0 +1,191 @@
+// herald console: subscribes with the browser's own EventSource, shows each
+// event as it arrives, and publishes test events. No build step, no
+// dependencies; everything user-supplied is rendered as text, never HTML.
+"use strict";
+
+const MAX_ROWS = 500;
+const $ = (id) => document.getElementById(id);
+let source = null;
+let count = 0;
+
+function setState(state, text) {
+  const el = $("state");
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+function setCount() {
+  $("count").textContent = `${count} event${count === 1 ? "" : "s"}`;
+  $("empty").hidden = count > 0 || $("events").children.length > 0;
+}
+
+function filters() {
+  return $("topics").value.split(/[\s,]+/).filter(Boolean);
+}
+
+// The page's own URL keeps the subscription, so it can be bookmarked.
+function saveToUrl(topics, since) {
+  const q = new URLSearchParams();
+  topics.forEach((t) => q.append("topic", t));
+  if (since) q.set("since", since);
+  history.replaceState(null, "", q.toString() ? `#${q}` : location.pathname);
+}
+
+function loadFromUrl() {
+  const q = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
+  $("topics").value = q.getAll("topic").join(" ");
+  const since = q.get("since");
+  if (since && [...$("since").options].some((o) => o.value === since)) $("since").value = since;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function prepend(node) {
+  const list = $("events");
+  list.prepend(node);
+  while (list.children.length > MAX_ROWS) list.lastElementChild.remove();
+  setCount();
+}
+
+function showEvent(envelope) {
+  count += 1;
+  const item = el("li", "event new");
+  item.dataset.id = envelope.id;
+  const meta = el("div", "meta");
+  meta.append(
+    el("span", "id", `#${envelope.id}`),
+    el("span", "type", envelope.type),
+    el("span", "topic", envelope.topic),
+    el("time", "time", new Date(envelope.time).toLocaleString()),
+  );
+  meta.lastChild.dateTime = envelope.time;
+  item.append(meta, el("pre", "data", JSON.stringify(envelope.data, null, 2)));
+  prepend(item);
+}
+
+function showNotice(text, kind) {
+  const item = el("li", `event notice ${kind || ""}`, text);
+  prepend(item);
+}
+
+function connect() {
+  disconnect();
+  const topics = filters();
+  const since = $("since").value;
+  saveToUrl(topics, since);
+  const q = new URLSearchParams();
+  topics.forEach((t) => q.append("topic", t));
+  // One onmessage handler for every type: the type is in the envelope.
+  q.set("message_events", "true");
+  if (since) q.set("since", since);
+
+  setState("connecting", "connecting…");
+  source = new EventSource(`/v1/stream?${q}`);
+  let opened = false;
+  source.onopen = () => {
+    if (opened) showNotice("reconnected; missed events were replayed");
+    opened = true;
+    setState("live", "live");
+  };
+  source.onmessage = (e) => {
+    setState("live", "live");
+    showEvent(JSON.parse(e.data));
+  };
+  source.addEventListener("reset", (e) => {
+    const info = JSON.parse(e.data);
+    setState("reset", "reset");
+    showNotice(
+      `reset (${info.reason}): events were missed; continuing from #${info.continue_from}. ` +
+        `The oldest event still held is #${info.oldest_id}.`,
+      "reset",
+    );
+  });
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      setState("closed", "closed");
+      $("connect").disabled = false;
+      $("disconnect").disabled = true;
+    } else {
+      setState("reconnecting", "reconnecting…");
+    }
+  };
+  $("connect").textContent = "Resubscribe";
+  $("disconnect").disabled = false;
+}
+
+function disconnect() {
+  if (source) source.close();
+  source = null;
+  setState("idle", "not connected");
+  $("disconnect").disabled = true;
+  $("connect").textContent = "Subscribe";
+}
+
+async function publish(event) {
+  event.preventDefault();
+  const result = $("pub-result");
+  result.className = "result";
+  let data;
+  try {
+    data = JSON.parse($("pub-data").value || "null");
+  } catch (err) {
+    result.className = "result bad";
+    result.textContent = `Data is not JSON: ${err.message}`;
+    return;
+  }
+  const body = { topic: $("pub-topic").value.trim(), data };
+  const type = $("pub-type").value.trim();
+  if (type) body.type = type;
+  try {
+    const res = await fetch("/v1/events", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await res.json();
+    if (res.ok) {
+      result.textContent = `Stored as #${answer.id} at ${answer.time}`;
+    } else {
+      result.className = "result bad";
+      result.textContent = `${res.status}: ${answer.detail || answer.title}`;
+    }
+  } catch (err) {
+    result.className = "result bad";
+    result.textContent = `Could not reach herald: ${err.message}`;
+  }
+}
+
+function applyTheme(theme) {
+  if (theme) document.documentElement.dataset.theme = theme;
+  else delete document.documentElement.dataset.theme;
+}
+
+function toggleTheme() {
+  const dark = document.documentElement.dataset.theme
+    ? document.documentElement.dataset.theme === "dark"
+    : matchMedia("(prefers-color-scheme: dark)").matches;
+  const next = dark ? "light" : "dark";
+  localStorage.setItem("herald-theme", next);
+  applyTheme(next);
+}
+
+applyTheme(localStorage.getItem("herald-theme"));
+$("theme").addEventListener("click", toggleTheme);
+$("subscribe").addEventListener("submit", (e) => {
+  e.preventDefault();
+  connect();
+});
+$("disconnect").addEventListener("click", disconnect);
+$("clear").addEventListener("click", () => {
+  $("events").replaceChildren();
+  count = 0;
+  setCount();
+});
+$("publish").addEventListener("submit", publish);
+loadFromUrl();
+connect();
