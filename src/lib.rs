@@ -13,8 +13,10 @@
 //! - [`telemetry`]: tracing and the Prometheus metric set.
 //! - [`db`]: connecting, creating the database, migrations.
 //! - [`app`]: wiring it all up; [`Server`] is what `main` and the tests start.
+//! - [`cli`]: the terminal client, `herald tail` and `herald publish`.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

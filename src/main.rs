@@ -1,13 +1,23 @@
-//! The `herald` binary: parse the configuration, start logging, serve.
+//! The `herald` binary: with no command, parse the server's configuration,
+//! start logging and serve; `herald tail` and `herald publish` are the
+//! terminal client ([`herald::cli`]).
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use herald::config::Cli;
 use herald::{Config, telemetry};
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(command) => herald::cli::main(command),
+        None => serve(cli.server),
+    }
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = Config::parse();
+async fn serve(config: Config) -> ExitCode {
     telemetry::init_tracing(config.log_format);
     match herald::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,151 @@
+//! The terminal client beside the server in the same binary (DESIGN.md,
+//! "Configuration"): `herald tail` follows a stream, `herald publish` sends
+//! one event. Both talk to a running herald over its public HTTP API only,
+//! like any other client; their options are in [`crate::config`].
+//!
+//! Exit statuses are part of the interface, for shell scripts: see
+//! [`EXIT_REFUSED`], [`EXIT_UNAVAILABLE`] (and clap's 2 for usage errors).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::config::Command;
+
+mod print;
+pub mod publish;
+pub mod sse;
+pub mod tail;
+
+/// The server refused the request (a 4xx with its reason printed), or the
+/// input could not be read. Retrying the same request will not help.
+pub const EXIT_REFUSED: u8 = 1;
+/// `herald publish` could not reach the server, or the server could not
+/// store the event now (timeout, 429, 5xx). Retrying with the same `--key`
+/// is safe.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// Runs a client command to its end on a runtime of its own (one thread is
+/// plenty for one connection).
+pub fn main(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            notice(format_args!("cannot start: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match command {
+            Command::Tail(args) => tail::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
+        }
+    })
+}
+
+/// One line on standard error, prefixed like every message of the binary.
+pub(crate) fn notice(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "herald: {message}");
+}
+
+/// `base` joined with an API path, keeping any path prefix of `base`
+/// (`http://proxy/herald` + `v1/events` = `http://proxy/herald/v1/events`).
+pub(crate) fn endpoint(base: &Url, path: &str) -> Url {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let with_slash = format!("{}/", base.path());
+        base.set_path(&with_slash);
+    }
+    base.set_query(None);
+    base.join(path).expect("a relative path joins any http URL")
+}
+
+/// Statuses that mean "not now" rather than "not like this": the same
+/// request may succeed later.
+pub(crate) fn retryable(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// The members of an RFC 9457 problem that the client shows.
+#[derive(Deserialize)]
+struct Problem {
+    detail: Option<String>,
+    title: Option<String>,
+}
+
+/// What a refusal says, for `herald: <reason>`: the problem's `detail`, or
+/// failing that the status and the start of whatever body came.
+pub(crate) async fn refusal_reason(response: reqwest::Response) -> String {
+    let status = response.status();
+    let url = response.url().clone();
+    let body = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<Problem>(&body) {
+        Ok(Problem {
+            detail: Some(detail),
+            ..
+        }) => detail,
+        Ok(Problem {
+            title: Some(title), ..
+        }) => format!("{url} answered {}: {title}", status.as_u16()),
+        _ => {
+            let start: String = body.trim().chars().take(200).collect();
+            let start: String = start
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            if start.is_empty() {
+                format!("{url} answered {status}")
+            } else {
+                format!("{url} answered {status}: {start}")
+            }
+        }
+    }
+}
+
+/// A transport error in one line: what was tried and the innermost cause
+/// (`Connection refused (os error 111)` rather than reqwest's outer layers).
+pub(crate) fn transport_error(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let url = e.url().map_or_else(
+        || "the server".to_owned(),
+        |url| without_query(url).to_string(),
+    );
+    if e.is_connect() {
+        format!("cannot connect to {url}: {cause}")
+    } else if e.is_timeout() {
+        format!("no answer from {url} in time")
+    } else {
+        format!("{url}: {cause}")
+    }
+}
+
+fn without_query(url: &Url) -> Url {
+    let mut url = url.clone();
+    url.set_query(None);
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keeps_a_path_prefix() {
+        let join = |base: &str| endpoint(&Url::parse(base).unwrap(), "v1/events").to_string();
+        assert_eq!(join("http://h:1"), "http://h:1/v1/events");
+        assert_eq!(join("http://h:1/"), "http://h:1/v1/events");
+        assert_eq!(join("http://h/herald"), "http://h/herald/v1/events");
+        assert_eq!(join("http://h/herald/?x=1"), "http://h/herald/v1/events");
+    }
+}

@@ -1,0 +1,342 @@
+//! `herald tail [TOPIC…]`: follow `GET /v1/stream` (DESIGN.md, "Subscribe")
+//! and print each event, readable or as JSON lines, for as long as the user
+//! wants, across dropped connections and server restarts.
+//!
+//! It reconnects as `EventSource` does (WHATWG HTML §9.2.3): after the
+//! server's `retry:` delay, with `Last-Event-ID` set to the last id received,
+//! so the server replays exactly what was missed. While the server cannot be
+//! reached the delay doubles up to [`MAX_BACKOFF`]. A refusal (4xx) is final:
+//! asking again would be refused again. Stdout carries events only; every
+//! notice goes to stderr.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+
+use super::print::{Printer, reset_notice};
+use super::sse::{Item, SseParser};
+use super::{EXIT_REFUSED, endpoint, notice, refusal_reason, retryable, transport_error};
+use crate::config::TailArgs;
+
+/// The reconnection delay until the server sends `retry:`.
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between attempts while the server is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The shortest wait between attempts, whatever `retry:` says.
+const MIN_DELAY: Duration = Duration::from_millis(100);
+/// How long one attempt may take to get an answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(args: TailArgs) -> ExitCode {
+    let tail = match Tail::new(&args) {
+        Ok(tail) => tail,
+        Err(e) => {
+            notice(format_args!("cannot start an HTTP client: {e}"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    tokio::select! {
+        code = tail.follow() => code,
+        () = stop_signal() => ExitCode::SUCCESS,
+    }
+}
+
+/// One `herald tail` and the state it keeps across connections.
+struct Tail {
+    client: reqwest::Client,
+    /// `/v1/stream` with the topic filters.
+    url: Url,
+    idle_timeout: Duration,
+    printer: Printer,
+    /// The last event id received: the resume cursor (empty before any).
+    last_id: String,
+    /// The reconnection delay, as the server's `retry:` last set it.
+    retry: Duration,
+}
+
+/// Why one attempt did not give a stream.
+enum Failure {
+    /// Asking again would not help: exit with the reason.
+    Refused(String),
+    /// Worth another try later; the server may say when.
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// `204 No Content`: the server says not to reconnect (WHATWG §9.2.3).
+    Done,
+}
+
+/// Failed attempts in a row, while the server cannot be reached.
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    /// The reason last told: a long outage is told once, not at every try.
+    told: String,
+}
+
+impl Failures {
+    /// Counts one more failure, tells it if it is news, and returns the wait
+    /// before the next attempt.
+    fn next_wait(
+        &mut self,
+        retry: Duration,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        self.count += 1;
+        let wait = backoff(retry, self.count).max(retry_after.unwrap_or_default());
+        if reason != self.told {
+            notice(format_args!(
+                "{reason}; retrying in {}, backing off up to {}",
+                humantime::format_duration(wait),
+                humantime::format_duration(MAX_BACKOFF.max(wait))
+            ));
+            self.told = reason;
+        }
+        wait
+    }
+}
+
+impl Tail {
+    fn new(args: &TailArgs) -> reqwest::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()?;
+        let mut url = endpoint(&args.client.url, "v1/stream");
+        {
+            let mut query = url.query_pairs_mut();
+            for topic in &args.topics {
+                query.append_pair("topic", topic);
+            }
+            // Where the first connection starts (a time, an id) goes here; a
+            // reconnect always resumes with `Last-Event-ID`, which the server
+            // prefers over anything in the query.
+        }
+        if args.topics.is_empty() {
+            url.set_query(None);
+        }
+        Ok(Self {
+            client,
+            url,
+            idle_timeout: args.idle_timeout,
+            printer: Printer::new(args.json),
+            last_id: String::new(),
+            retry: DEFAULT_RETRY,
+        })
+    }
+
+    /// Connects, prints, reconnects; returns only on a refusal or when
+    /// stdout is gone.
+    async fn follow(mut self) -> ExitCode {
+        let mut connected_before = false;
+        let mut failures = Failures::default();
+        loop {
+            let wait = match self.connect().await {
+                Ok(response) => {
+                    failures = Failures::default();
+                    if connected_before {
+                        notice(format_args!("reconnected"));
+                    } else {
+                        notice(format_args!("connected to {}", self.url));
+                        connected_before = true;
+                    }
+                    let why = match self.read(response).await {
+                        Ok(why) => why,
+                        Err(code) => return code,
+                    };
+                    notice(format_args!(
+                        "connection lost ({why}); {}",
+                        self.reconnecting()
+                    ));
+                    self.retry.max(MIN_DELAY)
+                }
+                Err(Failure::Refused(reason)) => {
+                    notice(format_args!("{reason}"));
+                    return ExitCode::from(EXIT_REFUSED);
+                }
+                Err(Failure::Done) => {
+                    notice(format_args!("the server ended the stream for good (204)"));
+                    return ExitCode::SUCCESS;
+                }
+                Err(Failure::Unavailable {
+                    reason,
+                    retry_after,
+                }) => failures.next_wait(self.retry, reason, retry_after),
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn reconnecting(&self) -> String {
+        if self.last_id.is_empty() {
+            "reconnecting…".to_owned()
+        } else {
+            format!("reconnecting from id {}…", self.last_id)
+        }
+    }
+
+    /// One attempt: a `200 text/event-stream`, or why not.
+    async fn connect(&self) -> Result<reqwest::Response, Failure> {
+        let mut request = self
+            .client
+            .get(self.url.clone())
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"))
+            .header(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Ok(id) = HeaderValue::from_str(&self.last_id)
+            && !self.last_id.is_empty()
+        {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.map_err(|e| Failure::Unavailable {
+            reason: transport_error(&e),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        if status == StatusCode::OK {
+            return check_event_stream(response);
+        }
+        if status == StatusCode::NO_CONTENT {
+            return Err(Failure::Done);
+        }
+        if retryable(status) {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                .map(Duration::from_secs);
+            return Err(Failure::Unavailable {
+                reason: refusal_reason(response).await,
+                retry_after,
+            });
+        }
+        Err(Failure::Refused(refusal_reason(response).await))
+    }
+
+    /// Prints the stream's events until it ends; `Ok` with why it ended, or
+    /// `Err` with the exit status when stdout can take no more.
+    async fn read(&mut self, response: reqwest::Response) -> Result<String, ExitCode> {
+        let mut parser = SseParser::with_last_id(&self.last_id);
+        let mut body = response.bytes_stream();
+        let mut items = Vec::new();
+        loop {
+            let chunk = match tokio::time::timeout(self.idle_timeout, body.next()).await {
+                Err(_) => {
+                    return Ok(format!(
+                        "nothing received for {}",
+                        humantime::format_duration(self.idle_timeout)
+                    ));
+                }
+                Ok(None) => return Ok("the stream ended".to_owned()),
+                Ok(Some(Err(e))) => return Ok(transport_error(&e)),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            parser.push(&chunk, &mut items);
+            for item in items.drain(..) {
+                self.handle(item)?;
+            }
+        }
+    }
+
+    fn handle(&mut self, item: Item) -> Result<(), ExitCode> {
+        match item {
+            Item::Retry(ms) => self.retry = Duration::from_millis(ms),
+            Item::Id(id) => self.last_id = id,
+            Item::Event(event) if event.event == "reset" => {
+                notice(format_args!("{}", reset_notice(&event.data)));
+                self.last_id = event.id;
+            }
+            Item::Event(event) => {
+                match self.printer.print(&event) {
+                    Ok(()) => {}
+                    // The reader went away (`herald tail | head`): a normal end.
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Err(ExitCode::SUCCESS);
+                    }
+                    Err(e) => {
+                        notice(format_args!("cannot write to standard output: {e}"));
+                        return Err(ExitCode::FAILURE);
+                    }
+                }
+                self.last_id = event.id;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `200` that is not an event stream (another service at that URL) is
+/// not worth retrying.
+fn check_event_stream(response: reqwest::Response) -> Result<reqwest::Response, Failure> {
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if content_type
+        .split(';')
+        .next()
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+    {
+        Ok(response)
+    } else {
+        Err(Failure::Refused(format!(
+            "{} is not an event stream (it answered 200 with content type {content_type:?}); is --url a herald server?",
+            response.url()
+        )))
+    }
+}
+
+/// The wait before attempt `failures + 1`: the server's `retry:`, doubling
+/// with each failure in a row, at most [`MAX_BACKOFF`] (unless `retry:`
+/// itself is longer).
+fn backoff(retry: Duration, failures: u32) -> Duration {
+    let base = retry.max(MIN_DELAY);
+    let doubled = base.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(MAX_BACKOFF).max(base)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the normal way to end a tail.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_retry_doubles_and_stops_at_ten_seconds() {
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(backoff(ms(200), 1), ms(200));
+        assert_eq!(backoff(ms(200), 2), ms(400));
+        assert_eq!(backoff(ms(200), 4), ms(1600));
+        assert_eq!(backoff(ms(200), 40), MAX_BACKOFF);
+        assert_eq!(backoff(ms(0), 1), MIN_DELAY);
+        assert_eq!(backoff(ms(30_000), 3), ms(30_000));
+    }
+}
