@@ -38,6 +38,7 @@ pub struct Server {
     tcp: TcpListener,
     state: AppState,
     drain: Duration,
+    cors: Vec<String>,
     tasks: Vec<JoinHandle<()>>,
     tasks_stop: CancellationToken,
 }
@@ -101,6 +102,7 @@ impl Server {
             tcp,
             state,
             drain: config.drain,
+            cors: config.cors_origins,
             tasks,
             tasks_stop,
         })
@@ -128,6 +130,7 @@ impl Server {
             tcp,
             state,
             drain,
+            cors,
             tasks,
             tasks_stop,
         } = self;
@@ -145,7 +148,7 @@ impl Server {
         // come back (`retry:`, then the end) instead of being refused.
         let stop_accepting = CancellationToken::new();
         let streams = state.streams_open.clone();
-        let serve = axum::serve(tcp, http::router(state))
+        let serve = axum::serve(tcp, http::router(state, http::cors(&cors)))
             .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { serve.await });
 

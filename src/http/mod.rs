@@ -18,13 +18,14 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -54,7 +55,41 @@ pub struct AppState {
     pub streams_open: TaskTracker,
 }
 
-pub fn router(state: AppState) -> Router {
+/// CORS for the listed origins, with credentials (cookies), so a page on
+/// another origin can use `EventSource(url, {withCredentials: true})` and
+/// `fetch`. `None` when no origin is listed: same-origin only.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
+}
+
+pub fn router(state: AppState, cors: Option<CorsLayer>) -> Router {
+    let router = routes(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/", get(console::index))
         .route("/console.js", get(console::script))

@@ -4,7 +4,9 @@
 
 mod helpers;
 
+mod cli;
 mod cluster;
+mod cors;
 mod faults;
 mod history;
 mod idempotency;
