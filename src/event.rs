@@ -375,6 +375,15 @@ pub fn retry_frame(retry: std::time::Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
+/// The opening frame of a stream that starts live: `retry:` and the `id:`
+/// of the log position it starts from. A frame without data dispatches no
+/// event, but it does set a browser's `lastEventId` (WHATWG HTML §9.2.6),
+/// so a client that drops before its first event still resumes from where
+/// it started instead of missing what came in between.
+pub fn opening_frame(retry: std::time::Duration, start: i64) -> Bytes {
+    Bytes::from(format!("retry: {}\nid: {start}\n\n", retry.as_millis()))
+}
+
 /// The heartbeat comment sent on idle streams.
 pub const PING_FRAME: &[u8] = b": ping\n\n";
 

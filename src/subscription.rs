@@ -209,10 +209,17 @@ impl Subscription {
                 return Some(chunk);
             }
             match std::mem::replace(&mut self.state, State::Done) {
+                State::Opening if self.resume.is_none() && self.since.is_none() => {
+                    // A stream that starts now attaches before its first
+                    // frame goes out, so whatever commits after the client
+                    // has seen it arrives; the frame's `id:` is that point.
+                    self.cursor = self.hub.head();
+                    self.out
+                        .push_back(event::opening_frame(self.settings.retry, self.cursor));
+                    self.attach_or_replay();
+                }
                 State::Opening => {
                     self.out.push_back(event::retry_frame(self.settings.retry));
-                    // A stream that starts now attaches before `retry:` goes
-                    // out: whatever commits after the client sees it arrives.
                     self.resolve();
                 }
                 State::Resolve => self.resolve(),

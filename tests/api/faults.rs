@@ -235,7 +235,7 @@ async fn sigterm_drains_streams_over_the_window_then_exits() {
         assert_eq!(res.status(), 200);
         let mut stream = RawStream::new(res);
         let first = stream.read_frame(overall).await;
-        assert_eq!(first, b"retry: 200\n\n");
+        assert_eq!(first, b"retry: 200\nid: 0\n\n");
         readers.push(tokio::spawn(stream.until_end(overall)));
     }
 

@@ -514,3 +514,36 @@ async fn later_instance_resumes_a_cursor_from_an_earlier_one_exactly_once() {
     second.stop().await;
     first.stop().await;
 }
+
+#[tokio::test]
+async fn client_that_drops_before_its_first_event_resumes_from_the_opening_id() {
+    let app = spawn_app().await;
+    let topic = unique_topic("opening");
+    let before = app.publish_ok(&topic, json!("before")).await;
+    let mut first = app.stream(&format!("topic={topic}"), None).await;
+    let opening = first.next_frame().await.unwrap();
+    // The instance may not have read `before` from the log yet: the start
+    // is at most there.
+    assert!(
+        opening.id_num() <= before,
+        "the opening frame names the start"
+    );
+    assert!(!opening.is_event());
+    drop(first);
+
+    let missed = app.publish_ok(&topic, json!("while away")).await;
+    let mut again = app
+        .stream(&format!("topic={topic}"), opening.id.as_deref())
+        .await;
+    let mut got = Vec::new();
+    while got.last() != Some(&missed) {
+        got.push(again.next_event().await.unwrap().id_num());
+    }
+
+    let expected: Vec<i64> = [before, missed]
+        .into_iter()
+        .filter(|id| *id > opening.id_num())
+        .collect();
+    assert_eq!(got, expected);
+    app.stop().await;
+}

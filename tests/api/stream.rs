@@ -48,7 +48,7 @@ async fn stream_answers_event_stream_headers_and_opens_with_exact_retry_bytes() 
     let mut sse = SseClient::new(res);
     let first = sse.next_frame().await.unwrap();
     assert_eq!(first.retry, Some(200));
-    assert_eq!(sse.raw, b"retry: 200\n\n");
+    assert_eq!(sse.raw, b"retry: 200\nid: 0\n\n");
     app.stop().await;
 }
 
@@ -71,7 +71,7 @@ async fn idle_stream_gets_ping_comments_at_the_heartbeat_interval() {
         assert_eq!(ping.comments, vec!["ping".to_owned()]);
         assert!(!ping.is_event());
     }
-    assert_eq!(sse.raw, b"retry: 200\n\n: ping\n\n: ping\n\n");
+    assert_eq!(sse.raw, b"retry: 200\nid: 0\n\n: ping\n\n: ping\n\n");
     // Two intervals at least: pings are paced, not sent in a burst.
     assert!(opened.elapsed() >= heartbeat * 2, "{:?}", opened.elapsed());
     app.stop().await;
@@ -99,7 +99,8 @@ async fn published_event_is_one_frame_byte_for_byte_with_the_publish_envelope() 
     let id = published["id"].as_str().unwrap().to_owned();
     let ev = sse.next_event().await.unwrap();
 
-    let expected = format!("retry: 200\n\nid: {id}\nevent: incident.updated\ndata: {envelope}\n\n");
+    let expected =
+        format!("retry: 200\nid: 0\n\nid: {id}\nevent: incident.updated\ndata: {envelope}\n\n");
     assert_eq!(String::from_utf8(sse.raw.clone()).unwrap(), expected);
     assert_eq!(ev.id.as_deref(), Some(id.as_str()));
     assert_eq!(ev.event.as_deref(), Some("incident.updated"));
@@ -130,7 +131,7 @@ async fn event_without_type_is_framed_as_message() {
         .to_owned();
     sse.next_event().await.unwrap();
 
-    let expected = format!("retry: 200\n\nid: {id}\nevent: message\ndata: {envelope}\n\n");
+    let expected = format!("retry: 200\nid: 0\n\nid: {id}\nevent: message\ndata: {envelope}\n\n");
     assert_eq!(String::from_utf8(sse.raw.clone()).unwrap(), expected);
     app.stop().await;
 }
@@ -528,7 +529,7 @@ impl StalledClient {
             read_some(&mut socket, &mut buf).await;
             if let Some(end) = find(&buf, b"\r\n\r\n") {
                 let rest = &buf[end + 4..];
-                if find(rest, b"retry: 200\n\n").is_some() {
+                if find(rest, b"\n\n").is_some() && find(rest, b"retry: 200\n").is_some() {
                     break end;
                 }
             }
@@ -593,12 +594,14 @@ fn decode_chunked(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Ids of the complete event frames in SSE text.
+/// Ids of the complete event frames in SSE text (frames with data; the
+/// opening frame's `id:` marks a position, not an event).
 fn frame_ids(sse: &[u8]) -> Vec<i64> {
     let text = String::from_utf8_lossy(sse);
     let complete = text.rfind("\n\n").map_or("", |end| &text[..end]);
     complete
         .split("\n\n")
+        .filter(|block| block.lines().any(|l| l.starts_with("data:")))
         .filter_map(|block| {
             block
                 .lines()
