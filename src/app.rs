@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +27,7 @@ use crate::hub::Hub;
 use crate::listener::{self, Listener, ListenerStatus};
 use crate::log::EventLog;
 use crate::subscription::StreamSettings;
-use crate::{db, telemetry};
+use crate::{db, server, telemetry};
 
 /// Extra time after the drain window for publishes and writes in flight.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -97,6 +96,7 @@ impl Server {
             shutdown,
             draining: Arc::new(AtomicBool::new(false)),
             streams_open: TaskTracker::new(),
+            cors_origins: config.cors_origins.clone().into(),
         };
         Ok(Self {
             tcp,
@@ -139,18 +139,17 @@ impl Server {
         let pool = state.log.pool().clone();
         tracing::info!(address = %tcp.local_addr()?, "herald is serving");
 
-        // Frames are small and latency matters: no Nagle delay.
-        let tcp = tcp.tap_io(|io| {
-            let _ = io.set_nodelay(true);
-        });
         // Connections are still accepted during the drain window: a load
         // balancer sees `/readyz` fail, and a stream that arrives is told to
         // come back (`retry:`, then the end) instead of being refused.
         let stop_accepting = CancellationToken::new();
         let streams = state.streams_open.clone();
-        let serve = axum::serve(tcp, http::router(state, http::cors(&cors)))
-            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-        let mut server = tokio::spawn(async move { serve.await });
+        let router = http::router(state.clone(), http::cors(&cors));
+        let serve = server::serve(tcp, state, router, stop_accepting.clone());
+        let mut server = tokio::spawn(async move {
+            serve.await;
+            Ok::<(), std::io::Error>(())
+        });
 
         tokio::select! {
             result = &mut server => {

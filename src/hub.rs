@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::event::{Filters, Frame};
 use crate::telemetry;
@@ -40,6 +41,9 @@ struct State {
 struct Subscriber {
     filters: Filters,
     queue: mpsc::Sender<Arc<Frame>>,
+    /// Cancelled when the hub drops the subscriber for falling behind, so a
+    /// writer blocked on a client that stopped reading can give up at once.
+    lagged: CancellationToken,
 }
 
 /// The result of [`Hub::attach`].
@@ -115,7 +119,13 @@ impl Hub {
     }
 
     /// Subscribes from `cursor` if the ring covers it.
-    pub fn attach(&self, cursor: i64, filters: &Filters, queue_capacity: usize) -> Attach {
+    pub fn attach(
+        &self,
+        cursor: i64,
+        filters: &Filters,
+        queue_capacity: usize,
+        lagged: &CancellationToken,
+    ) -> Attach {
         let mut s = self.lock();
         if cursor < s.ring_floor {
             return Attach::NotCovered {
@@ -137,6 +147,7 @@ impl Hub {
             Subscriber {
                 filters: filters.clone(),
                 queue: tx,
+                lagged: lagged.clone(),
             },
         );
         drop(s);
@@ -169,7 +180,8 @@ impl Hub {
                 }
             }
             for seq in lagging.drain(..) {
-                if s.subscribers.remove(&seq).is_some() {
+                if let Some(sub) = s.subscribers.remove(&seq) {
+                    sub.lagged.cancel();
                     telemetry::streams_lagged().increment(1);
                 }
             }
@@ -220,7 +232,7 @@ mod tests {
         let hub = Hub::new(4, 0);
         hub.publish(&[frame(1, "a"), frame(2, "b"), frame(3, "a")]);
         let filters = Filters::new(vec![TopicFilter::parse("a").unwrap()]);
-        match hub.attach(1, &filters, 8) {
+        match hub.attach(1, &filters, 8, &CancellationToken::new()) {
             Attach::Live { backlog, .. } => assert_eq!(ids(&backlog), vec![3]),
             Attach::NotCovered { .. } => panic!("ring covers cursor 1"),
         }
@@ -231,11 +243,11 @@ mod tests {
         let hub = Hub::new(2, 0);
         hub.publish(&[frame(1, "a"), frame(2, "a"), frame(3, "a")]);
         assert!(matches!(
-            hub.attach(0, &Filters::default(), 8),
+            hub.attach(0, &Filters::default(), 8, &CancellationToken::new()),
             Attach::NotCovered { ring_floor: 1 }
         ));
         assert!(matches!(
-            hub.attach(1, &Filters::default(), 8),
+            hub.attach(1, &Filters::default(), 8, &CancellationToken::new()),
             Attach::Live { .. }
         ));
     }
@@ -243,11 +255,13 @@ mod tests {
     #[test]
     fn full_queue_drops_the_subscriber() {
         let hub = Hub::new(8, 0);
-        let Attach::Live { mut live, .. } = hub.attach(0, &Filters::default(), 1) else {
+        let lagged = CancellationToken::new();
+        let Attach::Live { mut live, .. } = hub.attach(0, &Filters::default(), 1, &lagged) else {
             panic!("covered");
         };
         hub.publish(&[frame(1, "a"), frame(2, "a")]);
         assert_eq!(hub.subscribers(), 0);
+        assert!(lagged.is_cancelled());
         assert_eq!(live.queue.try_recv().unwrap().id, 1);
         assert!(live.queue.try_recv().is_err());
     }
@@ -255,7 +269,7 @@ mod tests {
     #[test]
     fn dropping_registration_detaches() {
         let hub = Hub::new(8, 0);
-        let attached = hub.attach(0, &Filters::default(), 1);
+        let attached = hub.attach(0, &Filters::default(), 1, &CancellationToken::new());
         assert_eq!(hub.subscribers(), 1);
         drop(attached);
         assert_eq!(hub.subscribers(), 0);

@@ -12,6 +12,8 @@
 //! - [`error`]: refusals as `application/problem+json`.
 //! - [`telemetry`]: tracing and the Prometheus metric set.
 //! - [`db`]: connecting, creating the database, migrations.
+//! - [`server`]: the accept loop; stream requests straight to the socket,
+//!   the rest through hyper and axum.
 //! - [`app`]: wiring it all up; [`Server`] is what `main` and the tests start.
 //! - [`cli`]: the terminal client, `herald tail` and `herald publish`.
 
@@ -25,6 +27,7 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod log;
+pub mod server;
 pub mod subscription;
 pub mod telemetry;
 

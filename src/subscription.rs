@@ -15,7 +15,6 @@
 //! gives up for good on any other answer.
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -99,6 +98,15 @@ enum Retry {
     Replay,
 }
 
+/// What [`Subscription::wait`] woke up for.
+enum Wake {
+    Query(Result<Step, LogError>),
+    BackoffOver(Retry),
+    Frame(Option<Arc<Frame>>),
+    Ping,
+    End,
+}
+
 enum Step {
     Head(Head),
     /// The cursor a `since=` time maps to.
@@ -121,6 +129,9 @@ pub struct Subscription {
     /// A start time still to be turned into a cursor.
     since: Option<OffsetDateTime>,
     message_events: bool,
+    coalesce: bool,
+    /// Cancelled by the hub if this subscriber falls behind.
+    lagged: CancellationToken,
     /// Id of the last event written (or skipped past): nothing at or below it
     /// is written again.
     cursor: i64,
@@ -181,6 +192,8 @@ impl Subscription {
                 Start::Now | Start::After(_) => None,
             },
             message_events: request.message_events,
+            coalesce: true,
+            lagged: CancellationToken::new(),
             cursor: 0,
             read_database: false,
             state: State::Opening,
@@ -202,7 +215,45 @@ impl Subscription {
     }
 
     /// The next bytes to write, or `None` when the stream ends.
+    ///
+    /// Cancel-safe: every wait keeps its state in `self` (a query future is
+    /// polled in place), so a caller may drop this future, for instance to
+    /// notice that the client went away, and call again.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.ready_chunk() {
+                return Some(chunk);
+            }
+            if matches!(self.state, State::Done) {
+                return None;
+            }
+            match self.wait().await {
+                Wake::Query(result) => self.on_query(result),
+                Wake::BackoffOver(then) => {
+                    self.state = match then {
+                        Retry::Resolve => State::Resolve,
+                        Retry::Replay => State::Replay,
+                    };
+                }
+                Wake::Frame(Some(frame)) => self.write_event(&frame),
+                // The hub dropped this subscriber: it fell behind. Ending the
+                // stream makes the client resume from its last id.
+                Wake::Frame(None) | Wake::End => {
+                    self.state = State::Done;
+                    return None;
+                }
+                Wake::Ping => {
+                    self.next_ping = Instant::now() + self.settings.heartbeat;
+                    return Some(Bytes::from_static(event::PING_FRAME));
+                }
+            }
+        }
+    }
+
+    /// The next bytes that are ready without waiting, if any: what replay
+    /// and hand-over produced, or a live frame already queued. Advances the
+    /// steps that need no waiting (opening, resolving, starting a query).
+    pub fn ready_chunk(&mut self) -> Option<Bytes> {
         loop {
             if let Some(chunk) = self.take_out() {
                 self.next_ping = Instant::now() + self.settings.heartbeat;
@@ -224,18 +275,75 @@ impl Subscription {
                 }
                 State::Resolve => self.resolve(),
                 State::Replay => self.query_page(),
-                State::Querying(fut) => {
-                    if let ControlFlow::Break(chunk) = self.await_query(fut).await {
-                        return chunk;
+                State::Live(mut reg) => {
+                    let frame = reg.queue.try_recv();
+                    self.state = State::Live(reg);
+                    match frame {
+                        Ok(frame) => self.write_event(&frame),
+                        // Empty, or dropped by the hub (then `wait` sees it).
+                        Err(_) => return None,
                     }
                 }
-                State::Backoff { until, then } => {
-                    if let ControlFlow::Break(chunk) = self.await_backoff(until, then).await {
-                        return chunk;
-                    }
+                waiting @ (State::Querying(_) | State::Backoff { .. } | State::Done) => {
+                    self.state = waiting;
+                    return None;
                 }
-                State::Live(reg) => return self.await_live(reg).await,
-                State::Done => return None,
+            }
+        }
+    }
+
+    /// Waits for whatever the current state waits for, a heartbeat, or the
+    /// stream's end. Borrows the state in place, so dropping it loses nothing.
+    async fn wait(&mut self) -> Wake {
+        let ping = sleep_until(self.next_ping);
+        let end = until_end(&self.shutdown, &mut self.end_at, self.drain_offset);
+        match &mut self.state {
+            State::Querying(query) => tokio::select! {
+                result = query => Wake::Query(result),
+                () = ping => Wake::Ping,
+                () = end => Wake::End,
+            },
+            State::Backoff { until, then } => {
+                let then = *then;
+                tokio::select! {
+                    () = sleep_until(*until) => Wake::BackoffOver(then),
+                    () = ping => Wake::Ping,
+                    () = end => Wake::End,
+                }
+            }
+            State::Live(reg) => tokio::select! {
+                frame = reg.queue.recv() => Wake::Frame(frame),
+                () = ping => Wake::Ping,
+                () = end => Wake::End,
+            },
+            // Nothing else waits (`ready_chunk` advanced it).
+            _ => Wake::End,
+        }
+    }
+
+    fn on_query(&mut self, result: Result<Step, LogError>) {
+        self.state = State::Done;
+        match result {
+            Ok(Step::Head(head)) => self.on_head(head),
+            Ok(Step::Since(cursor)) => {
+                self.since = None;
+                self.resume = Some(cursor);
+                self.state = State::Resolve;
+            }
+            Ok(Step::Page { events, hub_head }) => self.on_page(&events, hub_head),
+            Err(e) => {
+                tracing::warn!(error = %e, "replay query failed; retrying behind heartbeats");
+                let resolving =
+                    self.since.is_some() || (self.resume.is_some() && !self.read_database);
+                let then = if resolving {
+                    Retry::Resolve
+                } else {
+                    Retry::Replay
+                };
+                self.state = State::Backoff {
+                    until: Instant::now() + RETRY_QUERY_AFTER,
+                    then,
+                };
             }
         }
     }
@@ -294,10 +402,12 @@ impl Subscription {
     }
 
     fn attach_or_replay(&mut self) {
-        match self
-            .hub
-            .attach(self.cursor, &self.filters, self.settings.queue_capacity)
-        {
+        match self.hub.attach(
+            self.cursor,
+            &self.filters,
+            self.settings.queue_capacity,
+            &self.lagged,
+        ) {
             Attach::Live { backlog, live } => {
                 if self.resume.is_some() {
                     let source = if self.read_database {
@@ -352,11 +462,28 @@ impl Subscription {
         telemetry::events_delivered().increment(1);
     }
 
+    /// Cancelled when the hub drops this subscriber for falling behind.
+    pub fn lagged(&self) -> CancellationToken {
+        self.lagged.clone()
+    }
+
+    /// A writer that sends several chunks in one vectored write: never join
+    /// chunks into a copy.
+    pub fn set_vectored(&mut self) {
+        self.coalesce = false;
+    }
+
     /// One chunk from `out`; several small replay frames are joined so a
-    /// replay of thousands of events is not thousands of writes.
+    /// replay of thousands of events is not thousands of writes (unless the
+    /// writer is vectored).
     fn take_out(&mut self) -> Option<Bytes> {
         let first = self.out.pop_front()?;
-        if self.out.is_empty() || first.len() >= COALESCE_BYTES {
+        // Live frames are shared by every subscriber: never copied.
+        if !self.coalesce
+            || self.out.is_empty()
+            || first.len() >= COALESCE_BYTES
+            || matches!(self.state, State::Live(_))
+        {
             return Some(first);
         }
         let mut buf = BytesMut::with_capacity(COALESCE_BYTES);
@@ -369,88 +496,6 @@ impl Subscription {
             self.out.pop_front();
         }
         Some(buf.freeze())
-    }
-
-    /// Waits for a query, with heartbeats; `Continue` once its result is in.
-    async fn await_query(
-        &mut self,
-        mut fut: BoxFuture<'static, Result<Step, LogError>>,
-    ) -> ControlFlow<Option<Bytes>> {
-        tokio::select! {
-            result = &mut fut => {
-                match result {
-                    Ok(Step::Head(head)) => self.on_head(head),
-                    Ok(Step::Since(cursor)) => {
-                        self.since = None;
-                        self.resume = Some(cursor);
-                        self.state = State::Resolve;
-                    }
-                    Ok(Step::Page { events, hub_head }) => self.on_page(&events, hub_head),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "replay query failed; retrying behind heartbeats");
-                        let resolving = self.since.is_some() || (self.resume.is_some() && !self.read_database);
-                        let then = if resolving { Retry::Resolve } else { Retry::Replay };
-                        self.state = State::Backoff { until: Instant::now() + RETRY_QUERY_AFTER, then };
-                    }
-                }
-                ControlFlow::Continue(())
-            }
-            () = sleep_until(self.next_ping) => {
-                self.state = State::Querying(fut);
-                ControlFlow::Break(self.ping())
-            }
-            () = until_end(&self.shutdown, &mut self.end_at, self.drain_offset) => ControlFlow::Break(None),
-        }
-    }
-
-    /// Waits out a failed query's backoff, with heartbeats.
-    async fn await_backoff(&mut self, until: Instant, then: Retry) -> ControlFlow<Option<Bytes>> {
-        tokio::select! {
-            () = sleep_until(until) => {
-                self.state = match then { Retry::Resolve => State::Resolve, Retry::Replay => State::Replay };
-                ControlFlow::Continue(())
-            }
-            () = sleep_until(self.next_ping) => {
-                self.state = State::Backoff { until, then };
-                ControlFlow::Break(self.ping())
-            }
-            () = until_end(&self.shutdown, &mut self.end_at, self.drain_offset) => ControlFlow::Break(None),
-        }
-    }
-
-    async fn await_live(&mut self, mut reg: Registration) -> Option<Bytes> {
-        loop {
-            tokio::select! {
-                frame = reg.queue.recv() => match frame {
-                    Some(frame) if frame.id > self.cursor => {
-                        self.state = State::Live(reg);
-                        if self.message_events {
-                            self.write_event(&frame);
-                            self.next_ping = Instant::now() + self.settings.heartbeat;
-                            return self.take_out();
-                        }
-                        self.cursor = frame.id;
-                        telemetry::events_delivered().increment(1);
-                        self.next_ping = Instant::now() + self.settings.heartbeat;
-                        return Some(frame.bytes.clone());
-                    }
-                    Some(_) => {}
-                    // The hub dropped this subscriber: it fell behind. Ending
-                    // the stream makes the client resume from its last id.
-                    None => return None,
-                },
-                () = sleep_until(self.next_ping) => {
-                    self.state = State::Live(reg);
-                    return self.ping();
-                }
-                () = until_end(&self.shutdown, &mut self.end_at, self.drain_offset) => return None,
-            }
-        }
-    }
-
-    fn ping(&mut self) -> Option<Bytes> {
-        self.next_ping = Instant::now() + self.settings.heartbeat;
-        Some(Bytes::from_static(event::PING_FRAME))
     }
 }
 

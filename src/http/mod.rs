@@ -12,6 +12,7 @@ mod history;
 mod ops;
 mod publish;
 mod stream;
+pub mod stream_conn;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -53,6 +54,8 @@ pub struct AppState {
     /// One token per open stream, so a stopping instance knows when the
     /// last one has ended.
     pub streams_open: TaskTracker,
+    /// Origins allowed by CORS (`--cors-origins`).
+    pub cors_origins: Arc<[String]>,
 }
 
 /// CORS for the listed origins, with credentials (cookies), so a page on

@@ -33,34 +33,13 @@ pub async fn stream(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = parse_query(query.as_deref().unwrap_or(""))?;
-    // The header is what `EventSource` sends on reconnect; it wins over a
-    // `last_event_id` left in the URL from the first connection.
-    // `since=` likewise only applies to the first connection.
-    let start = match (last_event_id_header(&headers)?, q.last_event_id, q.since) {
-        (Some(id), _, _) | (None, Some(id), _) => Start::After(id),
-        (None, None, Some(time)) => Start::Since(time),
-        (None, None, None) => Start::Now,
-    };
-
-    let body = if state.shutdown.is_cancelled() {
-        // This instance is stopping: tell the client when to come back and
-        // end, so it reconnects (to another instance) rather than failing.
-        Body::from(retry_frame(state.streams.retry))
-    } else {
-        let sub = Subscription::new(
-            state.hub.clone(),
-            state.log.clone(),
-            StreamRequest {
-                filters: q.filters,
-                start,
-                message_events: q.message_events,
-            },
-            state.streams.clone(),
-            state.shutdown.clone(),
-            state.streams_open.token(),
-        );
-        Body::from_stream(sub.into_body_stream())
+    let request = stream_request(
+        query.as_deref().unwrap_or(""),
+        headers.get("last-event-id").map(HeaderValue::as_bytes),
+    )?;
+    let body = match subscribe(&state, request) {
+        Some(sub) => Body::from_stream(sub.into_body_stream()),
+        None => Body::from(retry_frame(state.streams.retry)),
     };
     let mut res = Response::new(body);
     let h = res.headers_mut();
@@ -72,6 +51,52 @@ pub async fn stream(
     // nginx and similar proxies must pass each frame on as it comes.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
+}
+
+/// What a stream request asks for, from its query string and its
+/// `Last-Event-ID` header.
+///
+/// # Errors
+/// [`ApiError`] (400) for anything malformed.
+pub(crate) fn stream_request(
+    query: &str,
+    last_event_id: Option<&[u8]>,
+) -> Result<StreamRequest, ApiError> {
+    let q = parse_query(query)?;
+    // The header is what `EventSource` sends on reconnect; it wins over a
+    // `last_event_id` left in the URL from the first connection.
+    // `since=` likewise only applies to the first connection.
+    let start = match (
+        last_event_id_header(last_event_id)?,
+        q.last_event_id,
+        q.since,
+    ) {
+        (Some(id), _, _) | (None, Some(id), _) => Start::After(id),
+        (None, None, Some(time)) => Start::Since(time),
+        (None, None, None) => Start::Now,
+    };
+    Ok(StreamRequest {
+        filters: q.filters,
+        start,
+        message_events: q.message_events,
+    })
+}
+
+/// The subscription for a request, or `None` when this instance is stopping:
+/// then the answer is a `retry:` line and an end, so the client reconnects
+/// (to another instance) rather than failing.
+pub(crate) fn subscribe(state: &AppState, request: StreamRequest) -> Option<Subscription> {
+    if state.shutdown.is_cancelled() {
+        return None;
+    }
+    Some(Subscription::new(
+        state.hub.clone(),
+        state.log.clone(),
+        request,
+        state.streams.clone(),
+        state.shutdown.clone(),
+        state.streams_open.token(),
+    ))
 }
 
 /// Parses an event id cursor: a non-negative integer (`0` means from the
@@ -88,12 +113,11 @@ pub(super) fn parse_cursor(what: &str, text: &str) -> Result<i64, ApiError> {
         })
 }
 
-fn last_event_id_header(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get("last-event-id") else {
+fn last_event_id_header(value: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
+    let Some(value) = value else {
         return Ok(None);
     };
-    let text = value
-        .to_str()
+    let text = std::str::from_utf8(value)
         .map_err(|_| ApiError::BadRequest("Last-Event-ID must be an event id".into()))?;
     if text.trim().is_empty() {
         return Ok(None);
