@@ -1,0 +1,34 @@
+//! herald-bench: a load and correctness harness for herald, which drives
+//! nchan with the same workloads so the two compare side by side. See
+//! `bench/README.md` for how to run it and what each number means.
+//!
+//! The modules, from the wire up:
+//! - [`net`]: sockets from loopback source addresses; the fd budget.
+//! - [`http`]: hand-written HTTP/1.1 requests, response heads, chunked bodies.
+//! - [`sse`]: an incremental `text/event-stream` frame parser.
+//! - [`payload`]: the marker each event carries (publisher, sequence, time).
+//! - [`target`]: herald and nchan behind one [`target::Target`] trait.
+//! - [`subscriber`], [`publisher`]: the two kinds of client.
+//! - [`track`], [`stats`]: correctness counters and latency percentiles.
+//! - [`procfs`]: the server's memory and CPU from `/proc`.
+//! - [`scenario`]: publish, fanout, idle, resume, storm.
+//! - [`report`]: the table and the JSON.
+//! - [`servers`]: starting herald and nginx+nchan for a comparison.
+
+pub mod http;
+pub mod net;
+pub mod payload;
+pub mod procfs;
+pub mod publisher;
+pub mod report;
+pub mod scenario;
+pub mod servers;
+pub mod sse;
+pub mod stats;
+pub mod subscriber;
+pub mod target;
+pub mod track;
+
+pub use report::Report;
+pub use scenario::{Params, Scenario};
+pub use target::{Kind, Target};

@@ -1,0 +1,88 @@
+//! `publish` and `fanout`: subscribers open and synced, publishers run, then
+//! the harness waits until every acknowledged event has reached every
+//! subscriber (or `--drain-timeout`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{
+    Ctx, Subscribers, client_sampler, correctness, fresh_topic, publish_all, server_sampler,
+    wait_for,
+};
+use crate::publisher::Control;
+use crate::report::{DeliveryStats, Report};
+use crate::stats::Percentiles;
+use crate::track::Bits;
+
+pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
+    let p = &ctx.params;
+    let topics: Vec<Arc<str>> = (0..p.topics).map(|_| fresh_topic(ctx.scenario)).collect();
+    let subs = Subscribers::spawn(ctx, &topics, p.subscribers, None, None);
+    subs.wait_established(p.drain_timeout).await?;
+    let mut control = Control::new(ctx.target.clone(), &ctx.sources);
+    subs.sync(&mut control, &topics, p.drain_timeout).await?;
+    // Sync events are not measured.
+    subs.shared.latency.reset();
+
+    let server = server_sampler(ctx);
+    let client = client_sampler();
+    let started = Instant::now();
+    let published = publish_all(ctx, &topics, p.events, p.rate, p.until()).await?;
+
+    // What each topic's subscribers should receive: its publishers' events.
+    let n = topics.len();
+    let acked_by_topic: Vec<Vec<Bits>> = (0..n)
+        .map(|t| {
+            (0..published.acked.len())
+                .map(|i| {
+                    if i % n == t {
+                        published.acked[i].clone()
+                    } else {
+                        Bits::default()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let per_topic: Vec<u64> = acked_by_topic
+        .iter()
+        .map(|a| a.iter().map(Bits::len).sum())
+        .collect();
+    let all: u64 = (0..subs.len()).map(|i| per_topic[i % n]).sum();
+    let live = (subs.len() - subs.failed()) as u64;
+    let expected = all * live / subs.len().max(1) as u64;
+    wait_for(p.drain_timeout, || {
+        subs.shared.delivered.load(Ordering::Relaxed) >= expected
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let server = match server {
+        Some(s) => s.finish().await,
+        None => None,
+    };
+    let client = match client {
+        Some(s) => s.finish().await,
+        None => None,
+    };
+    let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
+    let latency = Percentiles::of(&subs.shared.latency.merged());
+    let outcomes = subs.finish().await;
+    Ok(Report {
+        scenario: ctx.scenario,
+        target: ctx.target.kind(),
+        params: p.clone(),
+        elapsed_s: elapsed,
+        delivery: Some(DeliveryStats {
+            deliveries,
+            deliveries_per_sec: deliveries as f64 / elapsed.max(1e-9),
+            latency,
+        }),
+        correctness: correctness(&outcomes, |i| &acked_by_topic[i % n], p.subscribers),
+        publish: Some(published.stats),
+        catch_up: None,
+        idle: None,
+        server,
+        client,
+    })
+}

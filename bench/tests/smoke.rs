@@ -1,0 +1,214 @@
+//! CI smoke run of the harness: every scenario, tiny, against herald started
+//! in-process on a fresh database (and against nchan when nginx and the
+//! module are installed). It asserts the correctness counters only (nothing
+//! missing, repeated or out of order); timings on a shared CI machine mean
+//! nothing, so none is asserted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use herald::{Config, Server};
+use herald_bench::{Kind, Params, Report, Scenario, Target, scenario, servers, target};
+use sqlx::Connection;
+use tokio::sync::oneshot;
+
+fn admin_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of its own for one test; dropped (forcefully) with it.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "herald_bench_smoke_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must be running for the tests (see README)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database");
+        let base = admin.rsplit_once('/').expect("URL has a path").0;
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (name, admin) = (self.name.clone(), admin_url());
+        // Drop runs outside async code: a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists {name} with (force)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// herald on port 0 and a fresh database, until the returned sender is
+/// dropped or fired.
+async fn start_herald(db: &TestDb) -> (Arc<dyn Target>, oneshot::Sender<()>) {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = db.url.clone();
+    config.drain = Duration::from_millis(100);
+    config.poll_interval = Duration::from_millis(200);
+    let server = Server::build(config).await.expect("herald starts");
+    let target = target::make(Kind::Herald, server.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    (target, stop)
+}
+
+/// Each scenario, tiny: a few seconds for all five together.
+fn tiny(s: Scenario) -> Params {
+    let base = Params {
+        duration: None,
+        connect_concurrency: Some(64),
+        settle: Duration::ZERO,
+        drain_timeout: Duration::from_secs(20),
+        ..Params::defaults(s)
+    };
+    match s {
+        Scenario::Publish => Params {
+            subscribers: 3,
+            publishers: 4,
+            events: Some(500),
+            ..base
+        },
+        Scenario::Fanout => Params {
+            subscribers: 20,
+            publishers: 2,
+            // Two topics: each subscriber expects only its topic's events.
+            topics: 2,
+            rate: Some(1000.0),
+            events: Some(300),
+            ..base
+        },
+        Scenario::Idle => Params {
+            subscribers: 20,
+            ..base
+        },
+        Scenario::Resume => Params {
+            publishers: 2,
+            batch: 50,
+            missed: 200,
+            repeat: 2,
+            ..base
+        },
+        Scenario::Storm => Params {
+            subscribers: 50,
+            publishers: 2,
+            batch: 25,
+            missed: 50,
+            ..base
+        },
+    }
+}
+
+const ALL: [Scenario; 5] = [
+    Scenario::Publish,
+    Scenario::Fanout,
+    Scenario::Idle,
+    Scenario::Resume,
+    Scenario::Storm,
+];
+
+fn assert_clean(r: &Report) {
+    let c = &r.correctness;
+    assert!(
+        r.is_clean(),
+        "{} {}: missing {} duplicate {} out of order {} id regressions {} resets {} failed {}; {:?}\n{}",
+        r.target,
+        r.scenario,
+        c.missing,
+        c.duplicates,
+        c.out_of_order,
+        c.id_regressions,
+        c.resets,
+        c.failed_subscribers,
+        c.first_error,
+        herald_bench::report::table(&[r])
+    );
+    assert!(c.subscribers > 0);
+    assert!(c.expected_per_subscriber > 0, "something was measured");
+}
+
+async fn run_all(target: &Arc<dyn Target>, pid: Option<u32>) {
+    for s in ALL {
+        let report = scenario::run(s, target.clone(), pid, tiny(s))
+            .await
+            .unwrap_or_else(|e| panic!("{} {s}: {e:#}", target.kind()));
+        assert_clean(&report);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_against_herald_delivers_each_event_once_in_order() {
+    let db = TestDb::create().await;
+    let (target, stop) = start_herald(&db).await;
+
+    run_all(&target, None).await;
+
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_against_nchan_delivers_each_event_once_in_order() {
+    let opts = servers::Options {
+        herald_bin: None,
+        herald_args: Vec::new(),
+        admin_url: admin_url(),
+        nginx_bin: "nginx".into(),
+        nchan_module: None,
+        nchan_config: None,
+    };
+    let module = [
+        "/usr/lib/nginx/modules/ngx_nchan_module.so",
+        "/usr/share/nginx/modules/ngx_nchan_module.so",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
+    if !module {
+        eprintln!(
+            "nchan not installed (apt-get install libnginx-mod-nchan): nchan smoke run not done"
+        );
+        return;
+    }
+    let nchan = servers::spawn(Kind::Nchan, &opts)
+        .await
+        .expect("nginx with nchan starts");
+    let target = target::make(Kind::Nchan, nchan.addr);
+
+    run_all(&target, Some(nchan.pid)).await;
+
+    nchan.stop().await.expect("nginx stops");
+}
