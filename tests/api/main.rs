@@ -5,6 +5,7 @@
 mod helpers;
 
 mod cli;
+mod clients;
 mod cluster;
 mod cors;
 mod faults;
