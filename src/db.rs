@@ -41,16 +41,28 @@ pub async fn connect(
         }
     }
 
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_size.max(2))
-        .acquire_timeout(acquire_timeout)
-        .connect_with(options)
+    // Migrations on a connection of their own, without the pool's lock
+    // timeout: instances starting together wait for each other's migration.
+    let mut conn = options
+        .connect()
         .await
         .map_err(|e| anyhow!("cannot connect to PostgreSQL at {target}: {e}; {fix}"))?;
     sqlx::migrate!()
-        .run(&pool)
+        .run(&mut conn)
         .await
         .with_context(|| format!("cannot apply migrations to {target}"))?;
+    conn.close().await?;
+
+    // No statement of the service waits for a lock longer than a request
+    // waits for a connection: an instance that died holding the log's lock
+    // costs 503s, not hung requests.
+    let lock_timeout = format!("{}ms", acquire_timeout.as_millis().max(1));
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size.max(2))
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options.options([("lock_timeout", lock_timeout.as_str())]))
+        .await
+        .map_err(|e| anyhow!("cannot connect to PostgreSQL at {target}: {e}; {fix}"))?;
     Ok(pool)
 }
 
