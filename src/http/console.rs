@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/console.js");
 const STYLE: &str = include_str!("console/console.css");
+const ICON: &str = include_str!("console/favicon.svg");
 
 /// Only this origin's files and API; no inline script, no frames.
 const CSP: &str = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -39,4 +40,8 @@ pub async fn script() -> impl IntoResponse {
 
 pub async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+pub async fn icon() -> impl IntoResponse {
+    asset("image/svg+xml", ICON)
 }

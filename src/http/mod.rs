@@ -97,6 +97,7 @@ fn routes(state: AppState) -> Router {
         .route("/", get(console::index))
         .route("/console.js", get(console::script))
         .route("/console.css", get(console::style))
+        .route("/favicon.svg", get(console::icon))
         .route("/v1/events", get(history::history).post(publish::publish))
         .route("/v1/stream", get(stream::stream))
         .route("/healthz", get(ops::healthz))

@@ -40,8 +40,8 @@ try {
   await page.waitForSelector("li.event.notice.reset", { timeout: WAIT_MS });
   assert.equal(await page.getAttribute("#state", "data-state"), "reset");
   const notice = await page.textContent("li.event.notice.reset");
-  assert.match(notice, /^reset \(cursor_ahead\)/);
-  assert.match(notice, /continuing from #0\b/);
+  assert.match(notice, /^reset: this server's log has no event #3\b/);
+  assert.match(notice, /live events continue from #0\b/);
 
   // Live again: a new event shows above the notice.
   const fresh = await publish(herald.base, { topic, type: "after.reset", data: "new log" });

@@ -86,11 +86,23 @@ function connect() {
 
   setState("connecting", "connecting…");
   source = new EventSource(`/v1/stream?${q}`);
+  // A reconnect counts once the connection holds: an instance that is
+  // stopping answers and ends at once, and that is no reconnection.
   let opened = false;
+  let settling = null;
   source.onopen = () => {
-    if (opened) showNotice("reconnected; missed events were replayed");
-    opened = true;
-    setState("live", "live");
+    if (!opened) {
+      opened = true;
+      setState("live", "live");
+      return;
+    }
+    clearTimeout(settling);
+    settling = setTimeout(() => {
+      if (source && source.readyState === EventSource.OPEN) {
+        setState("live", "live");
+        showNotice("reconnected; missed events were replayed");
+      }
+    }, 1000);
   };
   source.onmessage = (e) => {
     setState("live", "live");
@@ -99,13 +111,14 @@ function connect() {
   source.addEventListener("reset", (e) => {
     const info = JSON.parse(e.data);
     setState("reset", "reset");
-    showNotice(
-      `reset (${info.reason}): events were missed; continuing from #${info.continue_from}. ` +
-        `The oldest event still held is #${info.oldest_id}.`,
-      "reset",
-    );
+    const why =
+      info.reason === "cursor_too_old"
+        ? `events after #${info.last_event_id} are no longer held (the oldest held is #${info.oldest_id})`
+        : `this server's log has no event #${info.last_event_id} (it was reset, or is another deployment)`;
+    showNotice(`reset: ${why}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
   });
   source.onerror = () => {
+    clearTimeout(settling);
     if (source.readyState === EventSource.CLOSED) {
       setState("closed", "closed");
       $("connect").disabled = false;
