@@ -21,9 +21,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
+use std::pin::Pin;
 use time::OffsetDateTime;
-use tokio::time::{Instant, sleep_until};
+
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::event::{self, Filters, Frame, ResetReason, StoredEvent};
@@ -139,9 +142,9 @@ pub struct Subscription {
     state: State,
     out: VecDeque<Bytes>,
     next_ping: Instant,
-    shutdown: CancellationToken,
-    end_at: Option<Instant>,
-    drain_offset: Duration,
+    /// Fires at or before `next_ping`; re-armed only when it fires.
+    ping_timer: Pin<Box<Sleep>>,
+    end: EndWatch,
     _gauge: ActiveStream,
     /// Held for the stream's lifetime: the instance waits for these to go.
     _tracked: TaskTrackerToken,
@@ -177,8 +180,9 @@ impl Subscription {
         let ordinal = ORDINAL.fetch_add(1, Ordering::Relaxed);
         let spread = (ordinal as f64 * 0.618_033_988_749_895).fract();
         Self {
-            drain_offset: settings.drain.mul_f64(spread),
+            end: EndWatch::new(shutdown, settings.drain.mul_f64(spread)),
             next_ping: Instant::now() + settings.heartbeat,
+            ping_timer: Box::pin(sleep_until(Instant::now() + settings.heartbeat)),
             hub,
             log,
             filters: request.filters,
@@ -198,8 +202,7 @@ impl Subscription {
             read_database: false,
             state: State::Opening,
             out: VecDeque::new(),
-            shutdown,
-            end_at: None,
+
             _gauge: ActiveStream::new(),
             _tracked: tracked,
         }
@@ -243,8 +246,15 @@ impl Subscription {
                     return None;
                 }
                 Wake::Ping => {
-                    self.next_ping = Instant::now() + self.settings.heartbeat;
-                    return Some(Bytes::from_static(event::PING_FRAME));
+                    // The timer is only re-armed when it fires, not per
+                    // frame: a frame just moves `next_ping` on.
+                    let now = Instant::now();
+                    if now >= self.next_ping {
+                        self.next_ping = now + self.settings.heartbeat;
+                        self.ping_timer.as_mut().reset(self.next_ping);
+                        return Some(Bytes::from_static(event::PING_FRAME));
+                    }
+                    self.ping_timer.as_mut().reset(self.next_ping);
                 }
             }
         }
@@ -295,8 +305,8 @@ impl Subscription {
     /// Waits for whatever the current state waits for, a heartbeat, or the
     /// stream's end. Borrows the state in place, so dropping it loses nothing.
     async fn wait(&mut self) -> Wake {
-        let ping = sleep_until(self.next_ping);
-        let end = until_end(&self.shutdown, &mut self.end_at, self.drain_offset);
+        let ping = self.ping_timer.as_mut();
+        let end = self.end.wait();
         match &mut self.state {
             State::Querying(query) => tokio::select! {
                 result = query => Wake::Query(result),
@@ -499,17 +509,37 @@ impl Subscription {
     }
 }
 
-/// Resolves when this stream must end: its slot in the drain window after
-/// the instance began to stop.
-async fn until_end(shutdown: &CancellationToken, end_at: &mut Option<Instant>, offset: Duration) {
-    let at = match *end_at {
-        Some(at) => at,
-        None => {
-            shutdown.cancelled().await;
-            *end_at.insert(Instant::now() + offset)
+/// When this stream must end: its slot in the drain window after the
+/// instance began to stop. Both waits live here, polled in place, so the
+/// stream registers with the shutdown token and the timer once, not on
+/// every frame.
+enum EndWatch {
+    Running {
+        shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+        offset: Duration,
+    },
+    Draining(Pin<Box<Sleep>>),
+}
+
+impl EndWatch {
+    fn new(shutdown: CancellationToken, offset: Duration) -> Self {
+        Self::Running {
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            offset,
         }
-    };
-    sleep_until(at).await;
+    }
+
+    async fn wait(&mut self) {
+        loop {
+            match self {
+                Self::Running { shutdown, offset } => {
+                    shutdown.as_mut().await;
+                    *self = Self::Draining(Box::pin(sleep(*offset)));
+                }
+                Self::Draining(slot) => return slot.as_mut().await,
+            }
+        }
+    }
 }
 
 fn reason_label(reason: ResetReason) -> &'static str {
