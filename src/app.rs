@@ -209,10 +209,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Server::build(config).await?.run_until(stop_signal()).await
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (never, for a signal that cannot
+/// be listened to). The server stops on it, and so does `herald tail`.
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {

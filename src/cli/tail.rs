@@ -41,7 +41,7 @@ pub async fn run(args: TailArgs) -> ExitCode {
     };
     tokio::select! {
         code = tail.follow() => code,
-        () = stop_signal() => ExitCode::SUCCESS,
+        () = crate::app::stop_signal() => ExitCode::SUCCESS,
     }
 }
 
@@ -299,30 +299,6 @@ fn backoff(retry: Duration, failures: u32) -> Duration {
     let base = retry.max(MIN_DELAY);
     let doubled = base.saturating_mul(1 << failures.saturating_sub(1).min(16));
     doubled.min(MAX_BACKOFF).max(base)
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the normal way to end a tail.
-async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]

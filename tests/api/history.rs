@@ -39,29 +39,6 @@ async fn publish_text(app: &TestApp, body: &str) -> String {
     res.text().await.unwrap()
 }
 
-/// Asserts an RFC 9457 refusal: status, content type, `status`, `code`, and
-/// a `detail` that mentions `mentions`.
-async fn assert_problem(res: reqwest::Response, status: u16, code: &str, mentions: &str) {
-    assert_eq!(res.status(), status, "status");
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(
-        content_type.as_deref(),
-        Some("application/problem+json"),
-        "content type"
-    );
-    let body: Value = res.json().await.expect("problem body is JSON");
-    assert_eq!(body["status"], status, "{body}");
-    assert_eq!(body["code"], code, "{body}");
-    let detail = body["detail"].as_str().expect("detail is a string");
-    assert!(
-        detail.contains(mentions),
-        "detail {detail:?} should mention {mentions:?}"
-    );
-}
-
 #[tokio::test]
 async fn history_returns_the_envelopes_publish_answered_oldest_first() {
     let app = spawn_app().await;

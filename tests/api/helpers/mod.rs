@@ -5,17 +5,22 @@
 
 #![allow(dead_code)]
 
+mod chaos;
+mod problems;
+mod sse;
+
+pub use chaos::*;
+pub use problems::*;
+pub use sse::*;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use herald::{Config, Server};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -318,164 +323,6 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// One SSE frame as a client sees it (WHATWG HTML §9.2.6), with comments kept.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SseFrame {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: Option<String>,
-    pub retry: Option<u64>,
-    pub comments: Vec<String>,
-}
-
-impl SseFrame {
-    /// The parsed `data:` JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_str(self.data.as_deref().expect("frame has data")).expect("data is JSON")
-    }
-
-    /// The `id:` as a number.
-    pub fn id_num(&self) -> i64 {
-        self.id
-            .as_deref()
-            .expect("frame has id")
-            .parse()
-            .expect("numeric id")
-    }
-
-    pub fn is_event(&self) -> bool {
-        self.data.is_some()
-    }
-}
-
-/// A raw SSE reader over a real HTTP response: it keeps every byte, so
-/// tests can assert framing byte for byte and see `: ping` comments, which
-/// EventSource-style parsers drop.
-pub struct SseClient {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buf: Vec<u8>,
-    /// Every byte received so far.
-    pub raw: Vec<u8>,
-    ended: bool,
-}
-
-impl SseClient {
-    pub fn new(res: reqwest::Response) -> Self {
-        Self {
-            body: Box::pin(res.bytes_stream()),
-            buf: Vec::new(),
-            raw: Vec::new(),
-            ended: false,
-        }
-    }
-
-    /// The next frame (blank-line terminated block), or `None` when the
-    /// server ended the stream. Fails the test after [`WAIT`].
-    pub async fn next_frame(&mut self) -> Option<SseFrame> {
-        tokio::time::timeout(WAIT, self.next_frame_inner())
-            .await
-            .expect("an SSE frame in time")
-    }
-
-    /// Like `next_frame` but gives up after `d`, returning `Err(())`.
-    pub async fn next_frame_within(&mut self, d: Duration) -> Result<Option<SseFrame>, ()> {
-        tokio::time::timeout(d, self.next_frame_inner())
-            .await
-            .map_err(|_| ())
-    }
-
-    async fn next_frame_inner(&mut self) -> Option<SseFrame> {
-        loop {
-            if let Some(end) = find_blank_line(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..end.1).collect();
-                return Some(parse_block(&block[..end.0]));
-            }
-            if self.ended {
-                return None;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    self.raw.extend_from_slice(&chunk);
-                    self.buf.extend_from_slice(&chunk);
-                }
-                Some(Err(_)) | None => self.ended = true,
-            }
-        }
-    }
-
-    /// The next frame that carries data (skipping `retry:` and comments);
-    /// `None` when the stream ended.
-    pub async fn next_event(&mut self) -> Option<SseFrame> {
-        loop {
-            let frame = self.next_frame().await?;
-            if frame.is_event() {
-                return Some(frame);
-            }
-        }
-    }
-
-    /// Exactly `n` event frames; fails the test if the stream ends first.
-    pub async fn events(&mut self, n: usize) -> Vec<SseFrame> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            match self.next_event().await {
-                Some(f) => out.push(f),
-                None => panic!("stream ended after {} of {n} events", out.len()),
-            }
-        }
-        out
-    }
-
-    /// Reads frames until the server ends the stream; returns them.
-    pub async fn until_end(&mut self) -> Vec<SseFrame> {
-        let mut out = Vec::new();
-        while let Some(f) = self.next_frame().await {
-            out.push(f);
-        }
-        out
-    }
-}
-
-/// Position of the first blank line: (end of block, end of separator).
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..buf.len() {
-        for sep in [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"] {
-            if buf[i..].starts_with(sep) {
-                return Some((i, i + sep.len()));
-            }
-        }
-    }
-    None
-}
-
-fn parse_block(block: &[u8]) -> SseFrame {
-    let text = String::from_utf8(block.to_vec()).expect("SSE is UTF-8");
-    let mut frame = SseFrame::default();
-    for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
-        if let Some(comment) = line.strip_prefix(':') {
-            frame.comments.push(comment.trim_start().to_owned());
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "id" => frame.id = Some(value.to_owned()),
-            "event" => frame.event = Some(value.to_owned()),
-            "data" => {
-                frame.data = Some(match frame.data.take() {
-                    Some(d) => format!("{d}\n{value}"),
-                    None => value.to_owned(),
-                });
-            }
-            "retry" => frame.retry = value.parse().ok(),
-            _ => {}
-        }
-    }
-    frame
-}
-
 /// Waits until `check` returns true, polling every 20 ms; fails the test
 /// with `what` after [`WAIT`].
 pub async fn wait_for<F, Fut>(what: &str, mut check: F)
@@ -501,156 +348,4 @@ pub fn unique_topic(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// A TCP proxy in front of PostgreSQL that a test can cut: `cut()` closes
-/// every open connection and refuses new ones (as a dead server would),
-/// `restore()` lets connections through again.
-pub struct ChaosProxy {
-    pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl ChaosProxy {
-    pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let cut = cut.clone();
-            let conns = conns.clone();
-            async move {
-                loop {
-                    let Ok((mut client, _)) = listener.accept().await else {
-                        return;
-                    };
-                    if cut.load(Ordering::SeqCst) {
-                        let _ = client.shutdown().await;
-                        continue;
-                    }
-                    let task = tokio::spawn(async move {
-                        let Ok(mut server) = TcpStream::connect(upstream).await else {
-                            return;
-                        };
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    });
-                    conns.lock().unwrap().push(task);
-                }
-            }
-        });
-        Self {
-            addr,
-            cut,
-            conns,
-            accept,
-        }
-    }
-
-    /// Closes every proxied connection and refuses new ones.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for task in self.conns.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for ChaosProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for task in self.conns.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-}
-
-/// The local PostgreSQL's address, as the test URL names it.
-pub fn postgres_addr() -> SocketAddr {
-    let url = reqwest::Url::parse(&admin_url()).unwrap();
-    let host = url.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    format!("{host}:{}", url.port().unwrap_or(5432))
-        .parse()
-        .unwrap()
-}
-
-// ----- shared by the publish, idempotency, refusal and outage tests -----
-
-/// `POST /v1/events` with this JSON text as the body, byte for byte
-/// (`serde_json::Value` would sort keys and respell `1.50` as `1.5`).
-pub async fn post_text(app: &TestApp, body: &str) -> reqwest::Response {
-    app.post_raw("/v1/events", Some("application/json"), body.to_owned())
-        .await
-}
-
-/// Rows in the event log, read straight from PostgreSQL.
-pub async fn stored_rows(db: &TestDb) -> i64 {
-    let mut conn = db.connect().await;
-    sqlx::query_scalar("select count(*) from events")
-        .fetch_one(&mut conn)
-        .await
-        .expect("count events")
-}
-
-pub async fn assert_nothing_stored(app: &TestApp) {
-    assert_eq!(stored_rows(&app.db).await, 0, "rows in the event log");
-    let history: Vec<Value> = app.get("/v1/events").await.json().await.unwrap();
-    assert_eq!(history, Vec::<Value>::new(), "history");
-}
-
-/// Asserts an RFC 9457 refusal: status, content type, `status`, `code`, and
-/// a `detail` that mentions `mentions`. Returns the body.
-pub async fn assert_problem(
-    res: reqwest::Response,
-    status: u16,
-    code: &str,
-    mentions: &str,
-) -> Value {
-    assert_eq!(res.status(), status, "status");
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(
-        content_type.as_deref(),
-        Some("application/problem+json"),
-        "content type"
-    );
-    let body: Value = res.json().await.expect("problem body is JSON");
-    assert_eq!(body["status"], status, "{body}");
-    assert_eq!(body["code"], code, "{body}");
-    let detail = body["detail"].as_str().expect("detail is a string");
-    assert!(
-        detail.contains(mentions),
-        "detail {detail:?} should mention {mentions:?}"
-    );
-    body
-}
-
-/// The envelope's id, checking that it is a string of a positive integer.
-pub fn id_of(envelope: &Value) -> i64 {
-    let id: i64 = envelope["id"]
-        .as_str()
-        .expect("id is a string")
-        .parse()
-        .expect("id is an integer");
-    assert!(id > 0, "id {id} is positive");
-    id
-}
-
-pub fn assert_rfc3339(envelope: &Value) {
-    let time = envelope["time"].as_str().expect("time is a string");
-    ::time::OffsetDateTime::parse(time, &::time::format_description::well_known::Rfc3339)
-        .expect("time is RFC 3339");
 }

@@ -1,0 +1,244 @@
+//! The event model: topics, types, keys and filters (`names`), and what a
+//! stored event becomes on the wire: its JSON envelope and its SSE frame.
+//!
+//! Parse, don't validate: a [`Topic`], [`EventType`] or [`TopicFilter`] exists
+//! only if its text passed the rules, so nothing a publisher sends can reach an
+//! SSE `id:`, `event:` or `data:` line with a CR or LF in it
+//! (WHATWG HTML, "Server-sent events", §9.2.5 interpreting an event stream).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+mod names;
+
+pub use names::*;
+
+/// Removes the insignificant white space from JSON text that has already
+/// been validated, so `data` fits on one SSE `data:` line while keeping the
+/// publisher's key order and number spelling. JSON strings cannot hold a raw
+/// CR or LF, so the result has none.
+pub fn compact_json(valid_json: &str) -> String {
+    let mut out = String::with_capacity(valid_json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in valid_json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub topic: Topic,
+    pub event_type: EventType,
+    /// Compact JSON text (see [`compact_json`]).
+    pub data: Arc<str>,
+    pub time: OffsetDateTime,
+}
+
+/// The JSON envelope subscribers, publishers and history readers all see.
+/// `id` is a string: JavaScript numbers lose precision above 2^53.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: String,
+    topic: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    data: &'a serde_json::value::RawValue,
+}
+
+impl StoredEvent {
+    /// The single-line JSON envelope (`{"id":"42","topic":…,"data":…}`).
+    pub fn envelope_json(&self) -> String {
+        let data: &serde_json::value::RawValue =
+            serde_json::from_str(&self.data).unwrap_or_else(|_| {
+                // The log only holds JSON that parsed on the way in.
+                serde_json::from_str("null").expect("null is JSON")
+            });
+        serde_json::to_string(&Envelope {
+            id: self.id.to_string(),
+            topic: self.topic.as_str(),
+            event_type: self.event_type.as_str(),
+            time: self.time,
+            data,
+        })
+        .expect("envelope serializes")
+    }
+
+    /// The envelope as a JSON value, for publish and history responses.
+    pub fn envelope_raw(&self) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(self.envelope_json()).expect("envelope is JSON")
+    }
+
+    /// RFC 3339 commit time.
+    pub fn time_rfc3339(&self) -> String {
+        self.time.format(&Rfc3339).unwrap_or_default()
+    }
+
+    /// The SSE frame: `id: 42\nevent: t\ndata: {…}\n\n`.
+    pub fn to_frame(&self) -> Frame {
+        let json = self.envelope_json();
+        let mut buf = String::with_capacity(json.len() + self.event_type.as_str().len() + 40);
+        buf.push_str("id: ");
+        buf.push_str(&self.id.to_string());
+        buf.push('\n');
+        let event_start = buf.len();
+        buf.push_str("event: ");
+        buf.push_str(self.event_type.as_str());
+        buf.push('\n');
+        let event_end = buf.len();
+        buf.push_str("data: ");
+        buf.push_str(&json);
+        buf.push_str("\n\n");
+        Frame {
+            id: self.id,
+            topic: self.topic.clone(),
+            bytes: Bytes::from(buf),
+            event_line: (event_start, event_end),
+        }
+    }
+}
+
+/// An event encoded once as SSE bytes; the same `Bytes` go to every
+/// subscriber (DESIGN.md, "Encode once").
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub id: i64,
+    pub topic: Topic,
+    pub bytes: Bytes,
+    /// Byte range of the `event:` line within `bytes`.
+    pub event_line: (usize, usize),
+}
+
+impl Frame {
+    /// The frame without its `event:` line, as two slices of the same
+    /// shared bytes (no copy): browsers then dispatch it as `message`.
+    pub fn without_event_line(&self) -> [Bytes; 2] {
+        let (start, end) = self.event_line;
+        [self.bytes.slice(..start), self.bytes.slice(end..)]
+    }
+}
+
+/// The `retry:` line that opens every stream.
+pub fn retry_frame(retry: std::time::Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+}
+
+/// The opening frame of a stream that starts live: `retry:` and the `id:`
+/// of the log position it starts from. A frame without data dispatches no
+/// event, but it does set a browser's `lastEventId` (WHATWG HTML §9.2.6),
+/// so a client that drops before its first event still resumes from where
+/// it started instead of missing what came in between.
+pub fn opening_frame(retry: std::time::Duration, start: i64) -> Bytes {
+    Bytes::from(format!("retry: {}\nid: {start}\n\n", retry.as_millis()))
+}
+
+/// The heartbeat comment sent on idle streams.
+pub const PING_FRAME: &[u8] = b": ping\n\n";
+
+/// Why a stream tells its client to refetch state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetReason {
+    /// The cursor is older than the oldest event the log still holds.
+    CursorTooOld,
+    /// The cursor is newer than any id the log ever assigned.
+    CursorAhead,
+}
+
+/// The `event: reset` frame. It carries `id:` of the point the stream goes on
+/// from, so a browser that reconnects afterwards does not get the reset again,
+/// and a `data:` line, without which a browser fires no event.
+pub fn reset_frame(reason: ResetReason, cursor: i64, oldest_id: i64, continue_from: i64) -> Bytes {
+    let data = serde_json::json!({
+        "reason": reason,
+        "last_event_id": cursor.to_string(),
+        "oldest_id": oldest_id.to_string(),
+        "continue_from": continue_from.to_string(),
+    });
+    Bytes::from(format!(
+        "id: {continue_from}\nevent: reset\ndata: {data}\n\n"
+    ))
+}
+
+#[cfg(test)]
+
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_json_keeps_strings_and_order() {
+        let raw = "{ \"b\" : 1,\n \"a\": \"x y\\\" \\n z\" , \"n\": 1.50 }";
+        assert_eq!(
+            compact_json(raw),
+            "{\"b\":1,\"a\":\"x y\\\" \\n z\",\"n\":1.50}"
+        );
+    }
+
+    #[test]
+    fn frame_is_one_event_with_single_line_data() {
+        let ev = StoredEvent {
+            id: 42,
+            topic: Topic::parse("incident:inc-1").unwrap(),
+            event_type: EventType::parse("incident.updated").unwrap(),
+            data: compact_json("{\"text\": \"line1\\nline2\"}").into(),
+            time: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+        };
+        let frame = ev.to_frame();
+        assert_eq!(
+            std::str::from_utf8(&frame.bytes).unwrap(),
+            "id: 42\nevent: incident.updated\ndata: {\"id\":\"42\",\"topic\":\"incident:inc-1\",\
+             \"type\":\"incident.updated\",\"time\":\"1970-01-01T00:00:00Z\",\
+             \"data\":{\"text\":\"line1\\nline2\"}}\n\n"
+        );
+    }
+
+    #[test]
+    fn frame_without_event_line_keeps_id_and_data() {
+        let ev = StoredEvent {
+            id: 7,
+            topic: Topic::parse("a").unwrap(),
+            event_type: EventType::parse("t.x").unwrap(),
+            data: "1".into(),
+            time: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+        };
+        let [head, tail] = ev.to_frame().without_event_line();
+        let joined = [head, tail].concat();
+        let text = std::str::from_utf8(&joined).unwrap();
+        assert!(text.starts_with("id: 7\ndata: {\"id\":\"7\""), "{text}");
+        assert!(!text.contains("event:"));
+        assert!(text.ends_with("}\n\n"));
+    }
+
+    #[test]
+    fn reset_frame_has_id_event_and_data() {
+        let f = reset_frame(ResetReason::CursorAhead, 99, 1, 10);
+        let s = std::str::from_utf8(&f).unwrap();
+        assert!(s.starts_with("id: 10\nevent: reset\ndata: {"), "{s}");
+        assert!(s.contains("\"reason\":\"cursor_ahead\""));
+        assert!(s.ends_with("}\n\n"));
+        assert_eq!(s.matches('\n').count(), 4);
+    }
+}
