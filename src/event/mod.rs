@@ -184,7 +184,6 @@ pub fn reset_frame(reason: ResetReason, cursor: i64, oldest_id: i64, continue_fr
 }
 
 #[cfg(test)]
-
 mod tests {
     use super::*;
 
