@@ -136,7 +136,9 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let draining = state.draining.clone();
         let pool = state.log.pool().clone();
-        tracing::info!(address = %tcp.local_addr()?, "herald is serving");
+        // The CORS origins too: a browser whose origin is not listed gives up
+        // for good, so a typo there should be easy to spot.
+        tracing::info!(address = %tcp.local_addr()?, cors_origins = ?cors, "herald is serving");
 
         // Connections are still accepted during the drain window: a load
         // balancer sees `/readyz` fail, and a stream that arrives is told to

@@ -1,0 +1,131 @@
+//! The `reset` frame (DESIGN.md, "Subscribe"): a cursor newer than any id
+//! the log assigned, or older than what it still holds, gets one reset
+//! before live events, and no second one after a reconnect.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::resume::{QUIET, events_through, ids, labeled_metric, open_witness};
+
+/// The frame after `retry:`, which must be the reset; checks its bytes.
+async fn expect_reset(sse: &mut SseClient, continue_from: i64) -> Value {
+    let retry = sse.next_frame().await.unwrap();
+    assert_eq!(retry.retry, Some(200));
+    let reset = sse.next_frame().await.unwrap();
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    assert_eq!(reset.id_num(), continue_from);
+    let data = reset.data.clone().unwrap();
+    let expected = format!("retry: 200\n\nid: {continue_from}\nevent: reset\ndata: {data}\n\n");
+    assert_eq!(String::from_utf8(sse.raw.clone()).unwrap(), expected);
+    reset.json()
+}
+
+#[tokio::test]
+async fn cursor_ahead_of_the_log_gets_one_reset_then_live_events() {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+    let topic = unique_topic("ahead");
+    let published = app.publish_batch_ok(vec![json!({"topic": topic}); 3]).await;
+    let before = labeled_metric(
+        &app,
+        "herald_stream_resets_total",
+        "reason=\"cursor_ahead\"",
+    )
+    .await;
+
+    let mut sse = app.stream(&format!("topic={topic}"), Some("999999")).await;
+    let reset = expect_reset(&mut sse, published[2]).await;
+    let live = app.publish_ok(&topic, json!("live")).await;
+    let next = sse.next_frame().await.unwrap();
+
+    assert_eq!(reset["reason"], "cursor_ahead");
+    assert_eq!(reset["last_event_id"], "999999");
+    assert_eq!(reset["oldest_id"], "1");
+    assert_eq!(reset["continue_from"], published[2].to_string());
+    assert_eq!(next.id_num(), live);
+    assert_eq!(next.event.as_deref(), Some("message"));
+    let after = labeled_metric(
+        &app,
+        "herald_stream_resets_total",
+        "reason=\"cursor_ahead\"",
+    )
+    .await;
+    assert!(after >= before + 1.0, "resets {before} -> {after}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reconnecting_with_the_reset_id_gets_no_second_reset() {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+    let topic = unique_topic("ahead");
+    let published = app.publish_batch_ok(vec![json!({"topic": topic}); 3]).await;
+    let mut first = app.stream(&format!("topic={topic}"), Some("999999")).await;
+    expect_reset(&mut first, published[2]).await;
+    drop(first);
+
+    let mut again = app
+        .stream(&format!("topic={topic}"), Some(&published[2].to_string()))
+        .await;
+    assert_eq!(again.next_frame().await.unwrap().retry, Some(200));
+    let live = app.publish_ok(&topic, json!("live")).await;
+    let next = again.next_frame().await.unwrap();
+
+    assert_eq!(next.event.as_deref(), Some("message"));
+    assert_eq!(next.id_num(), live);
+    app.stop().await;
+}
+
+/// Ten events, of which the log then prunes 1..=5 as retention would.
+async fn app_with_pruned_log() -> (TestApp, String, SseClient) {
+    let app = spawn_app_with(|c| {
+        c.ring_size = 4;
+        c.heartbeat = QUIET;
+    })
+    .await;
+    let topic = unique_topic("pruned");
+    let mut witness = open_witness(&app).await;
+    let published = app
+        .publish_batch_ok(vec![json!({"topic": topic}); 10])
+        .await;
+    assert_eq!(published, (1..=10).collect::<Vec<i64>>());
+    events_through(&mut witness, 10).await;
+    let mut conn = app.db.connect().await;
+    sqlx::query("delete from events where id <= 5")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("update log_head set pruned_through = 5")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    (app, topic, witness)
+}
+
+#[tokio::test]
+async fn cursor_older_than_the_log_gets_one_reset_with_oldest_id_then_live_events() {
+    let (app, topic, _witness) = app_with_pruned_log().await;
+
+    let mut sse = app.stream(&format!("topic={topic}"), Some("2")).await;
+    let reset = expect_reset(&mut sse, 10).await;
+    let live = app.publish_ok(&topic, json!("live")).await;
+    let next = sse.next_frame().await.unwrap();
+
+    assert_eq!(reset["reason"], "cursor_too_old");
+    assert_eq!(reset["oldest_id"], "6");
+    assert_eq!(reset["last_event_id"], "2");
+    assert_eq!(reset["continue_from"], "10");
+    assert_eq!(next.id_num(), live);
+    assert_eq!(next.event.as_deref(), Some("message"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cursor_at_the_pruning_floor_replays_the_rest_without_reset() {
+    let (app, topic, _witness) = app_with_pruned_log().await;
+
+    let mut sse = app.stream(&format!("topic={topic}"), Some("5")).await;
+    let got = events_through(&mut sse, 10).await;
+
+    assert_eq!(ids(&got), (6..=10).collect::<Vec<i64>>());
+    assert!(got.iter().all(|f| f.event.as_deref() == Some("message")));
+    app.stop().await;
+}
