@@ -56,45 +56,46 @@ pub struct StoredEvent {
     pub time: OffsetDateTime,
 }
 
-/// The JSON envelope subscribers, publishers and history readers all see.
-/// `id` is a string: JavaScript numbers lose precision above 2^53.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: String,
-    topic: &'a str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    #[serde(with = "time::serde::rfc3339")]
-    time: OffsetDateTime,
-    data: &'a serde_json::value::RawValue,
-}
-
 impl StoredEvent {
-    /// The single-line JSON envelope (`{"id":"42","topic":…,"data":…}`).
+    /// The single-line JSON envelope subscribers, publishers and history
+    /// readers all see: `{"id":"42","topic":…,"type":…,"time":…,"data":…}`.
+    /// `id` is a string: JavaScript numbers lose precision above 2^53.
+    ///
+    /// Written directly rather than through serde: `data` is compact JSON
+    /// that was validated on the way in, and topics and types are made of
+    /// characters JSON never escapes, so nothing here needs parsing or
+    /// escaping again (this runs once per event on the delivery path).
     pub fn envelope_json(&self) -> String {
-        let data: &serde_json::value::RawValue =
-            serde_json::from_str(&self.data).unwrap_or_else(|_| {
-                // The log only holds JSON that parsed on the way in.
-                serde_json::from_str("null").expect("null is JSON")
-            });
-        serde_json::to_string(&Envelope {
-            id: self.id.to_string(),
-            topic: self.topic.as_str(),
-            event_type: self.event_type.as_str(),
-            time: self.time,
-            data,
-        })
-        .expect("envelope serializes")
+        let time = self.time.format(&Rfc3339).unwrap_or_default();
+        let (topic, event_type) = (self.topic.as_str(), self.event_type.as_str());
+        let mut json = String::with_capacity(
+            self.data.len() + topic.len() + event_type.len() + time.len() + 64,
+        );
+        json.push_str("{\"id\":\"");
+        json.push_str(&self.id.to_string());
+        json.push_str("\",\"topic\":\"");
+        json.push_str(topic);
+        json.push_str("\",\"type\":\"");
+        json.push_str(event_type);
+        json.push_str("\",\"time\":\"");
+        json.push_str(&time);
+        json.push_str("\",\"data\":");
+        json.push_str(&self.data);
+        json.push('}');
+        json
     }
 
-    /// The envelope as a JSON value, for publish and history responses.
-    pub fn envelope_raw(&self) -> Box<serde_json::value::RawValue> {
-        serde_json::value::RawValue::from_string(self.envelope_json()).expect("envelope is JSON")
-    }
-
-    /// RFC 3339 commit time.
-    pub fn time_rfc3339(&self) -> String {
-        self.time.format(&Rfc3339).unwrap_or_default()
+    /// The envelopes of `events` as one JSON array.
+    pub fn envelopes_json<'a>(events: impl IntoIterator<Item = &'a StoredEvent>) -> String {
+        let mut json = String::from("[");
+        for (i, event) in events.into_iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&event.envelope_json());
+        }
+        json.push(']');
+        json
     }
 
     /// The SSE frame: `id: 42\nevent: t\ndata: {…}\n\n`.

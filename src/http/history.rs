@@ -4,14 +4,14 @@
 //! and their envelopes are exactly those the stream sends, oldest first; to
 //! page on, pass the last id as the next `after`.
 
-use axum::Json;
 use axum::extract::{RawQuery, State};
-use serde_json::value::RawValue;
+use axum::http::StatusCode;
+use axum::response::Response;
 
-use super::AppState;
 use super::stream::{MAX_FILTERS, parse_cursor, parse_since};
+use super::{AppState, json_response};
 use crate::error::ApiError;
-use crate::event::{Filters, TopicFilter};
+use crate::event::{Filters, StoredEvent, TopicFilter};
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
@@ -19,14 +19,17 @@ pub const MAX_LIMIT: i64 = 1000;
 pub async fn history(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Vec<Box<RawValue>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let (after, filters, limit) = parse_query(query.as_deref().unwrap_or(""))?;
     let after = match after {
         After::Id(id) => id,
         After::Since(time) => state.log.cursor_at(time).await?,
     };
     let events = state.log.read_after(after, &filters, limit).await?;
-    Ok(Json(events.iter().map(|e| e.envelope_raw()).collect()))
+    Ok(json_response(
+        StatusCode::OK,
+        StoredEvent::envelopes_json(&events),
+    ))
 }
 
 enum After {

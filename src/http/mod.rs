@@ -19,9 +19,9 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +118,20 @@ fn routes(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// A JSON body that is already text (event envelopes are written once, not
+/// re-serialised per response).
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -13,17 +13,16 @@
 
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::AppState;
+use super::{AppState, json_response};
 use crate::error::ApiError;
-use crate::event::{EventType, IdempotencyKey, Topic, compact_json};
+use crate::event::{EventType, IdempotencyKey, StoredEvent, Topic, compact_json};
 use crate::log::NewEvent;
 use crate::telemetry;
 
@@ -65,12 +64,12 @@ pub async fn publish(State(state): State<AppState>, req: Request) -> Result<Resp
     } else {
         StatusCode::OK
     };
-    let mut envelopes: Vec<_> = appended.iter().map(|a| a.event.envelope_raw()).collect();
-    Ok(if is_batch {
-        (status, Json(envelopes)).into_response()
+    let body = if is_batch {
+        StoredEvent::envelopes_json(appended.iter().map(|a| &a.event))
     } else {
-        (status, Json(envelopes.remove(0))).into_response()
-    })
+        appended[0].event.envelope_json()
+    };
+    Ok(json_response(status, body))
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
