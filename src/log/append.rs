@@ -255,25 +255,24 @@ async fn existing_keys(
         .collect())
 }
 
-/// Column arrays for one `insert … select from unnest(…)`.
+/// Column arrays for one `insert … select from unnest(…)`, borrowed from
+/// the requests: the committer is one task, so nothing is copied here.
 #[derive(Default)]
-struct NewRows {
+struct NewRows<'a> {
     ids: Vec<i64>,
-    topics: Vec<String>,
-    types: Vec<String>,
-    data: Vec<String>,
-    keys: Vec<Option<String>>,
+    topics: Vec<&'a str>,
+    types: Vec<&'a str>,
+    data: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
     key_indexes: Vec<Option<i32>>,
 }
 
-impl NewRows {
-    fn push_new(&mut self, ev: &NewEvent) {
-        self.topics.push(ev.topic.as_str().to_owned());
-        self.types.push(ev.event_type.as_str().to_owned());
-        self.data.push(ev.data.clone());
-        self.keys
-            .push(ev.key.as_ref().map(|k| k.as_str().to_owned()));
-        self.key_indexes
-            .push(ev.key.as_ref().and_then(IdempotencyKey::index));
+impl<'a> NewRows<'a> {
+    fn push_new(&mut self, ev: &'a NewEvent) {
+        self.topics.push(ev.topic.as_str());
+        self.types.push(ev.event_type.as_str());
+        self.data.push(&ev.data);
+        self.keys.push(ev.key.as_ref().map(IdempotencyKey::as_str));
+        self.key_indexes.push(ev.key.as_ref().and_then(IdempotencyKey::index));
     }
 }
