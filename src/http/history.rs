@@ -8,7 +8,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::stream::{MAX_FILTERS, parse_cursor, parse_since};
+use super::stream::{bounded_filters, parse_cursor, parse_since};
 use super::{AppState, json_response};
 use crate::error::ApiError;
 use crate::event::{Filters, StoredEvent, TopicFilter};
@@ -65,12 +65,7 @@ fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError> {
             }
         }
     }
-    if filters.len() > MAX_FILTERS {
-        return Err(ApiError::BadRequest(format!(
-            "{} topic filters given; at most {MAX_FILTERS} are accepted",
-            filters.len()
-        )));
-    }
+    let filters = bounded_filters(filters)?;
     let after = match (after, since) {
         (Some(_), Some(_)) => {
             return Err(ApiError::BadRequest("give after or since, not both".into()));
@@ -79,5 +74,5 @@ fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError> {
         (None, Some(time)) => After::Since(time),
         (None, None) => After::Id(0),
     };
-    Ok((after, Filters::new(filters), limit))
+    Ok((after, filters, limit))
 }

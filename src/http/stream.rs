@@ -139,6 +139,17 @@ pub(super) fn parse_since(text: &str) -> Result<OffsetDateTime, ApiError> {
     })
 }
 
+/// The filters of one request, at most [`MAX_FILTERS`] of them.
+pub(super) fn bounded_filters(filters: Vec<TopicFilter>) -> Result<Filters, ApiError> {
+    if filters.len() > MAX_FILTERS {
+        return Err(ApiError::BadRequest(format!(
+            "{} topic filters given; at most {MAX_FILTERS} are accepted",
+            filters.len()
+        )));
+    }
+    Ok(Filters::new(filters))
+}
+
 fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
     let mut filters = Vec::new();
     let mut last_event_id = None;
@@ -170,19 +181,14 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
             }
         }
     }
-    if filters.len() > MAX_FILTERS {
-        return Err(ApiError::BadRequest(format!(
-            "{} topic filters given; at most {MAX_FILTERS} are accepted",
-            filters.len()
-        )));
-    }
+    let filters = bounded_filters(filters)?;
     if last_event_id.is_some() && since.is_some() {
         return Err(ApiError::BadRequest(
             "give last_event_id or since, not both".into(),
         ));
     }
     Ok(StreamQuery {
-        filters: Filters::new(filters),
+        filters,
         last_event_id,
         since,
         message_events,

@@ -5,7 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Ctx, Subscribers, client_sampler, correctness, fresh_topic, server_sampler, wait_for};
+use super::{
+    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, server_sampler,
+    wait_for,
+};
 use crate::payload;
 use crate::procfs;
 use crate::publisher::Control;
@@ -46,14 +49,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let server = match server {
-        Some(s) => s.finish().await,
-        None => None,
-    };
-    let client = match client {
-        Some(s) => s.finish().await,
-        None => None,
-    };
+    let server = finish_sampler(server).await;
+    let client = finish_sampler(client).await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
     let streams = subs.shared.established.load(Ordering::Relaxed);

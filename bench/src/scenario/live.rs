@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{
-    Ctx, Subscribers, client_sampler, correctness, fresh_topic, publish_all, server_sampler,
-    wait_for,
+    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, publish_all,
+    server_sampler, wait_for,
 };
 use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
@@ -57,14 +57,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let server = match server {
-        Some(s) => s.finish().await,
-        None => None,
-    };
-    let client = match client {
-        Some(s) => s.finish().await,
-        None => None,
-    };
+    let server = finish_sampler(server).await;
+    let client = finish_sampler(client).await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
     let outcomes = subs.finish().await;

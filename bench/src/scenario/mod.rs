@@ -258,6 +258,16 @@ fn client_sampler() -> Option<crate::procfs::Sampler> {
     crate::procfs::Sampler::start(std::process::id(), Duration::from_millis(250))
 }
 
+/// Stops a sampler, if one was started, and sums up its window.
+async fn finish_sampler(
+    sampler: Option<crate::procfs::Sampler>,
+) -> Option<crate::procfs::Resources> {
+    match sampler {
+        Some(s) => s.finish().await,
+        None => None,
+    }
+}
+
 fn server_sampler(ctx: &Ctx) -> Option<crate::procfs::Sampler> {
     ctx.server_pid
         .and_then(|pid| crate::procfs::Sampler::start(pid, Duration::from_millis(250)))

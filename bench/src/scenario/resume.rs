@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{
-    Ctx, Subscribers, client_sampler, correctness, fresh_topic, publish_all, server_sampler,
+    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, publish_all,
+    server_sampler,
 };
 use crate::publisher::Control;
 use crate::report::{CatchUpStats, Report};
@@ -77,14 +78,8 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         outcomes.extend(round);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let server = match server {
-        Some(s) => s.finish().await,
-        None => None,
-    };
-    let client = match client {
-        Some(s) => s.finish().await,
-        None => None,
-    };
+    let server = finish_sampler(server).await;
+    let client = finish_sampler(client).await;
     let caught_up = outcomes.iter().filter(|o| o.caught_up.is_some()).count();
     let total = clients * rounds;
     let time = Percentiles::of(&times);
