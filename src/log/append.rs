@@ -273,6 +273,7 @@ impl<'a> NewRows<'a> {
         self.types.push(ev.event_type.as_str());
         self.data.push(&ev.data);
         self.keys.push(ev.key.as_ref().map(IdempotencyKey::as_str));
-        self.key_indexes.push(ev.key.as_ref().and_then(IdempotencyKey::index));
+        self.key_indexes
+            .push(ev.key.as_ref().and_then(IdempotencyKey::index));
     }
 }
