@@ -32,12 +32,12 @@ pub async fn history(
     ))
 }
 
-enum After {
+pub(super) enum After {
     Id(i64),
     Since(time::OffsetDateTime),
 }
 
-fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError> {
+pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError> {
     let mut after = None;
     let mut since = None;
     let mut filters = Vec::new();

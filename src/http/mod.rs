@@ -11,6 +11,8 @@ mod console;
 mod history;
 mod ops;
 mod publish;
+#[cfg(test)]
+mod query_tests;
 mod stream;
 pub mod stream_conn;
 

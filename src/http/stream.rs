@@ -33,10 +33,12 @@ pub async fn stream(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let request = stream_request(
-        query.as_deref().unwrap_or(""),
-        headers.get("last-event-id").map(HeaderValue::as_bytes),
-    )?;
+    let last_event_ids: Vec<&[u8]> = headers
+        .get_all("last-event-id")
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let request = stream_request(query.as_deref().unwrap_or(""), &last_event_ids)?;
     let body = match subscribe(&state, request) {
         Some(sub) => Body::from_stream(sub.into_body_stream()),
         None => Body::from(retry_frame(state.streams.retry)),
@@ -53,15 +55,27 @@ pub async fn stream(
     Ok(res)
 }
 
-/// What a stream request asks for, from its query string and its
-/// `Last-Event-ID` header.
+/// What a stream request asks for, from its query string and the values of
+/// its `Last-Event-ID` header (every one of them, as the request carried
+/// them: a repeated header is refused, not read one way here and another
+/// there).
 ///
 /// # Errors
 /// [`ApiError`] (400) for anything malformed.
 pub(crate) fn stream_request(
     query: &str,
-    last_event_id: Option<&[u8]>,
+    last_event_ids: &[&[u8]],
 ) -> Result<StreamRequest, ApiError> {
+    let last_event_id = match last_event_ids {
+        [] => None,
+        [one] => Some(*one),
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "Last-Event-ID is given {} times; send it once",
+                last_event_ids.len()
+            )));
+        }
+    };
     let q = parse_query(query)?;
     // The header is what `EventSource` sends on reconnect; it wins over a
     // `last_event_id` left in the URL from the first connection.
@@ -126,18 +140,33 @@ fn last_event_id_header(value: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
 }
 
 /// Parses a start time: a duration back from now (`10m`, `1h30m`) or an
-/// RFC 3339 time (`2026-11-23T08:00:00Z`).
+/// RFC 3339 time (`2026-11-23T08:00:00Z`), no earlier than [`SINCE_FLOOR`].
+/// A duration too long to subtract from now (`12100y`) is refused like any
+/// other out-of-range time, never computed (the subtraction would overflow).
 pub(super) fn parse_since(text: &str) -> Result<OffsetDateTime, ApiError> {
-    if let Ok(ago) = humantime::parse_duration(text.trim()) {
-        return Ok(OffsetDateTime::now_utc() - ago);
-    }
-    OffsetDateTime::parse(text.trim(), &Rfc3339).map_err(|_| {
+    let text = text.trim();
+    let time = match humantime::parse_duration(text) {
+        Ok(ago) => time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| OffsetDateTime::now_utc().checked_sub(ago)),
+        Err(_) => Some(OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "since must be a duration such as 10m or an RFC 3339 time such as \
+                 2026-11-23T08:00:00Z, got {text:?}"
+            ))
+        })?),
+    };
+    time.filter(|t| *t >= SINCE_FLOOR).ok_or_else(|| {
         ApiError::BadRequest(format!(
-            "since must be a duration such as 10m or an RFC 3339 time such as \
-             2026-11-23T08:00:00Z, got {text:?}"
+            "since {text:?} reaches back before 1970-01-01T00:00:00Z; no event is older"
         ))
     })
 }
+
+/// The earliest `since=` accepted: the Unix epoch. No event is older, and
+/// PostgreSQL's timestamps do not reach as far back as every time the
+/// parser can produce.
+pub const SINCE_FLOOR: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
 
 /// The filters of one request, at most [`MAX_FILTERS`] of them.
 pub(super) fn bounded_filters(filters: Vec<TopicFilter>) -> Result<Filters, ApiError> {

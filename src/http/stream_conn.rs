@@ -54,12 +54,12 @@ pub fn accept(state: &AppState, head: &[u8]) -> Option<StreamConn> {
     if path != "/v1/stream" {
         return None;
     }
-    let mut last_event_id = None;
+    let mut last_event_ids = Vec::new();
     let mut origin = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("last-event-id") {
-            last_event_id = Some(h.value);
+            last_event_ids.push(h.value);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(h.value);
         } else if name.eq_ignore_ascii_case("upgrade")
@@ -69,7 +69,7 @@ pub fn accept(state: &AppState, head: &[u8]) -> Option<StreamConn> {
             return None;
         }
     }
-    let request = stream_request(query, last_event_id).ok()?;
+    let request = stream_request(query, &last_event_ids).ok()?;
     let origin = origin
         .and_then(|o| std::str::from_utf8(o).ok())
         .filter(|o| state.cors_origins.iter().any(|allowed| allowed == o));

@@ -146,3 +146,30 @@ async fn since_is_answered_through_the_time_index() {
     assert!(plan.join("\n").contains("events_time"), "{plan:?}");
     app.stop().await;
 }
+
+/// `since` too far back (a duration that cannot be subtracted from now, a
+/// time before the epoch) is a 400 problem on both endpoints, never a
+/// dropped connection: `12100y` once panicked on an overflowing subtraction.
+#[tokio::test]
+async fn out_of_range_since_is_refused_not_a_panic() {
+    let app = spawn_app().await;
+
+    for since in [
+        "12100y",
+        "100000000000000000000s",
+        "1969-12-31T23:59:59Z",
+        "0000-01-01T00:00:00Z",
+        "18446744073709551615s",
+    ] {
+        for endpoint in ["/v1/stream", "/v1/events"] {
+            let path = format!("{endpoint}?since={since}");
+            let res = app.get(&path).await;
+            let body = assert_problem(res, 400, "bad_request", "since").await;
+            assert!(body["detail"].is_string(), "{path}: {body}");
+        }
+    }
+    // The server is still there, and a sane since still works.
+    let res = app.get("/v1/events?since=50y").await;
+    assert_eq!(res.status(), 200);
+    app.stop().await;
+}
