@@ -149,7 +149,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
+    let method = telemetry::method_label(req.method());
     let res = next.run(req).await;
     metrics::counter!(
         telemetry::HTTP_REQUESTS,
