@@ -12,6 +12,13 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 const INVALID_CATALOG_NAME: &str = "3D000";
 /// SQLSTATE for "database already exists" (another instance won the race).
 const DUPLICATE_DATABASE: &str = "42P04";
+/// SQLSTATE for a unique violation: what `CREATE DATABASE` reports instead
+/// of 42P04 when another instance's `CREATE DATABASE` of the same name
+/// commits while this one runs (on `pg_database_datname_index`).
+const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE for "object in use": `CREATE DATABASE` refuses while another
+/// session is connected to its template; it clears at once, so retry.
+const OBJECT_IN_USE: &str = "55006";
 
 /// Opens the pool, creating the database and running migrations as needed.
 /// `sqlx::migrate!` takes an advisory lock, so instances starting together
@@ -73,17 +80,29 @@ async fn try_connect(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
     conn.close().await
 }
 
+/// Creates the database, safe to race: instances started together (a
+/// compose file, a Kubernetes rollout) all try, one creates it, and the
+/// others find it created, whichever way PostgreSQL reports that.
 async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     let name = options.get_database().unwrap_or("herald").to_owned();
     let mut admin = options.clone().database("postgres").connect().await?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    let created = sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))
-        .execute(&mut admin)
-        .await;
-    match created {
-        Ok(_) => tracing::info!(database = %name, "created the database"),
-        Err(e) if code(&e).as_deref() == Some(DUPLICATE_DATABASE) => {}
-        Err(e) => return Err(e.into()),
+    let mut attempts = 0;
+    loop {
+        let created = sqlx::query(sqlx::AssertSqlSafe(format!("create database {quoted}")))
+            .execute(&mut admin)
+            .await;
+        match created.as_ref().map_err(code) {
+            Ok(_) => tracing::info!(database = %name, "created the database"),
+            Err(Some(c)) if c == DUPLICATE_DATABASE || c == UNIQUE_VIOLATION => {}
+            Err(Some(c)) if c == OBJECT_IN_USE && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => return Err(created.expect_err("an error").into()),
+        }
+        break;
     }
     admin.close().await?;
     Ok(())

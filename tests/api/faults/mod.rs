@@ -493,3 +493,34 @@ async fn log_events(url: &str, topic: &str) -> Vec<(i64, String)> {
 // ---------------------------------------------------------------------------
 // An EventSource in miniature
 // ---------------------------------------------------------------------------
+
+/// Instances started at the same moment against a database that does not
+/// exist yet (a compose file, a Kubernetes rollout) all create-or-find it,
+/// migrate once between them, and serve; once two of three exited with
+/// `duplicate key value violates unique constraint
+/// "pg_database_datname_index"`.
+#[tokio::test]
+async fn instances_started_together_on_a_missing_database_all_serve() {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').unwrap().0;
+    let name = format!("herald_test_race_{}", std::process::id());
+    // Dropped (and the database with it) when the test ends.
+    let db = Arc::new(TestDb {
+        url: format!("{base}/{name}"),
+        name,
+    });
+
+    let mut instances =
+        futures::future::join_all((0..4).map(|_| HeraldProcess::start(&db.url, &[]))).await;
+
+    for (i, herald) in instances.iter().enumerate() {
+        herald.api.wait_ready().await;
+        let topic = unique_topic("race");
+        let id = herald.api.publish_ok(&topic, json!(i)).await;
+        assert!(id > 0, "instance {i} stores events");
+    }
+    for herald in &mut instances {
+        herald.sigterm();
+        assert!(herald.wait_exit(WAIT).await.success(), "{}", herald.logs());
+    }
+}
