@@ -56,6 +56,20 @@ async fn console_page_reconnects_after_restart_and_shows_missed_events_once() {
 }
 
 #[tokio::test]
+async fn console_page_clears_could_not_reach_once_herald_is_back() {
+    let db = TestDb::create().await;
+
+    // The script runs herald itself: it stops it and starts it again on the
+    // same port.
+    run_ok(
+        node("console_outage.mjs")
+            .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
+            .env("DATABASE_URL", &db.url),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn page_on_listed_origin_subscribes_and_publishes_with_credentials() {
     let site = OtherOrigin::start().await;
     // The same page server under another name is another origin, not listed.

@@ -73,6 +73,25 @@ function showNotice(text, kind) {
   prepend(item);
 }
 
+// A line under a form: what a request came to. "Could not reach herald" is
+// marked, so it goes away once herald answers again.
+function showResult(node, text, bad = false) {
+  node.className = bad ? "result bad" : "result";
+  node.textContent = text;
+  delete node.dataset.unreachable;
+}
+
+function showUnreachable(node, err) {
+  showResult(node, `Could not reach herald: ${err.message}`, true);
+  node.dataset.unreachable = "";
+}
+
+// herald answered (a stream opened, a request got a response): whatever
+// said it could not be reached is out of date.
+function reached() {
+  document.querySelectorAll("[data-unreachable]").forEach((node) => showResult(node, ""));
+}
+
 function connect() {
   disconnect();
   const topics = filters();
@@ -91,6 +110,7 @@ function connect() {
   let opened = false;
   let settling = null;
   source.onopen = () => {
+    reached();
     if (!opened) {
       opened = true;
       setState("live", "live");
@@ -142,34 +162,34 @@ function disconnect() {
 async function publish(event) {
   event.preventDefault();
   const result = $("pub-result");
-  result.className = "result";
+  showResult(result, "");
   let data;
   try {
     data = JSON.parse($("pub-data").value || "null");
   } catch (err) {
-    result.className = "result bad";
-    result.textContent = `Data is not JSON: ${err.message}`;
+    showResult(result, `Data is not JSON: ${err.message}`, true);
     return;
   }
   const body = { topic: $("pub-topic").value.trim(), data };
   const type = $("pub-type").value.trim();
   if (type) body.type = type;
+  let res;
   try {
-    const res = await fetch("/v1/events", {
+    res = await fetch("/v1/events", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
-    const answer = await res.json();
-    if (res.ok) {
-      result.textContent = `Stored as #${answer.id} at ${answer.time}`;
-    } else {
-      result.className = "result bad";
-      result.textContent = `${res.status}: ${answer.detail || answer.title}`;
-    }
   } catch (err) {
-    result.className = "result bad";
-    result.textContent = `Could not reach herald: ${err.message}`;
+    showUnreachable(result, err);
+    return;
+  }
+  reached();
+  const answer = await res.json().catch(() => ({}));
+  if (res.ok) {
+    showResult(result, `Stored as #${answer.id} at ${answer.time}`);
+  } else {
+    showResult(result, `${res.status}: ${answer.detail || answer.title || res.statusText}`, true);
   }
 }
 
