@@ -56,6 +56,15 @@ async fn console_page_reconnects_after_restart_and_shows_missed_events_once() {
 }
 
 #[tokio::test]
+async fn console_page_shows_why_herald_refused_a_subscription() {
+    let app = spawn_app().await;
+
+    run_ok(node("console_refused.mjs").env("HERALD_URL", &app.base)).await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn console_page_clears_could_not_reach_once_herald_is_back() {
     let db = TestDb::create().await;
 

@@ -92,6 +92,40 @@ function reached() {
   document.querySelectorAll("[data-unreachable]").forEach((node) => showResult(node, ""));
 }
 
+// An EventSource gives up on any answer but `200 text/event-stream` and
+// cannot read it (WHATWG HTML, "fail the connection"). herald's answer is
+// an RFC 9457 problem with the reason in `detail`: ask the same URL again
+// with fetch to read it.
+async function explainRefusal(es, url) {
+  const result = $("sub-result");
+  const abort = new AbortController();
+  let res;
+  try {
+    res = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: abort.signal });
+  } catch (err) {
+    if (source === es) showUnreachable(result, err);
+    return;
+  }
+  reached();
+  if (res.ok) {
+    // Accepted this time (a cap that has room again, say): not a stream we
+    // keep. Subscribing again is the user's call.
+    abort.abort();
+    if (source === es) showResult(result, "The stream closed. Subscribe to try again.", true);
+    return;
+  }
+  let why = res.statusText;
+  try {
+    const problem = await res.json();
+    why = problem.detail || problem.title || why;
+  } catch {
+    // Not a problem document (a proxy's page, say): the status is all.
+  }
+  if (source !== es) return;
+  setState("refused", "refused");
+  showResult(result, `herald refused this subscription (${res.status}): ${why}`, true);
+}
+
 function connect() {
   disconnect();
   const topics = filters();
@@ -104,12 +138,15 @@ function connect() {
   if (since) q.set("since", since);
 
   setState("connecting", "connecting…");
-  source = new EventSource(`/v1/stream?${q}`);
+  showResult($("sub-result"), "");
+  const url = `/v1/stream?${q}`;
+  const es = new EventSource(url);
+  source = es;
   // A reconnect counts once the connection holds: an instance that is
   // stopping answers and ends at once, and that is no reconnection.
   let opened = false;
   let settling = null;
-  source.onopen = () => {
+  es.onopen = () => {
     reached();
     if (!opened) {
       opened = true;
@@ -118,17 +155,17 @@ function connect() {
     }
     clearTimeout(settling);
     settling = setTimeout(() => {
-      if (source && source.readyState === EventSource.OPEN) {
+      if (source === es && es.readyState === EventSource.OPEN) {
         setState("live", "live");
         showNotice("reconnected; missed events were replayed");
       }
     }, 1000);
   };
-  source.onmessage = (e) => {
+  es.onmessage = (e) => {
     setState("live", "live");
     showEvent(JSON.parse(e.data));
   };
-  source.addEventListener("reset", (e) => {
+  es.addEventListener("reset", (e) => {
     const info = JSON.parse(e.data);
     setState("reset", "reset");
     const why =
@@ -137,12 +174,14 @@ function connect() {
         : `this server's log has no event #${info.last_event_id} (it was reset, or is another deployment)`;
     showNotice(`reset: ${why}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
   });
-  source.onerror = () => {
+  es.onerror = () => {
     clearTimeout(settling);
-    if (source.readyState === EventSource.CLOSED) {
+    if (source !== es) return;
+    if (es.readyState === EventSource.CLOSED) {
       setState("closed", "closed");
       $("connect").disabled = false;
       $("disconnect").disabled = true;
+      explainRefusal(es, url);
     } else {
       setState("reconnecting", "reconnecting…");
     }
