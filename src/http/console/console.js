@@ -71,6 +71,7 @@ function showEvent(envelope) {
 function showNotice(text, kind) {
   const item = el("li", `event notice ${kind || ""}`, text);
   prepend(item);
+  return item;
 }
 
 // A line under a form: what a request came to. "Could not reach herald" is
@@ -126,6 +127,17 @@ async function explainRefusal(es, url) {
   showResult(result, `herald refused this subscription (${res.status}): ${why}`, true);
 }
 
+function resetReason(info) {
+  switch (info.reason) {
+    case "cursor_too_old":
+      return `events after #${info.last_event_id} are no longer held (the oldest held is #${info.oldest_id})`;
+    case "cursor_ahead":
+      return `this server's log has no event #${info.last_event_id} (it was reset, or is another deployment)`;
+    default:
+      return `herald cannot resume after #${info.last_event_id} (${info.reason})`;
+  }
+}
+
 function connect() {
   disconnect();
   const topics = filters();
@@ -146,8 +158,10 @@ function connect() {
   // stopping answers and ends at once, and that is no reconnection.
   let opened = false;
   let settling = null;
+  let reconnected = null;
   es.onopen = () => {
     reached();
+    reconnected = null;
     if (!opened) {
       opened = true;
       setState("live", "live");
@@ -157,7 +171,7 @@ function connect() {
     settling = setTimeout(() => {
       if (source === es && es.readyState === EventSource.OPEN) {
         setState("live", "live");
-        showNotice("reconnected; missed events were replayed");
+        reconnected = showNotice("reconnected; missed events were replayed");
       }
     }, 1000);
   };
@@ -165,14 +179,15 @@ function connect() {
     setState("live", "live");
     showEvent(JSON.parse(e.data));
   };
+  // A reset means herald could not serve this connection's cursor: nothing
+  // was replayed, so this connection makes no claim that it was.
   es.addEventListener("reset", (e) => {
     const info = JSON.parse(e.data);
+    clearTimeout(settling);
+    reconnected?.remove();
+    reconnected = null;
     setState("reset", "reset");
-    const why =
-      info.reason === "cursor_too_old"
-        ? `events after #${info.last_event_id} are no longer held (the oldest held is #${info.oldest_id})`
-        : `this server's log has no event #${info.last_event_id} (it was reset, or is another deployment)`;
-    showNotice(`reset: ${why}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
+    showNotice(`reset: ${resetReason(info)}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
   });
   es.onerror = () => {
     clearTimeout(settling);
