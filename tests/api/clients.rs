@@ -162,6 +162,20 @@ async fn example_browser_page_receives_events_from_another_origin() {
 }
 
 #[tokio::test]
+async fn example_browser_page_opened_as_a_file_says_how_to_serve_it() {
+    let app = spawn_app().await;
+
+    run_ok(
+        node("example_file.mjs")
+            .env("HERALD_URL", &app.base)
+            .env("PAGE_FILE", repo().join("examples/browser.html")),
+    )
+    .await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn example_curl_session_runs_start_to_finish() {
     let app = spawn_app().await;
 
