@@ -56,6 +56,29 @@ async fn console_page_reconnects_after_restart_and_shows_missed_events_once() {
 }
 
 #[tokio::test]
+async fn console_page_shows_why_herald_refused_a_subscription() {
+    let app = spawn_app().await;
+
+    run_ok(node("console_refused.mjs").env("HERALD_URL", &app.base)).await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn console_page_clears_could_not_reach_once_herald_is_back() {
+    let db = TestDb::create().await;
+
+    // The script runs herald itself: it stops it and starts it again on the
+    // same port.
+    run_ok(
+        node("console_outage.mjs")
+            .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
+            .env("DATABASE_URL", &db.url),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn page_on_listed_origin_subscribes_and_publishes_with_credentials() {
     let site = OtherOrigin::start().await;
     // The same page server under another name is another origin, not listed.
@@ -132,6 +155,20 @@ async fn example_browser_page_receives_events_from_another_origin() {
         node("example_page.mjs")
             .env("HERALD_URL", &app.base)
             .env("PAGE_URL", format!("{origin}/browser.html")),
+    )
+    .await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn example_browser_page_opened_as_a_file_says_how_to_serve_it() {
+    let app = spawn_app().await;
+
+    run_ok(
+        node("example_file.mjs")
+            .env("HERALD_URL", &app.base)
+            .env("PAGE_FILE", repo().join("examples/browser.html")),
     )
     .await;
 

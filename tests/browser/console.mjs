@@ -1,5 +1,6 @@
 // The console at `/` in a real Chromium: it subscribes from the page URL's
-// `#topic=…`, shows published events newest first with their id, type,
+// `#topic=…`, says "connecting" until the stream's `open` event and "live"
+// only after it, shows published events newest first with their id, type,
 // topic and pretty-printed data, renders data as text (never HTML), and
 // saves a screenshot in each theme.
 //
@@ -32,8 +33,40 @@ try {
     }
   });
 
+  // Every state the page shows, and the stream's `open` event among them.
+  await page.addInitScript(() => {
+    window.seen = [];
+    const Native = window.EventSource;
+    window.EventSource = class extends Native {
+      constructor(...args) {
+        super(...args);
+        this.addEventListener("open", () => window.seen.push("(open)"));
+      }
+    };
+    new MutationObserver(() => {
+      const state = document.getElementById("state");
+      const shown = state && `${state.dataset.state}: ${state.textContent}`;
+      if (shown && window.seen.at(-1) !== shown) window.seen.push(shown);
+    }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
+  // Hold the stream request until the page has been seen waiting for it.
+  let answer;
+  const held = new Promise((resolve) => (answer = resolve));
+  await page.route("**/v1/stream?*", async (route) => {
+    await held;
+    await route.continue();
+  });
   await page.goto(`${base}/#topic=${encodeURIComponent(topic)}`);
+  await page.waitForFunction(() => window.seen.includes("connecting: connecting…"), null, { timeout: WAIT_MS });
+  assert.equal(await page.textContent("#state"), "connecting…", "no answer yet: connecting");
+  answer();
   await page.waitForSelector('#state[data-state="live"]', { timeout: WAIT_MS });
+  await page.unroute("**/v1/stream?*");
+  assert.deepEqual(
+    await page.evaluate(() => window.seen),
+    ["idle: not connected", "connecting: connecting…", "(open)", "live: live"],
+    "connecting until the stream opens, live after",
+  );
   assert.equal(await page.inputValue("#topics"), topic, "topics come from the URL hash");
 
   // An event on another topic must not show up.

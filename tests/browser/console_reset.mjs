@@ -1,9 +1,10 @@
 // The console shows a reset: herald comes back on the same address but with
 // another (empty) database, so the page's Last-Event-ID is ahead of
 // everything that log ever assigned. The page reconnects by itself, gets
-// the `reset` frame (reason `cursor_ahead`), shows a reset notice, and goes
-// on live. A later reconnect resumes from the reset's id without another
-// reset.
+// the `reset` frame (reason `cursor_ahead`), shows a reset notice with that
+// reason and nothing claiming missed events were replayed (a reset means
+// none were), and goes on live. A later reconnect resumes from the reset's
+// id without another reset.
 //
 // The script runs herald itself so it can restart it on the same port.
 // env: HERALD_BIN, DATABASE_URL and OTHER_DATABASE_URL (two fresh databases).
@@ -38,10 +39,17 @@ try {
   await herald.stop();
   herald = await Herald.start({ database: second, port });
   await page.waitForSelector("li.event.notice.reset", { timeout: WAIT_MS });
-  assert.equal(await page.getAttribute("#state", "data-state"), "reset");
   const notice = await page.textContent("li.event.notice.reset");
   assert.match(notice, /^reset: this server's log has no event #3\b/);
   assert.match(notice, /live events continue from #0\b/);
+  // The page announces a reconnect once the connection has held for a
+  // second; this one was a reset, so nothing may claim a replay, then or
+  // later. (Absence has no event to wait for: wait out that second.)
+  const resetAt = await page.evaluate(() => performance.now());
+  await page.waitForFunction((t) => performance.now() > t + 1500, resetAt, { timeout: WAIT_MS });
+  const notices = await page.$$eval("li.event.notice", (items) => items.map((li) => li.textContent));
+  assert.deepEqual(notices, [notice], "the reset notice alone");
+  assert.equal(await page.getAttribute("#state", "data-state"), "reset");
 
   // Live again: a new event shows above the notice.
   const fresh = await publish(herald.base, { topic, type: "after.reset", data: "new log" });

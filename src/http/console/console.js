@@ -71,6 +71,71 @@ function showEvent(envelope) {
 function showNotice(text, kind) {
   const item = el("li", `event notice ${kind || ""}`, text);
   prepend(item);
+  return item;
+}
+
+// A line under a form: what a request came to. "Could not reach herald" is
+// marked, so it goes away once herald answers again.
+function showResult(node, text, bad = false) {
+  node.className = bad ? "result bad" : "result";
+  node.textContent = text;
+  delete node.dataset.unreachable;
+}
+
+function showUnreachable(node, err) {
+  showResult(node, `Could not reach herald: ${err.message}`, true);
+  node.dataset.unreachable = "";
+}
+
+// herald answered (a stream opened, a request got a response): whatever
+// said it could not be reached is out of date.
+function reached() {
+  document.querySelectorAll("[data-unreachable]").forEach((node) => showResult(node, ""));
+}
+
+// An EventSource gives up on any answer but `200 text/event-stream` and
+// cannot read it (WHATWG HTML, "fail the connection"). herald's answer is
+// an RFC 9457 problem with the reason in `detail`: ask the same URL again
+// with fetch to read it.
+async function explainRefusal(es, url) {
+  const result = $("sub-result");
+  const abort = new AbortController();
+  let res;
+  try {
+    res = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: abort.signal });
+  } catch (err) {
+    if (source === es) showUnreachable(result, err);
+    return;
+  }
+  reached();
+  if (res.ok) {
+    // Accepted this time (a cap that has room again, say): not a stream we
+    // keep. Subscribing again is the user's call.
+    abort.abort();
+    if (source === es) showResult(result, "The stream closed. Subscribe to try again.", true);
+    return;
+  }
+  let why = res.statusText;
+  try {
+    const problem = await res.json();
+    why = problem.detail || problem.title || why;
+  } catch {
+    // Not a problem document (a proxy's page, say): the status is all.
+  }
+  if (source !== es) return;
+  setState("refused", "refused");
+  showResult(result, `herald refused this subscription (${res.status}): ${why}`, true);
+}
+
+function resetReason(info) {
+  switch (info.reason) {
+    case "cursor_too_old":
+      return `events after #${info.last_event_id} are no longer held (the oldest held is #${info.oldest_id})`;
+    case "cursor_ahead":
+      return `this server's log has no event #${info.last_event_id} (it was reset, or is another deployment)`;
+    default:
+      return `herald cannot resume after #${info.last_event_id} (${info.reason})`;
+  }
 }
 
 function connect() {
@@ -85,12 +150,18 @@ function connect() {
   if (since) q.set("since", since);
 
   setState("connecting", "connecting…");
-  source = new EventSource(`/v1/stream?${q}`);
+  showResult($("sub-result"), "");
+  const url = `/v1/stream?${q}`;
+  const es = new EventSource(url);
+  source = es;
   // A reconnect counts once the connection holds: an instance that is
   // stopping answers and ends at once, and that is no reconnection.
   let opened = false;
   let settling = null;
-  source.onopen = () => {
+  let reconnected = null;
+  es.onopen = () => {
+    reached();
+    reconnected = null;
     if (!opened) {
       opened = true;
       setState("live", "live");
@@ -98,31 +169,34 @@ function connect() {
     }
     clearTimeout(settling);
     settling = setTimeout(() => {
-      if (source && source.readyState === EventSource.OPEN) {
+      if (source === es && es.readyState === EventSource.OPEN) {
         setState("live", "live");
-        showNotice("reconnected; missed events were replayed");
+        reconnected = showNotice("reconnected; missed events were replayed");
       }
     }, 1000);
   };
-  source.onmessage = (e) => {
+  es.onmessage = (e) => {
     setState("live", "live");
     showEvent(JSON.parse(e.data));
   };
-  source.addEventListener("reset", (e) => {
+  // A reset means herald could not serve this connection's cursor: nothing
+  // was replayed, so this connection makes no claim that it was.
+  es.addEventListener("reset", (e) => {
     const info = JSON.parse(e.data);
-    setState("reset", "reset");
-    const why =
-      info.reason === "cursor_too_old"
-        ? `events after #${info.last_event_id} are no longer held (the oldest held is #${info.oldest_id})`
-        : `this server's log has no event #${info.last_event_id} (it was reset, or is another deployment)`;
-    showNotice(`reset: ${why}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
-  });
-  source.onerror = () => {
     clearTimeout(settling);
-    if (source.readyState === EventSource.CLOSED) {
+    reconnected?.remove();
+    reconnected = null;
+    setState("reset", "reset");
+    showNotice(`reset: ${resetReason(info)}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
+  });
+  es.onerror = () => {
+    clearTimeout(settling);
+    if (source !== es) return;
+    if (es.readyState === EventSource.CLOSED) {
       setState("closed", "closed");
       $("connect").disabled = false;
       $("disconnect").disabled = true;
+      explainRefusal(es, url);
     } else {
       setState("reconnecting", "reconnecting…");
     }
@@ -142,34 +216,34 @@ function disconnect() {
 async function publish(event) {
   event.preventDefault();
   const result = $("pub-result");
-  result.className = "result";
+  showResult(result, "");
   let data;
   try {
     data = JSON.parse($("pub-data").value || "null");
   } catch (err) {
-    result.className = "result bad";
-    result.textContent = `Data is not JSON: ${err.message}`;
+    showResult(result, `Data is not JSON: ${err.message}`, true);
     return;
   }
   const body = { topic: $("pub-topic").value.trim(), data };
   const type = $("pub-type").value.trim();
   if (type) body.type = type;
+  let res;
   try {
-    const res = await fetch("/v1/events", {
+    res = await fetch("/v1/events", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
-    const answer = await res.json();
-    if (res.ok) {
-      result.textContent = `Stored as #${answer.id} at ${answer.time}`;
-    } else {
-      result.className = "result bad";
-      result.textContent = `${res.status}: ${answer.detail || answer.title}`;
-    }
   } catch (err) {
-    result.className = "result bad";
-    result.textContent = `Could not reach herald: ${err.message}`;
+    showUnreachable(result, err);
+    return;
+  }
+  reached();
+  const answer = await res.json().catch(() => ({}));
+  if (res.ok) {
+    showResult(result, `Stored as #${answer.id} at ${answer.time}`);
+  } else {
+    showResult(result, `${res.status}: ${answer.detail || answer.title || res.statusText}`, true);
   }
 }
 
