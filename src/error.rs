@@ -73,6 +73,7 @@ impl ApiError {
                 Invalid::Type(_) => "invalid_type",
                 Invalid::ReservedType(_) => "reserved_type",
                 Invalid::Key => "invalid_key",
+                Invalid::Data(_) => "invalid_data",
             },
             Self::BadRequest(_) => "bad_request",
             Self::TooLarge(_) => "too_large",

@@ -30,6 +30,9 @@ pub enum Invalid {
     ReservedType(String),
     #[error("idempotency key is invalid: 1-256 visible ASCII characters")]
     Key,
+    /// `data` is JSON but not I-JSON, or nests too deep (see `data.rs`).
+    #[error("data is refused: {0}")]
+    Data(String),
 }
 
 fn is_name_char(c: u8) -> bool {

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use super::{AppState, json_response};
 use crate::error::ApiError;
-use crate::event::{EventType, IdempotencyKey, StoredEvent, Topic, compact_json};
+use crate::event::{EventType, IdempotencyKey, StoredEvent, Topic, check_data, compact_json};
 use crate::log::NewEvent;
 use crate::telemetry;
 
@@ -189,9 +189,13 @@ fn validate(
         Some(t) => EventType::parse(t)?,
         None => EventType::message(),
     };
-    let data = ev
-        .data
-        .map_or_else(|| "null".to_owned(), |raw| compact_json(raw.get()));
+    let data = match ev.data {
+        Some(raw) => {
+            check_data(raw.get())?;
+            compact_json(raw.get())
+        }
+        None => "null".to_owned(),
+    };
     if data.len() > limits.max_data_bytes {
         return Err(ApiError::TooLarge(format!(
             "data is {} bytes of compact JSON; at most {} are accepted",

@@ -285,3 +285,37 @@ async fn wrong_method_answer_lists_allowed_methods() {
     );
     app.stop().await;
 }
+
+/// `data` must be I-JSON (RFC 7493) nested at most 64 deep, so that every
+/// common client reads back what was stored; each of these was stored once.
+#[tokio::test]
+async fn data_that_is_not_i_json_or_nests_too_deep_is_refused_with_400() {
+    let app = spawn_app().await;
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let cases = [
+        ("\"\\ud800\"".to_owned(), "surrogate"),
+        ("{\"a\":1,\"a\":2}".to_owned(), "repeats a member name"),
+        ("1e400".to_owned(), "IEEE 754"),
+        ("\"\\uffff\"".to_owned(), "noncharacter"),
+        (deep(65), "nests deeper than 64"),
+        (deep(5_000), "nests deeper than 64"),
+        (deep(20_000), "nests deeper than 64"),
+    ];
+
+    for (data, why) in &cases {
+        let one = format!("{{\"topic\":\"x\",\"data\":{data}}}");
+        assert_problem(post_text(&app, &one).await, 400, "invalid_data", why).await;
+        let batch = format!("[{{\"topic\":\"x\"}},{{\"topic\":\"x\",\"data\":{data}}}]");
+        let body = assert_problem(post_text(&app, &batch).await, 400, "invalid_data", why).await;
+        assert!(
+            body["detail"].as_str().unwrap().starts_with("event 1:"),
+            "{body}"
+        );
+    }
+
+    assert_nothing_stored(&app).await;
+    // The deepest accepted nesting is stored and read back as sent.
+    let ok = format!("{{\"topic\":\"x\",\"data\":{}}}", deep(64));
+    assert_eq!(post_text(&app, &ok).await.status(), 201);
+    app.stop().await;
+}
