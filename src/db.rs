@@ -60,14 +60,19 @@ pub async fn connect(
         .with_context(|| format!("cannot apply migrations to {target}"))?;
     conn.close().await?;
 
-    // No statement of the service waits for a lock longer than a request
-    // waits for a connection: an instance that died holding the log's lock
-    // costs 503s, not hung requests.
-    let lock_timeout = format!("{}ms", acquire_timeout.as_millis().max(1));
+    // No statement of the service runs, or waits for a lock, longer than a
+    // request waits for the database: PostgreSQL itself aborts it, so an
+    // instance that died holding the log's lock or a stalled disk costs
+    // 503s that are true ("nothing was stored"), not hung requests or
+    // appends that commit after their publisher was told they failed.
+    let limit = format!("{}ms", acquire_timeout.as_millis().max(1));
     let pool = PgPoolOptions::new()
         .max_connections(pool_size.max(2))
         .acquire_timeout(acquire_timeout)
-        .connect_with(options.options([("lock_timeout", lock_timeout.as_str())]))
+        .connect_with(options.options([
+            ("lock_timeout", limit.as_str()),
+            ("statement_timeout", limit.as_str()),
+        ]))
         .await
         .map_err(|e| anyhow!("cannot connect to PostgreSQL at {target}: {e}; {fix}"))?;
     Ok(pool)

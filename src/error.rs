@@ -35,6 +35,16 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the event log is unavailable; nothing was stored, retry later")]
     Unavailable,
+    /// The commit went out and PostgreSQL never answered (README, "Errors").
+    #[error(
+        "the event log did not confirm in time whether the event was stored; \
+         retry with the same Idempotency-Key to store it exactly once"
+    )]
+    OutcomeUnknown,
+    /// PostgreSQL refused this request's content although it passed
+    /// validation; nothing was stored.
+    #[error("PostgreSQL refused this event; nothing was stored")]
+    RefusedByLog,
     #[error("internal error")]
     Internal,
 }
@@ -59,7 +69,8 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RefusedByLog => StatusCode::BAD_REQUEST,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +92,8 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unavailable => "database_unavailable",
+            Self::OutcomeUnknown => "outcome_unknown",
+            Self::RefusedByLog => "refused_by_database",
             Self::Internal => "internal",
         }
     }
@@ -94,6 +107,14 @@ impl From<LogError> for ApiError {
                 Self::Unavailable
             }
             LogError::Closed => Self::Unavailable,
+            LogError::Unknown(msg) => {
+                tracing::warn!(error = %msg, "append outcome unknown");
+                Self::OutcomeUnknown
+            }
+            LogError::Refused(msg) => {
+                tracing::warn!(error = %msg, "PostgreSQL refused an event that passed validation");
+                Self::RefusedByLog
+            }
             LogError::Database(msg) => {
                 tracing::error!(error = %msg, "event log error");
                 Self::Internal

@@ -12,13 +12,37 @@
 //! keeps the lock held for as short as PostgreSQL allows. A group with keys
 //! needs to look the keys up under the lock first, so it is a transaction
 //! of a few statements.
+//!
+//! **Every answer is true, and comes in time.** Each request has a deadline
+//! (its arrival plus `--db-timeout`) and gets its answer by then plus
+//! [`ANSWER_MARGIN`], however PostgreSQL fails:
+//! - A request still waiting in the queue at its deadline is withdrawn by
+//!   its publisher ([`Claim`]): it was never sent, so "nothing was stored".
+//! - A group is sent only with time left for every request in it, and
+//!   PostgreSQL itself aborts a statement that outlives it
+//!   (`statement_timeout`, `lock_timeout`), so a slow trigger or a held lock
+//!   ends in an error PostgreSQL reports: again, nothing was stored. A
+//!   timeout on our side alone would not do: the statement PostgreSQL
+//!   already has goes on and commits after the client gave up.
+//! - Only when the statement that commits was sent and no answer came at
+//!   all (the network or the server went silent) is the outcome unknown,
+//!   and the answer says so ([`LogError::Unknown`]).
+//!
+//! **One request cannot fail another's.** A group that PostgreSQL refuses
+//! for a reason other than its availability (a row it will not take) is
+//! retried one request at a time, so the request at fault gets the error and
+//! the others commit.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{Appended, LogError, NOTIFY_CHANNEL, NewEvent, from_row};
 use crate::event::{IdempotencyKey, StoredEvent};
@@ -26,34 +50,89 @@ use crate::telemetry;
 
 /// Most events one append transaction carries.
 const MAX_GROUP_EVENTS: usize = 4096;
+/// How long after its deadline a publisher may wait for its answer: the
+/// time PostgreSQL's own answer (an abort at `statement_timeout`) takes to
+/// come back and be sent on. Documented in the README ("Errors").
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+/// Least time worth sending a statement with; a request with less left is
+/// answered "nothing was stored" without being sent.
+const MIN_STATEMENT_TIME: Duration = Duration::from_millis(20);
 
 pub(super) struct AppendJob {
     pub events: Vec<NewEvent>,
     pub reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+    /// When the publisher's wait for the database ends (`--db-timeout`
+    /// after the request arrived).
+    pub deadline: Instant,
+    pub claim: Arc<Claim>,
+}
+
+/// Who settles a job: the committer, by taking it into a group, or its
+/// publisher, by withdrawing it when the deadline passes first. Exactly one
+/// of them wins, so a withdrawn job is never sent and a taken one is never
+/// reported as "not stored" before PostgreSQL has said so.
+#[derive(Default)]
+pub(super) struct Claim(AtomicU8);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Claim {
+    fn take(&self) -> bool {
+        self.settle(TAKEN)
+    }
+
+    /// `true` when the job had not been taken: it will never be sent.
+    pub(super) fn withdraw(&self) -> bool {
+        self.settle(WITHDRAWN)
+    }
+
+    fn settle(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// How an append failed, as far as anyone can know.
+enum Failure {
+    /// Nothing was committed: the statement was never sent, or PostgreSQL
+    /// answered with an error.
+    NotStored(sqlx::Error),
+    /// The statement that commits was sent and no answer came.
+    Unknown(String),
+}
+
+impl From<Failure> for LogError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::NotStored(e) => LogError::from(e),
+            Failure::Unknown(why) => LogError::Unknown(why),
+        }
+    }
 }
 
 /// Takes every job that is waiting (up to a cap) and commits them in one
-/// transaction, then answers each. `timeout` bounds one append.
+/// transaction, then answers each. `timeout` is `--db-timeout`, which every
+/// pool connection also has as its `statement_timeout`.
 pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, timeout: Duration) {
     while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        let mut count = group[0].events.len();
+        let mut group = Vec::new();
+        let mut count = 0;
+        let now = Instant::now();
+        take(first, &mut group, &mut count, now);
         while count < MAX_GROUP_EVENTS {
             match rx.try_recv() {
-                Ok(job) => {
-                    count += job.events.len();
-                    group.push(job);
-                }
+                Ok(job) => take(job, &mut group, &mut count, now),
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let batches: Vec<&[NewEvent]> = group.iter().map(|j| j.events.as_slice()).collect();
-        // Dropping a timed-out append closes its connection, which rolls it
-        // back; lock waits are bounded by the connections' lock_timeout.
-        let result = tokio::time::timeout(timeout, append_group(&pool, &batches))
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        if group.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let result = run(&pool, &group, timeout).await;
         metrics::histogram!(telemetry::APPEND_SECONDS).record(started.elapsed());
         metrics::histogram!(telemetry::APPEND_GROUP_EVENTS).record(count as f64);
         match result {
@@ -62,9 +141,22 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
                     let _ = job.reply.send(Ok(appended));
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, requests = group.len(), events = count, "append failed");
-                let err = LogError::from(e);
+            Err(Failure::NotStored(e)) if group.len() > 1 && !super::is_transient(&e) => {
+                // A row PostgreSQL will not take: find whose, by committing
+                // each request on its own.
+                tracing::warn!(error = %e, requests = group.len(), "append refused; committing its requests one by one");
+                for job in group {
+                    let result = run(&pool, std::slice::from_ref(&job), timeout).await;
+                    let _ = job.reply.send(
+                        result
+                            .map(|mut per_job| per_job.remove(0))
+                            .map_err(LogError::from),
+                    );
+                }
+            }
+            Err(failure) => {
+                let err = LogError::from(failure);
+                tracing::warn!(error = %err, requests = group.len(), events = count, "append failed");
                 for job in group {
                     let _ = job.reply.send(Err(err.clone()));
                 }
@@ -73,28 +165,124 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
     }
 }
 
-async fn append_group(
+/// Adds `job` to the group unless its publisher withdrew it, or it has too
+/// little time left to be sent (then it is answered at once: not stored).
+fn take(job: AppendJob, group: &mut Vec<AppendJob>, count: &mut usize, now: Instant) {
+    if !job.claim.take() {
+        return;
+    }
+    if job.deadline.saturating_duration_since(now) < MIN_STATEMENT_TIME {
+        let _ = job.reply.send(Err(LogError::Unavailable(
+            "waited for the event log until the deadline".into(),
+        )));
+        return;
+    }
+    *count += job.events.len();
+    group.push(job);
+}
+
+/// Commits one group within the time its most pressed request has left.
+async fn run(
     pool: &PgPool,
-    batches: &[&[NewEvent]],
-) -> Result<Vec<Vec<Appended>>, sqlx::Error> {
-    let keyed = batches.iter().any(|b| b.iter().any(|e| e.key.is_some()));
-    if keyed {
-        append_keyed(pool, batches).await
+    group: &[AppendJob],
+    timeout: Duration,
+) -> Result<Vec<Vec<Appended>>, Failure> {
+    let now = Instant::now();
+    let Some(deadline) = group.iter().map(|j| j.deadline).min() else {
+        return Ok(Vec::new());
+    };
+    let budget = deadline.saturating_duration_since(now);
+    if budget < MIN_STATEMENT_TIME {
+        return Err(Failure::NotStored(sqlx::Error::PoolTimedOut));
+    }
+    let mut conn = match tokio::time::timeout(budget, pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(Failure::NotStored(e)),
+        Err(_) => return Err(Failure::NotStored(sqlx::Error::PoolTimedOut)),
+    };
+    // The server must give up in time for its answer to reach the
+    // publisher: the connection's own statement_timeout (`timeout`) when the
+    // group has not waited long, a shorter one set for this group otherwise.
+    let server_limit = if timeout <= budget + ANSWER_MARGIN / 2 {
+        timeout
     } else {
-        append_plain(pool, batches).await
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < MIN_STATEMENT_TIME {
+            return Err(Failure::NotStored(sqlx::Error::PoolTimedOut));
+        }
+        // The connection keeps this setting: close it afterwards rather
+        // than spend a round trip resetting it.
+        conn.close_on_drop();
+        let limit = format!("{}ms", left.as_millis().max(1));
+        sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false)")
+            .bind(&limit)
+            .execute(&mut *conn)
+            .await
+            .map_err(Failure::NotStored)?;
+        left
+    };
+    let batches: Vec<&[NewEvent]> = group.iter().map(|j| j.events.as_slice()).collect();
+    let commit_sent = AtomicBool::new(false);
+    let guard = server_limit + ANSWER_MARGIN / 2;
+    let result = tokio::time::timeout(guard, append_group(&mut conn, &batches, &commit_sent)).await;
+    let sent = commit_sent.load(Ordering::Acquire);
+    match result {
+        Ok(Ok(appended)) => Ok(appended),
+        Ok(Err(e)) if sent && is_connection_loss(&e) => {
+            conn.close_on_drop();
+            Err(Failure::Unknown(e.to_string()))
+        }
+        Ok(Err(e)) => Err(Failure::NotStored(e)),
+        Err(_) => {
+            // A statement may still be running in PostgreSQL; this
+            // connection is not handed to anyone else.
+            conn.close_on_drop();
+            if sent {
+                Err(Failure::Unknown(format!(
+                    "no answer from PostgreSQL within {guard:?} of sending the commit"
+                )))
+            } else {
+                Err(Failure::NotStored(sqlx::Error::PoolTimedOut))
+            }
+        }
     }
 }
 
-/// A group without idempotency keys: one statement.
-async fn append_plain(
-    pool: &PgPool,
+/// The connection broke: whatever was in flight may or may not have been
+/// committed.
+fn is_connection_loss(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+    )
+}
+
+/// `commit_sent` is set just before the statement that commits goes out.
+async fn append_group(
+    conn: &mut PoolConnection<Postgres>,
     batches: &[&[NewEvent]],
+    commit_sent: &AtomicBool,
+) -> Result<Vec<Vec<Appended>>, sqlx::Error> {
+    let keyed = batches.iter().any(|b| b.iter().any(|e| e.key.is_some()));
+    if keyed {
+        append_keyed(conn, batches, commit_sent).await
+    } else {
+        append_plain(conn, batches, commit_sent).await
+    }
+}
+
+/// A group without idempotency keys: one statement, in autocommit.
+async fn append_plain(
+    conn: &mut PgConnection,
+    batches: &[&[NewEvent]],
+    commit_sent: &AtomicBool,
 ) -> Result<Vec<Vec<Appended>>, sqlx::Error> {
     let mut rows = NewRows::default();
     for ev in batches.iter().flat_map(|b| b.iter()) {
         rows.push_new(ev);
     }
     let n = rows.topics.len() as i64;
+    commit_sent.store(true, Ordering::Release);
     let (base, now): (i64, OffsetDateTime) = sqlx::query_as(
         "with head as ( \
            select last_id, greatest(clock_timestamp(), last_time) as now \
@@ -115,7 +303,7 @@ async fn append_plain(
     .bind(&rows.data)
     .bind(n)
     .bind(NOTIFY_CHANNEL)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
 
     let mut id = base;
@@ -149,10 +337,12 @@ fn stored(ev: &NewEvent, id: i64, time: OffsetDateTime) -> StoredEvent {
 /// A group with idempotency keys: under the lock, the keys already stored
 /// answer with their original events, and the rest are inserted.
 async fn append_keyed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     batches: &[&[NewEvent]],
+    commit_sent: &AtomicBool,
 ) -> Result<Vec<Vec<Appended>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
     let (mut last_id, now): (i64, OffsetDateTime) = sqlx::query_as(
         "select last_id, greatest(clock_timestamp(), last_time) from log_head for update",
     )
@@ -215,6 +405,7 @@ async fn append_keyed(
         .execute(&mut *tx)
         .await?;
     }
+    commit_sent.store(true, Ordering::Release);
     tx.commit().await?;
     Ok(out)
 }

@@ -8,17 +8,21 @@
 //! locks the single `log_head` row first (see `migrations/`), which serializes
 //! appends across all instances and makes id order equal commit order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::event::{EventType, Filters, IdempotencyKey, StoredEvent, Topic};
 
 mod append;
 
-use append::{AppendJob, committer};
+use append::{AppendJob, Claim, committer};
+
+pub use append::ANSWER_MARGIN;
 
 /// The channel every append transaction notifies with its last id.
 pub const NOTIFY_CHANNEL: &str = "herald_events";
@@ -53,6 +57,15 @@ pub enum LogError {
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(String),
+    /// PostgreSQL refused the content of a request (a data exception,
+    /// SQLSTATE class 22, or a program limit, class 54): retrying the same
+    /// request will not help.
+    #[error("PostgreSQL refused the event: {0}")]
+    Refused(String),
+    /// The commit was sent and no answer came: the events may or may not
+    /// be stored. Only an idempotency key makes a retry safe.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     /// The committer has stopped (the instance is shutting down).
     #[error("the event log is shutting down")]
     Closed,
@@ -62,10 +75,21 @@ impl From<sqlx::Error> for LogError {
     fn from(e: sqlx::Error) -> Self {
         if is_transient(&e) {
             Self::Unavailable(e.to_string())
+        } else if is_refusal_of_content(&e) {
+            Self::Refused(e.to_string())
         } else {
             Self::Database(e.to_string())
         }
     }
+}
+
+/// Data exceptions (class 22) and program limits (class 54, such as a json
+/// value nested too deep for PostgreSQL's parser): the request's content,
+/// not the database's state.
+fn is_refusal_of_content(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("54"))
 }
 
 /// SQLSTATE of a `lock_timeout` expiry.
@@ -75,7 +99,7 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
 /// intervention, including statement timeouts) and 40 (rollback) likewise,
 /// and a lock wait that timed out.
-fn is_transient(e: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             c == LOCK_NOT_AVAILABLE || ["08", "53", "57", "40"].iter().any(|p| c.starts_with(p))
@@ -102,6 +126,8 @@ pub struct Head {
 pub struct EventLog {
     pool: PgPool,
     jobs: mpsc::Sender<AppendJob>,
+    /// `--db-timeout`: how long a request waits for the database.
+    timeout: Duration,
 }
 
 /// An event row as the queries here select it.
@@ -119,13 +145,19 @@ fn from_row((id, topic, event_type, data, time): Row) -> StoredEvent {
 
 impl EventLog {
     /// Starts the committer task; it ends when every handle is dropped.
-    /// `timeout` bounds one append, start to commit (an instance that lost
-    /// its network mid-append can hold the log's lock until TCP gives up on
-    /// it; the pool's `lock_timeout` bounds the wait for it too).
+    /// `timeout` (`--db-timeout`) bounds every request's wait for the
+    /// database: appends and reads answer within it plus [`ANSWER_MARGIN`].
     pub fn start(pool: PgPool, timeout: Duration) -> (Self, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(16 * 1024);
         let task = tokio::spawn(committer(pool.clone(), rx, timeout));
-        (Self { pool, jobs }, task)
+        (
+            Self {
+                pool,
+                jobs,
+                timeout,
+            },
+            task,
+        )
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -136,14 +168,50 @@ impl EventLog {
     /// with their ids once committed.
     ///
     /// # Errors
-    /// [`LogError`] when the transaction did not commit: nothing was stored.
+    /// [`LogError::Unknown`] when the commit was sent and PostgreSQL did not
+    /// answer in time: the events may or may not be stored. Any other
+    /// [`LogError`]: nothing was stored.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
+        let deadline = Instant::now() + self.timeout;
+        let claim = Arc::new(Claim::default());
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(AppendJob { events, reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::Closed)?
+        let job = AppendJob {
+            events,
+            reply,
+            deadline,
+            claim: claim.clone(),
+        };
+        let answered = tokio::time::timeout_at(deadline + ANSWER_MARGIN, async {
+            self.jobs.send(job).await.map_err(|_| LogError::Closed)?;
+            answer.await.map_err(|_| LogError::Closed)?
+        })
+        .await;
+        match answered {
+            Ok(result) => result,
+            // Still queued: it will never be sent.
+            Err(_) if claim.withdraw() => Err(LogError::Unavailable(
+                "the event log did not take the request in time".into(),
+            )),
+            // In a group whose fate PostgreSQL has not told yet.
+            Err(_) => Err(LogError::Unknown(
+                "no answer from PostgreSQL in time".into(),
+            )),
+        }
+    }
+
+    /// Runs a read within `--db-timeout` plus [`ANSWER_MARGIN`] (the pool
+    /// wait and `statement_timeout` bound it too; this covers a database
+    /// that stopped answering altogether).
+    async fn bounded<T>(
+        &self,
+        read: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, LogError> {
+        match tokio::time::timeout(self.timeout + ANSWER_MARGIN, read).await {
+            Ok(result) => result.map_err(LogError::from),
+            Err(_) => Err(LogError::Unavailable(
+                "no answer from PostgreSQL in time".into(),
+            )),
+        }
     }
 
     /// Events with an id above `after` that match `filters`, oldest first.
@@ -157,16 +225,56 @@ impl EventLog {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let patterns = filters.like_patterns();
-        let rows: Vec<Row> = sqlx::query_as(
-            "select id, topic, type, data::text, time from events \
-             where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
-             order by id limit $3",
-        )
-        .bind(after)
-        .bind(&patterns)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<Row> = self
+            .bounded(
+                sqlx::query_as(
+                    "select id, topic, type, data::text, time from events \
+                     where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
+                     order by id limit $3",
+                )
+                .bind(after)
+                .bind(&patterns)
+                .bind(limit)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    /// As [`Self::read_after`], but stopping before the page's `data` would
+    /// pass `max_bytes` (the first event is always in it): a replay holds
+    /// one such page at a time, whatever the size of the events.
+    ///
+    /// # Errors
+    /// [`LogError`] when the query fails.
+    pub async fn read_page(
+        &self,
+        after: i64,
+        filters: &Filters,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let patterns = filters.like_patterns();
+        let rows: Vec<Row> = self
+            .bounded(
+                sqlx::query_as(
+                    "select id, topic, type, data, time from ( \
+                       select id, topic, type, data::text as data, time, \
+                         sum(octet_length(data::text)) over (order by id) as upto \
+                       from events \
+                       where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
+                       order by id limit $3 \
+                     ) page \
+                     where upto - octet_length(data) < $4 \
+                     order by id",
+                )
+                .bind(after)
+                .bind(&patterns)
+                .bind(limit)
+                .bind(max_bytes)
+                .fetch_all(&self.pool),
+            )
+            .await?;
         Ok(rows.into_iter().map(from_row).collect())
     }
 
@@ -176,12 +284,19 @@ impl EventLog {
     /// # Errors
     /// [`LogError`] when the query fails.
     pub async fn read_tail(&self, count: i64) -> Result<Vec<StoredEvent>, LogError> {
+        // Once, at start, and possibly large: not held to the request
+        // timeout the pool's connections carry.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("select set_config('statement_timeout', '0', true)")
+            .execute(&mut *tx)
+            .await?;
         let mut rows: Vec<Row> = sqlx::query_as(
             "select id, topic, type, data::text, time from events order by id desc limit $1",
         )
         .bind(count)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.reverse();
         Ok(rows.into_iter().map(from_row).collect())
     }
@@ -194,24 +309,29 @@ impl EventLog {
     /// # Errors
     /// [`LogError`] when the query fails.
     pub async fn cursor_at(&self, time: OffsetDateTime) -> Result<i64, LogError> {
-        let cursor: i64 = sqlx::query_scalar(
-            "select coalesce(\
-               (select id - 1 from events where time >= $1 order by time, id limit 1), \
-               (select last_id from log_head))",
-        )
-        .bind(time)
-        .fetch_one(&self.pool)
-        .await?;
+        let cursor: i64 = self
+            .bounded(
+                sqlx::query_scalar(
+                    "select coalesce(\
+                       (select id - 1 from events where time >= $1 order by time, id limit 1), \
+                       (select last_id from log_head))",
+                )
+                .bind(time)
+                .fetch_one(&self.pool),
+            )
+            .await?;
         Ok(cursor)
     }
 
     /// # Errors
     /// [`LogError`] when the query fails.
     pub async fn head(&self) -> Result<Head, LogError> {
-        let (last_id, pruned_through): (i64, i64) =
-            sqlx::query_as("select last_id, pruned_through from log_head")
-                .fetch_one(&self.pool)
-                .await?;
+        let (last_id, pruned_through): (i64, i64) = self
+            .bounded(
+                sqlx::query_as("select last_id, pruned_through from log_head")
+                    .fetch_one(&self.pool),
+            )
+            .await?;
         Ok(Head {
             last_id,
             pruned_through,

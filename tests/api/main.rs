@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod clients;
 mod cluster;
+mod commit;
 mod cors;
 mod delivery;
 mod faults;

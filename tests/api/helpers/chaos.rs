@@ -1,5 +1,6 @@
-//! Breaking PostgreSQL on purpose: a TCP proxy between herald and the
-//! server that a test can cut and restore.
+//! Breaking PostgreSQL on purpose: TCP proxies between herald and the
+//! server that a test can cut and restore ([`ChaosProxy`]) or freeze and
+//! thaw ([`FreezeProxy`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,4 +92,75 @@ pub fn postgres_addr() -> SocketAddr {
     format!("{host}:{}", url.port().unwrap_or(5432))
         .parse()
         .unwrap()
+}
+
+/// A TCP proxy in front of PostgreSQL that can freeze: while frozen it keeps
+/// every connection open but forwards no byte, as a network partition or a
+/// hung server would (no RST, no FIN). New connections are accepted and
+/// frozen too.
+pub struct FreezeProxy {
+    pub addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FreezeProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, watch.clone()), pump(sr, cw, watch));
+                });
+            }
+        });
+        Self {
+            addr,
+            frozen,
+            accept,
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+impl Drop for FreezeProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding every byte while frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 || frozen.wait_for(|f| !f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
