@@ -1,7 +1,8 @@
 //! The terminal client beside the server in the same binary (DESIGN.md,
 //! "Configuration"): `herald tail` follows a stream, `herald publish` sends
 //! one event. Both talk to a running herald over its public HTTP API only,
-//! like any other client; their options are in [`crate::config`].
+//! like any other client. Their grammar, and the whole command line's
+//! ([`Cli`]), is in [`args`].
 //!
 //! Exit statuses are part of the interface, for shell scripts: see
 //! [`EXIT_REFUSED`], [`EXIT_UNAVAILABLE`] (and clap's 2 for usage errors).
@@ -12,12 +13,13 @@ use std::process::ExitCode;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::config::Command;
-
+pub mod args;
 mod print;
 pub mod publish;
 pub mod sse;
 pub mod tail;
+
+pub use args::{Cli, Command};
 
 /// The server refused the request (a 4xx with its reason printed), or the
 /// input could not be read. Retrying the same request will not help.

@@ -14,10 +14,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::args::PublishArgs;
 use super::{
     EXIT_REFUSED, EXIT_UNAVAILABLE, endpoint, notice, refusal_reason, retryable, transport_error,
 };
-use crate::config::PublishArgs;
 use crate::event::compact_json;
 
 /// Most bytes read from standard input; the server's own limit is far lower,

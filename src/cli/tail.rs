@@ -17,10 +17,10 @@ use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
+use super::args::TailArgs;
 use super::print::{Printer, reset_notice};
 use super::sse::{Item, SseParser};
 use super::{EXIT_REFUSED, endpoint, notice, refusal_reason, retryable, transport_error};
-use crate::config::TailArgs;
 
 /// The reconnection delay until the server sends `retry:`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
