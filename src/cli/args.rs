@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::config::{Config, parse_duration};
 
@@ -54,13 +56,17 @@ pub struct ClientArgs {
 /// `herald tail [TOPIC…]`.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
+Start: live from now; with --since, the events committed since then first;
+with --last-event-id, the events after that id first.
+
 Output: one line per event, `#ID TIME TOPIC TYPE DATA` (coloured when standard
 output is a terminal and NO_COLOR is unset), or with --json each event's JSON
 envelope exactly as the stream carries it. Notices (connected, connection lost,
 reconnected, reset) go to standard error only.
 
 After a dropped connection tail reconnects with Last-Event-ID set to the last
-id it received, after the server's `retry:` delay (backing off up to 10s while
+id it received (or, while none has come, from where --since or
+--last-event-id started), after the server's `retry:` delay (backing off up to 10s while
 the server cannot be reached), so no event is missed or printed twice.
 
 Exit status: 0 after Ctrl-C or SIGTERM (or when standard output is closed),
@@ -76,6 +82,16 @@ pub struct TailArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Start with the events committed since then: a duration back from now
+    /// (`10m`, `1h30m`) or an RFC 3339 time (`2026-11-23T08:00:00Z`).
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since, conflicts_with = "last_event_id")]
+    pub since: Option<Since>,
+
+    /// Start with the events after this id (`0`: from the oldest event the
+    /// log holds), as a reconnect with `Last-Event-ID` would.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(0..))]
+    pub last_event_id: Option<i64>,
+
     /// Reconnect when nothing, not even a `: ping`, arrived for this long
     /// (keep it above the server's heartbeat).
     #[arg(long, env = "HERALD_TAIL_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
@@ -83,6 +99,15 @@ pub struct TailArgs {
 
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Where `herald tail --since` starts, as the stream's `since=` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before the first connection.
+    Ago(Duration),
+    /// At this time.
+    At(OffsetDateTime),
 }
 
 /// `herald publish TOPIC [DATA|-]`.
@@ -147,11 +172,72 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
     }
 }
 
+/// Parses `--since` as the server parses `since=`: a duration back from now
+/// or an RFC 3339 time; a duration reaching before the calendar's start is
+/// refused here rather than sent.
+///
+/// # Errors
+/// A message naming the accepted forms, for clap to show.
+pub fn parse_since(s: &str) -> Result<Since, String> {
+    let s = s.trim();
+    if let Ok(ago) = humantime::parse_duration(s) {
+        let representable = time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| OffsetDateTime::now_utc().checked_sub(ago))
+            .is_some();
+        return if representable {
+            Ok(Since::Ago(ago))
+        } else {
+            Err("too far back: give a shorter duration or a time".to_owned())
+        };
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(Since::At)
+        .map_err(|_| {
+            "expected a duration such as 10m or an RFC 3339 time such as 2026-11-23T08:00:00Z"
+                .to_owned()
+        })
+}
+
 /// An idempotency key must fit in an HTTP header; the server checks the rest.
 fn parse_header_key(s: &str) -> Result<String, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(s.to_owned())
     } else {
         Err("expected visible ASCII characters (no spaces)".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_or_an_rfc3339_time() {
+        assert_eq!(
+            parse_since("1h30m"),
+            Ok(Since::Ago(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            parse_since(" 2026-11-23T08:00:00Z "),
+            Ok(Since::At(
+                OffsetDateTime::from_unix_timestamp(1_795_420_800).unwrap()
+            ))
+        );
+        for bad in ["yesterday", "10", "2026-11-23", "2026-11-23 08:00:00", ""] {
+            assert!(
+                parse_since(bad).unwrap_err().starts_with("expected"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_refuses_a_duration_before_the_calendar_starts() {
+        assert!(parse_since("5000y").is_ok());
+        assert_eq!(
+            parse_since("100000y"),
+            Err("too far back: give a shorter duration or a time".to_owned())
+        );
     }
 }

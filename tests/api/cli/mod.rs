@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::helpers::*;
 
 mod publish;
+mod start;
 mod tail;
 
 /// `herald` with no client setting inherited from the environment.
