@@ -4,6 +4,7 @@
 //! the README's "Terminal client" section and configuration table say the
 //! same.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -47,10 +48,16 @@ pub enum Command {
 /// Where the client finds the server.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The herald server (plain HTTP; a path prefix such as
-    /// `http://proxy/herald/` is kept).
+    /// The herald server, `http://` or `https://` (a path prefix such as
+    /// `https://proxy/herald/` is kept).
     #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL, value_parser = parse_url)]
     pub url: Url,
+
+    /// A CA certificate to trust for `https://` besides the built-in
+    /// (Mozilla's) roots, for a server whose certificate a private CA
+    /// signed: a PEM file, which may hold several.
+    #[arg(long, env = "HERALD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// `herald tail [TOPIC…]`.
@@ -70,8 +77,9 @@ id it received (or, while none has come, from where --since or
 the server cannot be reached), so no event is missed or printed twice.
 
 Exit status: 0 after Ctrl-C or SIGTERM (or when standard output is closed),
-1 when the server refuses the request (the reason is printed), 2 for a usage
-error. Connection errors and 5xx answers are retried, never fatal.")]
+1 when the server refuses the request or the TLS handshake fails (the reason
+is printed), 2 for a usage error or a --ca-cert file that cannot be used.
+Connection errors and 5xx answers are retried, never fatal.")]
 pub struct TailArgs {
     /// Topic filters: an exact topic, or a prefix ending in `*`
     /// (`incident:*`); none means every topic.
@@ -124,10 +132,11 @@ input by the same rule (trailing newlines dropped). Empty input sends no data
 Output: the stored event's JSON envelope, one line, on standard output.
 
 Exit status: 0 stored (or already stored under --key), 1 refused by the
-server or unreadable input (the reason is printed), 2 usage error, 3 the server
-could not be reached or could not store the event now (connection failure,
-timeout, 429, 5xx): try again later, with the same --key to be sure the event
-is stored once."
+server, the TLS handshake failed (nothing was sent) or unreadable input (the
+reason is printed), 2 usage error or a --ca-cert file that cannot be used,
+3 the server could not be reached or could not store the event now
+(connection failure, timeout, 429, 5xx): try again later, with the same --key
+to be sure the event is stored once."
 )]
 pub struct PublishArgs {
     /// The event's topic, such as `incident:inc-123`.
@@ -155,20 +164,20 @@ pub struct PublishArgs {
     pub client: ClientArgs,
 }
 
-/// Parses the client's `--url`: an `http://` URL with a host.
+/// Parses the client's `--url`: an `http://` or `https://` URL with a host.
 ///
 /// # Errors
 /// A message saying what is wrong, for clap to show.
 pub fn parse_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("{e}: expected a URL such as {DEFAULT_URL}"))?;
     match url.scheme() {
-        "http" if url.has_host() => Ok(url),
-        "http" => Err(format!("no host in it: expected a URL such as {DEFAULT_URL}")),
-        "https" => Err(
-            "https is not supported by this client (it has no TLS); use the server's plain HTTP address"
-                .to_owned(),
-        ),
-        other => Err(format!("scheme {other:?}: expected a URL such as {DEFAULT_URL}")),
+        "http" | "https" if url.has_host() => Ok(url),
+        "http" | "https" => Err(format!(
+            "no host in it: expected a URL such as {DEFAULT_URL}"
+        )),
+        other => Err(format!(
+            "scheme {other:?}: expected a URL such as {DEFAULT_URL}"
+        )),
     }
 }
 

@@ -6,10 +6,10 @@
 //! server's `retry:` delay, with `Last-Event-ID` set to the last id received,
 //! so the server replays exactly what was missed. `--since` and
 //! `--last-event-id` say where the first connection starts; until the stream
-//! has given an id to resume from, every reconnect starts there again. While the server cannot be
-//! reached the delay doubles up to [`MAX_BACKOFF`]. A refusal (4xx) is final:
-//! asking again would be refused again. Stdout carries events only; every
-//! notice goes to stderr.
+//! has given an id to resume from, every reconnect starts there again. While
+//! the server cannot be reached the delay doubles up to [`MAX_BACKOFF`]. A
+//! refusal (4xx, a failed TLS handshake) is final: asking again would be
+//! refused again. Stdout carries events only; every notice goes to stderr.
 
 use std::io;
 use std::process::ExitCode;
@@ -23,7 +23,10 @@ use time::format_description::well_known::Rfc3339;
 use super::args::{Since, TailArgs};
 use super::print::{Printer, reset_notice};
 use super::sse::{Item, SseParser};
-use super::{EXIT_REFUSED, endpoint, notice, refusal_reason, retryable, transport_error};
+use super::{
+    EXIT_REFUSED, endpoint, handshake_failure, http_client, notice, refusal_reason, retryable,
+    transport_error,
+};
 
 /// The reconnection delay until the server sends `retry:`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
@@ -35,13 +38,11 @@ const MIN_DELAY: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: TailArgs) -> ExitCode {
-    let tail = match Tail::new(&args) {
-        Ok(tail) => tail,
-        Err(e) => {
-            notice(format_args!("cannot start an HTTP client: {e}"));
-            return ExitCode::from(EXIT_REFUSED);
-        }
+    let client = match http_client(&args.client, |c| c.connect_timeout(CONNECT_TIMEOUT)) {
+        Ok(client) => client,
+        Err(code) => return code,
     };
+    let tail = Tail::new(&args, client);
     tokio::select! {
         code = tail.follow() => code,
         () = crate::app::stop_signal() => ExitCode::SUCCESS,
@@ -112,10 +113,7 @@ impl Failures {
 }
 
 impl Tail {
-    fn new(args: &TailArgs) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()?;
+    fn new(args: &TailArgs, client: reqwest::Client) -> Self {
         let mut url = endpoint(&args.client.url, "v1/stream");
         {
             let mut query = url.query_pairs_mut();
@@ -126,7 +124,7 @@ impl Tail {
         if args.topics.is_empty() {
             url.set_query(None);
         }
-        Ok(Self {
+        Self {
             client,
             url,
             since: args.since,
@@ -138,7 +136,7 @@ impl Tail {
                 .last_event_id
                 .map_or_else(String::new, |id| id.to_string()),
             retry: DEFAULT_RETRY,
-        })
+        }
     }
 
     /// Connects, prints, reconnects; returns only on a refusal or when
@@ -230,9 +228,16 @@ impl Tail {
         {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.map_err(|e| Failure::Unavailable {
-            reason: transport_error(&e),
-            retry_after: None,
+        let response = request.send().await.map_err(|e| {
+            // The network may come back; a certificate that is not trusted,
+            // or a server that does not speak TLS, will not change by itself.
+            match handshake_failure(&e) {
+                Some(reason) => Failure::Refused(reason),
+                None => Failure::Unavailable {
+                    reason: transport_error(&e),
+                    retry_after: None,
+                },
+            }
         })?;
         let status = response.status();
         if status == StatusCode::OK {
