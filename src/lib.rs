@@ -2,7 +2,7 @@
 //! event log. See `DESIGN.md` in the shared docs and the README.
 //!
 //! The modules in pipeline order:
-//! - [`config`]: flags and environment variables.
+//! - [`config`]: the server's flags and environment variables.
 //! - [`http`]: the router; publish, stream, history and ops handlers.
 //! - [`event`]: topics, types, filters, the JSON envelope and SSE frames.
 //! - [`log`]: the PostgreSQL event log; group commit in id = commit order.
@@ -15,7 +15,8 @@
 //! - [`server`]: the accept loop; stream requests straight to the socket,
 //!   the rest through hyper and axum.
 //! - [`app`]: wiring it all up; [`Server`] is what `main` and the tests start.
-//! - [`cli`]: the terminal client, `herald tail` and `herald publish`.
+//! - [`cli`]: the terminal client, `herald tail` and `herald publish`, and
+//!   the whole command line.
 
 pub mod app;
 pub mod cli;

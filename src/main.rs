@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald::config::Cli;
+use herald::cli::Cli;
 use herald::{Config, telemetry};
 
 fn main() -> ExitCode {

@@ -1,10 +1,11 @@
 //! The terminal client beside the server in the same binary (DESIGN.md,
 //! "Configuration"): `herald tail` follows a stream, `herald publish` sends
 //! one event. Both talk to a running herald over its public HTTP API only,
-//! like any other client; their options are in [`crate::config`].
+//! like any other client. Their grammar, and the whole command line's
+//! ([`Cli`]), is in [`args`].
 //!
 //! Exit statuses are part of the interface, for shell scripts: see
-//! [`EXIT_REFUSED`], [`EXIT_UNAVAILABLE`] (and clap's 2 for usage errors).
+//! [`EXIT_REFUSED`], [`EXIT_USAGE`], [`EXIT_UNAVAILABLE`].
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,16 +13,25 @@ use std::process::ExitCode;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::config::Command;
+use args::ClientArgs;
 
+pub mod args;
 mod print;
 pub mod publish;
 pub mod sse;
 pub mod tail;
+pub mod tls;
 
-/// The server refused the request (a 4xx with its reason printed), or the
-/// input could not be read. Retrying the same request will not help.
+pub use args::{Cli, Command};
+
+/// The server refused the request (a 4xx with its reason printed), the TLS
+/// handshake failed (the server's certificate is not trusted, it does not
+/// speak TLS), or the input could not be read. Retrying the same request
+/// will not help.
 pub const EXIT_REFUSED: u8 = 1;
+/// A usage error: clap's own (an unknown flag, a bad value), or a
+/// `--ca-cert` file that cannot be used.
+pub const EXIT_USAGE: u8 = 2;
 /// `herald publish` could not reach the server, or the server could not
 /// store the event now (timeout, 429, 5xx). Retrying with the same `--key`
 /// is safe.
@@ -46,6 +56,51 @@ pub fn main(command: Command) -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
         }
     })
+}
+
+/// The HTTP client of a command: TLS as [`tls`] sets it up, then whatever
+/// `adjust` adds.
+///
+/// # Errors
+/// The exit status, after telling why on stderr.
+pub(crate) fn http_client(
+    args: &ClientArgs,
+    adjust: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ExitCode> {
+    let tls = tls::client_config(args.ca_cert.as_deref()).map_err(|reason| {
+        notice(format_args!("{reason}"));
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    adjust(reqwest::Client::builder().tls_backend_preconfigured(tls))
+        .build()
+        .map_err(|e| {
+            notice(format_args!("cannot start an HTTP client: {e}"));
+            ExitCode::from(EXIT_REFUSED)
+        })
+}
+
+/// Why a failed request's TLS handshake failed, in one line with what to
+/// do about it; `None` when something other than TLS failed.
+pub(crate) fn handshake_failure(e: &reqwest::Error) -> Option<String> {
+    let tls = tls::handshake_error(e)?;
+    let server = e.url().map_or_else(
+        || "the server".to_owned(),
+        |url| {
+            let host = url.host_str().unwrap_or_default();
+            match url.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            }
+        },
+    );
+    let hint = match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            " (if a private CA signed its certificate, pass that CA with --ca-cert or HERALD_CA_CERT)"
+        }
+        rustls::Error::InvalidMessage(_) => " (does it speak TLS on that port?)",
+        _ => "",
+    };
+    Some(format!("TLS handshake with {server} failed: {tls}{hint}"))
 }
 
 /// One line on standard error, prefixed like every message of the binary.

@@ -14,10 +14,11 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::args::PublishArgs;
 use super::{
-    EXIT_REFUSED, EXIT_UNAVAILABLE, endpoint, notice, refusal_reason, retryable, transport_error,
+    EXIT_REFUSED, EXIT_UNAVAILABLE, endpoint, handshake_failure, http_client, notice,
+    refusal_reason, retryable, transport_error,
 };
-use crate::config::PublishArgs;
 use crate::event::compact_json;
 
 /// Most bytes read from standard input; the server's own limit is far lower,
@@ -35,6 +36,10 @@ struct EventOut<'a> {
 }
 
 pub async fn run(args: PublishArgs) -> ExitCode {
+    let client = match http_client(&args.client, |c| c.timeout(args.timeout)) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
     let data = match read_data(args.data.as_deref()) {
         Ok(data) => data,
         Err(e) => {
@@ -48,18 +53,11 @@ pub async fn run(args: PublishArgs) -> ExitCode {
         data: data.as_deref(),
     })
     .expect("an event with raw JSON data serializes");
-    send(&args, body).await
+    send(&client, &args, body).await
 }
 
 /// Posts the event and turns the answer into output and an exit status.
-async fn send(args: &PublishArgs, body: String) -> ExitCode {
-    let client = match reqwest::Client::builder().timeout(args.timeout).build() {
-        Ok(client) => client,
-        Err(e) => {
-            notice(format_args!("cannot start an HTTP client: {e}"));
-            return ExitCode::from(EXIT_REFUSED);
-        }
-    };
+async fn send(client: &reqwest::Client, args: &PublishArgs, body: String) -> ExitCode {
     let mut request = client
         .post(endpoint(&args.client.url, "v1/events"))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -69,6 +67,11 @@ async fn send(args: &PublishArgs, body: String) -> ExitCode {
     }
     let response = match request.send().await {
         Ok(response) => response,
+        Err(e) if let Some(reason) = handshake_failure(&e) => {
+            // Nothing goes out before the handshake completes.
+            notice(format_args!("{reason}; nothing was stored"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
         Err(e) if e.is_connect() => {
             notice(format_args!(
                 "{}; nothing was stored (is herald running there? set --url or HERALD_URL)",

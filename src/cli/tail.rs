@@ -4,23 +4,29 @@
 //!
 //! It reconnects as `EventSource` does (WHATWG HTML §9.2.3): after the
 //! server's `retry:` delay, with `Last-Event-ID` set to the last id received,
-//! so the server replays exactly what was missed. While the server cannot be
-//! reached the delay doubles up to [`MAX_BACKOFF`]. A refusal (4xx) is final:
-//! asking again would be refused again. Stdout carries events only; every
-//! notice goes to stderr.
+//! so the server replays exactly what was missed. `--since` and
+//! `--last-event-id` say where the first connection starts; until the stream
+//! has given an id to resume from, every reconnect starts there again. While
+//! the server cannot be reached the delay doubles up to [`MAX_BACKOFF`]. A
+//! refusal (4xx, a failed TLS handshake) is final: asking again would be
+//! refused again. Stdout carries events only; every notice goes to stderr.
 
 use std::io;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
+use time::format_description::well_known::Rfc3339;
 
+use super::args::{Since, TailArgs};
 use super::print::{Printer, reset_notice};
 use super::sse::{Item, SseParser};
-use super::{EXIT_REFUSED, endpoint, notice, refusal_reason, retryable, transport_error};
-use crate::config::TailArgs;
+use super::{
+    EXIT_REFUSED, endpoint, handshake_failure, http_client, notice, refusal_reason, retryable,
+    transport_error,
+};
 
 /// The reconnection delay until the server sends `retry:`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
@@ -32,13 +38,11 @@ const MIN_DELAY: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: TailArgs) -> ExitCode {
-    let tail = match Tail::new(&args) {
-        Ok(tail) => tail,
-        Err(e) => {
-            notice(format_args!("cannot start an HTTP client: {e}"));
-            return ExitCode::from(EXIT_REFUSED);
-        }
+    let client = match http_client(&args.client, |c| c.connect_timeout(CONNECT_TIMEOUT)) {
+        Ok(client) => client,
+        Err(code) => return code,
     };
+    let tail = Tail::new(&args, client);
     tokio::select! {
         code = tail.follow() => code,
         () = crate::app::stop_signal() => ExitCode::SUCCESS,
@@ -50,9 +54,15 @@ struct Tail {
     client: reqwest::Client,
     /// `/v1/stream` with the topic filters.
     url: Url,
+    /// `--since`, sent until the stream has given an id to resume from.
+    since: Option<Since>,
+    /// When the first attempt went out: what a `--since` duration counts
+    /// back from, on every attempt.
+    started: Option<Instant>,
     idle_timeout: Duration,
     printer: Printer,
-    /// The last event id received: the resume cursor (empty before any).
+    /// The last event id received: the resume cursor (empty before any,
+    /// unless `--last-event-id` gave one).
     last_id: String,
     /// The reconnection delay, as the server's `retry:` last set it.
     retry: Duration,
@@ -103,31 +113,30 @@ impl Failures {
 }
 
 impl Tail {
-    fn new(args: &TailArgs) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()?;
+    fn new(args: &TailArgs, client: reqwest::Client) -> Self {
         let mut url = endpoint(&args.client.url, "v1/stream");
         {
             let mut query = url.query_pairs_mut();
             for topic in &args.topics {
                 query.append_pair("topic", topic);
             }
-            // Where the first connection starts (a time, an id) goes here; a
-            // reconnect always resumes with `Last-Event-ID`, which the server
-            // prefers over anything in the query.
         }
         if args.topics.is_empty() {
             url.set_query(None);
         }
-        Ok(Self {
+        Self {
             client,
             url,
+            since: args.since,
+            started: None,
             idle_timeout: args.idle_timeout,
             printer: Printer::new(args.json),
-            last_id: String::new(),
+            // Sent as `Last-Event-ID`, as a reconnect sends it: one path.
+            last_id: args
+                .last_event_id
+                .map_or_else(String::new, |id| id.to_string()),
             retry: DEFAULT_RETRY,
-        })
+        }
     }
 
     /// Connects, prints, reconnects; returns only on a refusal or when
@@ -142,7 +151,12 @@ impl Tail {
                     if connected_before {
                         notice(format_args!("reconnected"));
                     } else {
-                        notice(format_args!("connected to {}", self.url));
+                        let after = if self.last_id.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", starting after id {}", self.last_id)
+                        };
+                        notice(format_args!("connected to {}{after}", response.url()));
                         connected_before = true;
                     }
                     let why = match self.read(response).await {
@@ -180,11 +194,33 @@ impl Tail {
         }
     }
 
+    /// The URL of the next attempt: the filters, and `since=` while there
+    /// is no id to resume from, counted back from the first attempt so that
+    /// every attempt asks for the same moment.
+    fn attempt_url(&mut self) -> Url {
+        let mut url = self.url.clone();
+        if let Some(since) = self.since
+            && self.last_id.is_empty()
+        {
+            let elapsed = match self.started {
+                Some(started) => started.elapsed(),
+                None => {
+                    self.started = Some(Instant::now());
+                    Duration::ZERO
+                }
+            };
+            url.query_pairs_mut()
+                .append_pair("since", &since_param(since, elapsed));
+        }
+        url
+    }
+
     /// One attempt: a `200 text/event-stream`, or why not.
-    async fn connect(&self) -> Result<reqwest::Response, Failure> {
+    async fn connect(&mut self) -> Result<reqwest::Response, Failure> {
+        let url = self.attempt_url();
         let mut request = self
             .client
-            .get(self.url.clone())
+            .get(url)
             .header(ACCEPT, HeaderValue::from_static("text/event-stream"))
             .header(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         if let Ok(id) = HeaderValue::from_str(&self.last_id)
@@ -192,9 +228,16 @@ impl Tail {
         {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.map_err(|e| Failure::Unavailable {
-            reason: transport_error(&e),
-            retry_after: None,
+        let response = request.send().await.map_err(|e| {
+            // The network may come back; a certificate that is not trusted,
+            // or a server that does not speak TLS, will not change by itself.
+            match handshake_failure(&e) {
+                Some(reason) => Failure::Refused(reason),
+                None => Failure::Unavailable {
+                    reason: transport_error(&e),
+                    retry_after: None,
+                },
+            }
         })?;
         let status = response.status();
         if status == StatusCode::OK {
@@ -269,6 +312,21 @@ impl Tail {
     }
 }
 
+/// The `since=` value of an attempt made `elapsed` after the first: a time
+/// as RFC 3339, a duration lengthened by `elapsed` (rounded up to the
+/// millisecond, so that nothing at the start is missed).
+fn since_param(since: Since, elapsed: Duration) -> String {
+    match since {
+        Since::At(time) => time
+            .format(&Rfc3339)
+            .expect("a time parsed from RFC 3339 formats as RFC 3339"),
+        Since::Ago(ago) => {
+            let elapsed = Duration::from_millis(elapsed.as_nanos().div_ceil(1_000_000) as u64);
+            humantime::format_duration(ago + elapsed).to_string()
+        }
+    }
+}
+
 /// A `200` that is not an event stream (another service at that URL) is
 /// not worth retrying.
 fn check_event_stream(response: reqwest::Response) -> Result<reqwest::Response, Failure> {
@@ -304,6 +362,21 @@ fn backoff(retry: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_counts_a_duration_back_from_the_first_attempt() {
+        let ago = Since::Ago(Duration::from_secs(600));
+        assert_eq!(since_param(ago, Duration::ZERO), "10m");
+        assert_eq!(
+            since_param(ago, Duration::from_micros(61_500_001)),
+            "11m 1s 501ms"
+        );
+        let at = crate::cli::args::parse_since("2026-11-23T09:00:00+01:00").unwrap();
+        assert_eq!(
+            since_param(at, Duration::from_secs(5)),
+            "2026-11-23T09:00:00+01:00"
+        );
+    }
 
     #[test]
     fn backoff_starts_at_retry_doubles_and_stops_at_ten_seconds() {

@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use crate::helpers::*;
 
 mod publish;
+mod start;
 mod tail;
+mod tls;
 
 /// `herald` with no client setting inherited from the environment.
 pub(crate) fn herald() -> Command {
@@ -25,6 +27,7 @@ pub(crate) fn herald() -> Command {
         "HERALD_URL",
         "HERALD_TAIL_IDLE_TIMEOUT",
         "HERALD_PUBLISH_TIMEOUT",
+        "HERALD_CA_CERT",
         "NO_COLOR",
     ] {
         cmd.env_remove(var);

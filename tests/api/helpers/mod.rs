@@ -41,6 +41,15 @@ fn init_logs() {
     }
 }
 
+/// Installs ring as the process's TLS crypto provider. reqwest is built
+/// with TLS but no provider of its own (`rustls-no-provider`, see
+/// Cargo.toml), so a client built without a TLS config (as the tests build
+/// theirs) panics unless one is installed first. Every test starts with a
+/// database or an app, and both call this.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A database of its own for one test; dropped (forcefully) with it.
 pub struct TestDb {
     pub name: String,
@@ -49,6 +58,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> Self {
+        init_crypto();
         static N: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -162,6 +172,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 /// share one database).
 pub async fn spawn_on(db: Arc<TestDb>, config: Config) -> TestApp {
     init_logs();
+    init_crypto();
     let server = Server::build(config).await.expect("herald starts");
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -1,0 +1,252 @@
+//! The command line: [`Cli`] is all of it, the server's flags ([`Config`])
+//! flattened in beside the terminal client's commands, whose grammar is the
+//! rest of this file. The doc comment of each field is its `--help` text;
+//! the README's "Terminal client" section and configuration table say the
+//! same.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use reqwest::Url;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::{Config, parse_duration};
+
+/// Where the terminal client looks for herald: the server's default address.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// herald: Server-Sent Events backed by a PostgreSQL event log.
+///
+/// With no command, runs the server, configured by the options below. `herald
+/// tail` and `herald publish` are a terminal client for a running server.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "herald",
+    version,
+    args_conflicts_with_subcommands = true,
+    override_usage = "herald [OPTIONS]\n       herald <COMMAND>"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The client commands beside the server.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print the events of a stream as they arrive; resume after a drop.
+    Tail(TailArgs),
+    /// Publish one event and print it as stored.
+    Publish(PublishArgs),
+}
+
+/// Where the client finds the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The herald server, `http://` or `https://` (a path prefix such as
+    /// `https://proxy/herald/` is kept).
+    #[arg(long, env = "HERALD_URL", default_value = DEFAULT_URL, value_parser = parse_url)]
+    pub url: Url,
+
+    /// A CA certificate to trust for `https://` besides the built-in
+    /// (Mozilla's) roots, for a server whose certificate a private CA
+    /// signed: a PEM file, which may hold several.
+    #[arg(long, env = "HERALD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `herald tail [TOPIC…]`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Start: live from now; with --since, the events committed since then first;
+with --last-event-id, the events after that id first.
+
+Output: one line per event, `#ID TIME TOPIC TYPE DATA` (coloured when standard
+output is a terminal and NO_COLOR is unset), or with --json each event's JSON
+envelope exactly as the stream carries it. Notices (connected, connection lost,
+reconnected, reset) go to standard error only.
+
+After a dropped connection tail reconnects with Last-Event-ID set to the last
+id it received (or, while none has come, from where --since or
+--last-event-id started), after the server's `retry:` delay (backing off up to 10s while
+the server cannot be reached), so no event is missed or printed twice.
+
+Exit status: 0 after Ctrl-C or SIGTERM (or when standard output is closed),
+1 when the server refuses the request or the TLS handshake fails (the reason
+is printed), 2 for a usage error or a --ca-cert file that cannot be used.
+Connection errors and 5xx answers are retried, never fatal.")]
+pub struct TailArgs {
+    /// Topic filters: an exact topic, or a prefix ending in `*`
+    /// (`incident:*`); none means every topic.
+    #[arg(value_name = "TOPIC")]
+    pub topics: Vec<String>,
+
+    /// Print each event's JSON envelope, one per line, and nothing else.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Start with the events committed since then: a duration back from now
+    /// (`10m`, `1h30m`) or an RFC 3339 time (`2026-11-23T08:00:00Z`).
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since, conflicts_with = "last_event_id")]
+    pub since: Option<Since>,
+
+    /// Start with the events after this id (`0`: from the oldest event the
+    /// log holds), as a reconnect with `Last-Event-ID` would.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(0..))]
+    pub last_event_id: Option<i64>,
+
+    /// Reconnect when nothing, not even a `: ping`, arrived for this long
+    /// (keep it above the server's heartbeat).
+    #[arg(long, env = "HERALD_TAIL_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Where `herald tail --since` starts, as the stream's `since=` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before the first connection.
+    Ago(Duration),
+    /// At this time.
+    At(OffsetDateTime),
+}
+
+/// `herald publish TOPIC [DATA|-]`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    allow_negative_numbers = true,
+    after_help = "\
+DATA is JSON text (`{\"status\":\"open\"}`, `42`, `null`); anything that is not
+valid JSON is sent as a JSON string, so `herald publish alerts \"disk full\"`
+works. `-`, or no DATA while standard input is not a terminal, reads standard
+input by the same rule (trailing newlines dropped). Empty input sends no data
+(null). With no DATA and standard input a terminal, the event has no data.
+
+Output: the stored event's JSON envelope, one line, on standard output.
+
+Exit status: 0 stored (or already stored under --key), 1 refused by the
+server, the TLS handshake failed (nothing was sent) or unreadable input (the
+reason is printed), 2 usage error or a --ca-cert file that cannot be used,
+3 the server could not be reached or could not store the event now
+(connection failure, timeout, 429, 5xx): try again later, with the same --key
+to be sure the event is stored once."
+)]
+pub struct PublishArgs {
+    /// The event's topic, such as `incident:inc-123`.
+    pub topic: String,
+
+    /// The event's data: JSON, other text (sent as a JSON string), or `-`
+    /// for standard input.
+    #[arg(value_name = "DATA|-")]
+    pub data: Option<String>,
+
+    /// The event type (the SSE `event:` name); `message` if left out.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+
+    /// Idempotency key: publishing again with the same key stores nothing
+    /// and prints the event first stored under it.
+    #[arg(long, value_name = "KEY", value_parser = parse_header_key)]
+    pub key: Option<String>,
+
+    /// Give up on the request after this long (exit status 3).
+    #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Parses the client's `--url`: an `http://` or `https://` URL with a host.
+///
+/// # Errors
+/// A message saying what is wrong, for clap to show.
+pub fn parse_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("{e}: expected a URL such as {DEFAULT_URL}"))?;
+    match url.scheme() {
+        "http" | "https" if url.has_host() => Ok(url),
+        "http" | "https" => Err(format!(
+            "no host in it: expected a URL such as {DEFAULT_URL}"
+        )),
+        other => Err(format!(
+            "scheme {other:?}: expected a URL such as {DEFAULT_URL}"
+        )),
+    }
+}
+
+/// Parses `--since` as the server parses `since=`: a duration back from now
+/// or an RFC 3339 time; a duration reaching before the calendar's start is
+/// refused here rather than sent.
+///
+/// # Errors
+/// A message naming the accepted forms, for clap to show.
+pub fn parse_since(s: &str) -> Result<Since, String> {
+    let s = s.trim();
+    if let Ok(ago) = humantime::parse_duration(s) {
+        let representable = time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| OffsetDateTime::now_utc().checked_sub(ago))
+            .is_some();
+        return if representable {
+            Ok(Since::Ago(ago))
+        } else {
+            Err("too far back: give a shorter duration or a time".to_owned())
+        };
+    }
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(Since::At)
+        .map_err(|_| {
+            "expected a duration such as 10m or an RFC 3339 time such as 2026-11-23T08:00:00Z"
+                .to_owned()
+        })
+}
+
+/// An idempotency key must fit in an HTTP header; the server checks the rest.
+fn parse_header_key(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err("expected visible ASCII characters (no spaces)".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_or_an_rfc3339_time() {
+        assert_eq!(
+            parse_since("1h30m"),
+            Ok(Since::Ago(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            parse_since(" 2026-11-23T08:00:00Z "),
+            Ok(Since::At(
+                OffsetDateTime::from_unix_timestamp(1_795_420_800).unwrap()
+            ))
+        );
+        for bad in ["yesterday", "10", "2026-11-23", "2026-11-23 08:00:00", ""] {
+            assert!(
+                parse_since(bad).unwrap_err().starts_with("expected"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_refuses_a_duration_before_the_calendar_starts() {
+        assert!(parse_since("5000y").is_ok());
+        assert_eq!(
+            parse_since("100000y"),
+            Err("too far back: give a shorter duration or a time".to_owned())
+        );
+    }
+}
