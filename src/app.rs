@@ -89,6 +89,7 @@ impl Server {
                 max_data_bytes: config.max_data_bytes,
                 max_body_bytes: config.max_body_bytes,
                 max_batch: config.max_batch,
+                body_timeout: config.body_timeout,
             },
             listener: status,
             metrics,

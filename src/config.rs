@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Time a client has to send a whole publish request body; slower
+    /// bodies are answered 408 and their connection closed.
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
     /// Most events in one batch publish.
     #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,

@@ -27,8 +27,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     TooLarge(String),
-    #[error("the body must be JSON: send Content-Type: application/json")]
+    #[error(
+        "the body must be JSON, sent with the header Content-Type: application/json \
+         (curl: -H 'Content-Type: application/json'); herald does not guess, so that \
+         a cross-site form can never publish with a visitor's cookies"
+    )]
     UnsupportedMediaType,
+    /// The request body did not arrive in time; the connection is closed.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is not allowed here")]
@@ -67,6 +74,7 @@ impl ApiError {
             }
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
@@ -89,6 +97,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unavailable => "database_unavailable",
@@ -141,6 +150,11 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot be
+            // used for another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }

@@ -32,6 +32,10 @@ pub struct PublishLimits {
     pub max_data_bytes: usize,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// The whole body must arrive within this (`--body-timeout`), as the
+    /// request head must within the accept loop's deadline: a body that
+    /// trickles in would otherwise hold its connection as long as it likes.
+    pub body_timeout: std::time::Duration,
 }
 
 /// One event as a publisher sends it. Unknown fields are refused, so a typo
@@ -51,7 +55,7 @@ pub async fn publish(State(state): State<AppState>, req: Request) -> Result<Resp
     let started = Instant::now();
     require_json(req.headers())?;
     let header_key = idempotency_header(req.headers())?;
-    let body = read_body(req.into_body(), state.limits.max_body_bytes).await?;
+    let body = read_body(req.into_body(), &state.limits).await?;
     let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.limits)?;
 
     let appended = state.log.append(events).await?;
@@ -102,12 +106,18 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+async fn read_body(body: Body, limits: &PublishLimits) -> Result<bytes::Bytes, ApiError> {
+    let limit = limits.max_body_bytes;
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(limits.body_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
         // Either the limit was hit, or the client went away mid-body (then
         // nobody reads this answer).
-        ApiError::TooLarge(format!("the request body exceeds {limit} bytes"))
-    })
+        Ok(Err(_)) => Err(ApiError::TooLarge(format!(
+            "the request body exceeds {limit} bytes"
+        ))),
+        Err(_) => Err(ApiError::BodyTimeout(limits.body_timeout)),
+    }
 }
 
 /// Parses and validates the body into events, all or nothing.
