@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,18 +21,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits};
 use crate::hub::Hub;
 use crate::listener::{self, Listener, ListenerStatus};
 use crate::log::EventLog;
-use crate::subscription::StreamSettings;
+use crate::stream::{StreamSettings, Streams};
 use crate::{db, server, telemetry};
 
 /// Extra time after the drain window for publishes and writes in flight.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A herald instance, bound and ready to serve.
-pub struct Server {
+pub struct Instance {
     tcp: TcpListener,
     state: AppState,
     drain: Duration,
@@ -42,7 +42,7 @@ pub struct Server {
     tasks_stop: CancellationToken,
 }
 
-impl Server {
+impl Instance {
     /// Connects to PostgreSQL (creating the database and applying migrations
     /// if needed), warms the ring and binds the listen address.
     ///
@@ -77,14 +77,21 @@ impl Server {
             telemetry::spawn_upkeep(metrics.clone()),
         ];
         let state = AppState {
+            streams: Streams {
+                hub,
+                log: log.clone(),
+                settings: Arc::new(StreamSettings {
+                    heartbeat: config.heartbeat,
+                    retry: config.retry,
+                    drain: config.drain,
+                    queue_capacity: config.subscriber_queue,
+                    write_timeout: config.write_timeout,
+                }),
+                cors: Cors::new(&config.cors_origins),
+                shutdown,
+                open: TaskTracker::new(),
+            },
             log,
-            hub,
-            streams: Arc::new(StreamSettings {
-                heartbeat: config.heartbeat,
-                retry: config.retry,
-                drain: config.drain,
-                queue_capacity: config.subscriber_queue,
-            }),
             limits: PublishLimits {
                 max_data_bytes: config.max_data_bytes,
                 max_body_bytes: config.max_body_bytes,
@@ -93,10 +100,6 @@ impl Server {
             },
             listener: status,
             metrics,
-            shutdown,
-            draining: Arc::new(AtomicBool::new(false)),
-            streams_open: TaskTracker::new(),
-            cors_origins: config.cors_origins.clone().into(),
         };
         Ok(Self {
             tcp,
@@ -134,8 +137,7 @@ impl Server {
             tasks,
             tasks_stop,
         } = self;
-        let shutdown = state.shutdown.clone();
-        let draining = state.draining.clone();
+        let shutdown = state.streams.shutdown.clone();
         let pool = state.log.pool().clone();
         // The CORS origins too: a browser whose origin is not listed gives up
         // for good, so a typo there should be easy to spot.
@@ -145,9 +147,9 @@ impl Server {
         // balancer sees `/readyz` fail, and a stream that arrives is told to
         // come back (`retry:`, then the end) instead of being refused.
         let stop_accepting = CancellationToken::new();
-        let streams = state.streams_open.clone();
-        let router = http::router(state.clone(), http::cors(&cors));
-        let serve = server::serve(tcp, state, router, stop_accepting.clone());
+        let streams = state.streams.open.clone();
+        let router = http::router(state.clone());
+        let serve = server::serve(tcp, state.streams, router, stop_accepting.clone());
         let mut server = tokio::spawn(async move {
             serve.await;
             Ok::<(), std::io::Error>(())
@@ -162,7 +164,6 @@ impl Server {
             () = stop => {}
         }
         tracing::info!(drain = ?drain, "stopping: ending open streams over the drain window");
-        draining.store(true, Ordering::Relaxed);
         shutdown.cancel();
         streams.close();
         // Every stream ends in its slot of the window; stop waiting as soon as
@@ -207,32 +208,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Builds and serves until SIGINT or SIGTERM.
 ///
 /// # Errors
-/// As [`Server::build`] and [`Server::run_until`].
+/// As [`Instance::build`] and [`Instance::run_until`].
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    Server::build(config).await?.run_until(stop_signal()).await
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (never, for a signal that cannot
-/// be listened to). The server stops on it, and so does `herald tail`.
-pub(crate) async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    Instance::build(config)
+        .await?
+        .run_until(crate::signal::stop())
+        .await
 }

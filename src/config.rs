@@ -50,6 +50,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 4096)]
     pub subscriber_queue: usize,
 
+    /// A stream whose client takes no bytes for this long, while there are
+    /// some to send, is ended (its reconnect replays what it missed); so is
+    /// any connection that stops reading.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Largest `data` of one event, in bytes of compact JSON.
     #[arg(long, env = "HERALD_MAX_DATA_BYTES", default_value_t = 64 * 1024)]
     pub max_data_bytes: usize,

@@ -6,7 +6,7 @@
 //! and the human one is `detail`. 5xx bodies say nothing of the cause, which
 //! is logged once here instead.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -36,6 +36,12 @@ pub enum ApiError {
     /// The request body did not arrive in time; the connection is closed.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// A request head that is not HTTP/1 (answered by the accept loop).
+    #[error("malformed request: {0}")]
+    MalformedRequest(&'static str),
+    /// A request head with too many headers or too many bytes.
+    #[error("the request head is too large: {0}")]
+    HeadTooLarge(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is not allowed here")]
@@ -69,9 +75,11 @@ struct Problem<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid(_) | Self::InvalidEvent(..) | Self::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Invalid(_)
+            | Self::InvalidEvent(..)
+            | Self::BadRequest(_)
+            | Self::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -98,6 +106,8 @@ impl ApiError {
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BodyTimeout(_) => "body_timeout",
+            Self::MalformedRequest(_) => "malformed_request",
+            Self::HeadTooLarge(_) => "head_too_large",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unavailable => "database_unavailable",
@@ -132,8 +142,11 @@ impl From<LogError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The refusal's headers and problem+json body, for any writer: axum
+    /// through [`IntoResponse`], the accept loop and the raw stream writer
+    /// straight to a socket.
+    pub fn problem(&self) -> (Vec<(HeaderName, HeaderValue)>, String) {
         let status = self.status();
         let body = Problem {
             problem_type: "about:blank",
@@ -142,19 +155,28 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
             code: self.code(),
         };
-        let mut res = (status, serde_json::to_string(&body).unwrap_or_default()).into_response();
-        let headers = res.headers_mut();
-        headers.insert(
+        let mut headers = vec![(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
-        );
+        )];
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            headers.push((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still come: the connection cannot be
             // used for another request.
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            headers.push((header::CONNECTION, HeaderValue::from_static("close")));
+        }
+        (headers, serde_json::to_string(&body).unwrap_or_default())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (headers, body) = self.problem();
+        let mut res = (self.status(), body).into_response();
+        for (name, value) in headers {
+            res.headers_mut().insert(name, value);
         }
         res
     }

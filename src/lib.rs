@@ -3,34 +3,41 @@
 //!
 //! The modules in pipeline order:
 //! - [`config`]: the server's flags and environment variables.
-//! - [`http`]: the router; publish, stream, history and ops handlers.
-//! - [`event`]: topics, types, filters, the JSON envelope and SSE frames.
-//! - [`log`]: the PostgreSQL event log; group commit in id = commit order.
-//! - [`listener`]: LISTEN/NOTIFY wake-ups, reading the log after a cursor.
-//! - [`hub`]: in-process fan-out to bounded subscriber queues, recent-frame ring.
-//! - [`subscription`]: one stream: replay, hand-over to live, heartbeats, drain.
-//! - [`error`]: refusals as `application/problem+json`.
+//! - `server`: the accept loop; streams over HTTP/1.x written straight to
+//!   the socket, the rest through hyper and the axum router (`http`).
+//! - `http`: the axum router; publish, history and ops handlers, CORS.
+//! - `stream`: one subscriber's stream whichever writer sends it: the
+//!   request, its one description, replay, hand-over to live, the drain.
+//! - `event`: topics, types, filters, data rules, the envelope, SSE frames.
+//! - `log`: the PostgreSQL event log; group commit in id = commit order.
+//! - `listener`: LISTEN/NOTIFY wake-ups, reading the log after a cursor.
+//! - `hub`: in-process fan-out by topic index, the ring of recent frames.
+//! - `error`: refusals as `application/problem+json`.
 //! - [`telemetry`]: tracing and the Prometheus metric set.
-//! - [`db`]: connecting, creating the database, migrations.
-//! - [`server`]: the accept loop; stream requests straight to the socket,
-//!   the rest through hyper and axum.
-//! - [`app`]: wiring it all up; [`Server`] is what `main` and the tests start.
+//! - `db`: connecting, creating the database, migrations.
+//! - [`app`]: wiring it all up; [`Instance`] is what `main` and the tests
+//!   start, [`signal`] what stops it.
 //! - [`cli`]: the terminal client, `herald tail` and `herald publish`, and
 //!   the whole command line.
+//!
+//! Only what `main`, the tests and the benchmark harness start is public;
+//! the rest is the crate's own, so the compiler sees what is unused.
 
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod db;
-pub mod error;
-pub mod event;
-pub mod http;
-pub mod hub;
-pub mod listener;
-pub mod log;
-pub mod server;
-pub mod subscription;
+mod cors;
+mod db;
+mod error;
+mod event;
+mod http;
+mod hub;
+mod listener;
+mod log;
+mod server;
+pub mod signal;
+mod stream;
 pub mod telemetry;
 
-pub use app::{Server, run};
+pub use app::{Instance, run};
 pub use config::Config;

@@ -103,7 +103,9 @@ impl Listener {
                 return None;
             }
         };
-        // Never ignore pool close: the listener is ours alone.
+        // The listener stops on its own token, after the server: a pool
+        // that closes first (at the very end of a stop) must not look like
+        // a lost connection to reconnect.
         listener.ignore_pool_close_event(true);
         match listener.listen(NOTIFY_CHANNEL).await {
             Ok(()) => Some(listener),

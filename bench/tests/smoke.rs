@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use herald::{Config, Server};
+use herald::{Config, Instance};
 use herald_bench::{Kind, Params, Report, Scenario, Target, scenario, servers, target};
 use sqlx::Connection;
 use tokio::sync::oneshot;
@@ -79,7 +79,7 @@ async fn start_herald(db: &TestDb) -> (Arc<dyn Target>, oneshot::Sender<()>) {
     config.database_url = db.url.clone();
     config.drain = Duration::from_millis(100);
     config.poll_interval = Duration::from_millis(200);
-    let server = Server::build(config).await.expect("herald starts");
+    let server = Instance::build(config).await.expect("herald starts");
     let target = target::make(Kind::Herald, server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run_until(async {

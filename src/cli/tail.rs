@@ -45,7 +45,7 @@ pub async fn run(args: TailArgs) -> ExitCode {
     let tail = Tail::new(&args, client);
     tokio::select! {
         code = tail.follow() => code,
-        () = crate::app::stop_signal() => ExitCode::SUCCESS,
+        () = crate::signal::stop() => ExitCode::SUCCESS,
     }
 }
 

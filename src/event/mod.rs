@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 mod data;
 mod names;
 
-pub use data::{MAX_DATA_DEPTH, check_data};
+pub use data::check_data;
 pub use names::*;
 
 /// Removes the insignificant white space from JSON text that has already

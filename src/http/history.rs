@@ -8,10 +8,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::stream::{bounded_filters, parse_cursor, parse_since};
 use super::{AppState, json_response};
 use crate::error::ApiError;
 use crate::event::{Filters, StoredEvent, TopicFilter};
+use crate::stream::{bounded_filters, parse_cursor, parse_since};
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;

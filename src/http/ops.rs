@@ -2,7 +2,6 @@
 //! database answers, the listener is attached, the instance is not
 //! draining) and `/metrics` (Prometheus text format).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -21,7 +20,7 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let draining = state.draining.load(Ordering::Relaxed);
+    let draining = state.streams.shutdown.is_cancelled();
     let listener = state.listener.is_attached();
     let database = state.log.ping(READY_DB_TIMEOUT).await;
     let ready = database && listener && !draining;

@@ -7,8 +7,7 @@
 use proptest::prelude::*;
 
 use super::history::{self, After};
-use super::stream::{SINCE_FLOOR, stream_request};
-use crate::subscription::Start;
+use crate::stream::{SINCE_FLOOR, Start, stream_request};
 
 /// Values a client might put in any parameter: random text, and the
 /// shapes the parsers look for, pushed to their edges.

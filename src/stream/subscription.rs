@@ -15,66 +15,76 @@
 //! gives up for good on any other answer.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use std::pin::Pin;
 use time::OffsetDateTime;
-
-use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::drain::EndWatch;
+use super::{Start, StreamRequest, StreamSettings};
 use crate::event::{self, Filters, Frame, ResetReason, StoredEvent};
 use crate::hub::{Attach, Hub, Registration};
 use crate::log::{EventLog, Head, LogError};
 use crate::telemetry;
 
-/// Events read per replay query.
+/// Events read per replay query, at most.
 const REPLAY_PAGE: i64 = 1000;
-/// Largest chunk written at once while replaying.
-const COALESCE_BYTES: usize = 64 * 1024;
+/// Bytes of `data` read per replay query, at most (one event always): a
+/// replaying stream holds one page until its client has taken it, so this
+/// bounds its memory whatever the size of the events.
+pub const REPLAY_PAGE_BYTES: i64 = 256 * 1024;
 /// Wait before retrying a replay query that failed.
 const RETRY_QUERY_AFTER: Duration = Duration::from_secs(1);
 
-/// Where a stream starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// Live, from now.
-    Now,
-    /// After this event id (`Last-Event-ID`, `last_event_id=`).
-    After(i64),
-    /// At the first event committed at or after this time (`since=`).
-    Since(OffsetDateTime),
+/// Where a replay reads what the hub's ring no longer holds: the event log,
+/// or (in unit tests) events in memory.
+pub trait ReplaySource: Clone + Send + Sync + 'static {
+    /// The newest id assigned and the pruning floor.
+    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>>;
+    /// The cursor a `since=` time maps to.
+    fn cursor_at(&self, time: OffsetDateTime) -> BoxFuture<'static, Result<i64, LogError>>;
+    /// The next page of matching events after `after`, in id order.
+    fn page(&self, after: i64, filters: Filters) -> BoxFuture<'static, Result<Page, LogError>>;
 }
 
-/// What one subscriber asked for.
-#[derive(Debug, Clone)]
-pub struct StreamRequest {
-    pub filters: Filters,
-    pub start: Start,
-    /// Send events without their `event:` line, so a browser dispatches
-    /// every one as `message` (the type stays in the envelope).
-    pub message_events: bool,
+/// One page of a replay.
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    /// No matching event after these in the snapshot the page was read in.
+    pub complete: bool,
 }
 
-/// Stream settings shared by every subscriber of an instance.
-#[derive(Debug, Clone)]
-pub struct StreamSettings {
-    pub heartbeat: Duration,
-    pub retry: Duration,
-    pub drain: Duration,
-    pub queue_capacity: usize,
-}
+impl ReplaySource for EventLog {
+    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>> {
+        let log = self.clone();
+        Box::pin(async move { log.head().await })
+    }
 
-/// Spreads drain times: each stream gets the next slot of a low-discrepancy
-/// sequence over the drain window, so a stopping instance sheds its clients
-/// evenly instead of all in the same second.
-static ORDINAL: AtomicU64 = AtomicU64::new(0);
+    fn cursor_at(&self, time: OffsetDateTime) -> BoxFuture<'static, Result<i64, LogError>> {
+        let log = self.clone();
+        Box::pin(async move { log.cursor_at(time).await })
+    }
+
+    fn page(&self, after: i64, filters: Filters) -> BoxFuture<'static, Result<Page, LogError>> {
+        let log = self.clone();
+        Box::pin(async move {
+            let events = log
+                .read_page(after, &filters, REPLAY_PAGE, REPLAY_PAGE_BYTES)
+                .await?;
+            let bytes: usize = events.iter().map(|e| e.data.len()).sum();
+            // Short on both counts: the query found nothing more.
+            let complete =
+                (events.len() as i64) < REPLAY_PAGE && (bytes as i64) < REPLAY_PAGE_BYTES;
+            Ok(Page { events, complete })
+        })
+    }
+}
 
 enum State {
     /// Before `retry:` went out.
@@ -115,16 +125,16 @@ enum Step {
     /// The cursor a `since=` time maps to.
     Since(i64),
     Page {
-        events: Vec<StoredEvent>,
+        page: Page,
         /// The hub's head before the query: every event up to it was
         /// committed before the query's snapshot.
         hub_head: i64,
     },
 }
 
-pub struct Subscription {
+pub struct Subscription<L: ReplaySource = EventLog> {
     hub: Hub,
-    log: EventLog,
+    log: L,
     filters: Filters,
     settings: Arc<StreamSettings>,
     /// The client's `Last-Event-ID`, if any.
@@ -132,8 +142,8 @@ pub struct Subscription {
     /// A start time still to be turned into a cursor.
     since: Option<OffsetDateTime>,
     message_events: bool,
-    coalesce: bool,
-    /// Cancelled by the hub if this subscriber falls behind.
+    /// Cancelled by the hub if this subscriber falls behind; its writer
+    /// then ends the stream (or, through hyper, the connection).
     lagged: CancellationToken,
     /// Id of the last event written (or skipped past): nothing at or below it
     /// is written again.
@@ -168,19 +178,32 @@ impl Drop for ActiveStream {
     }
 }
 
-impl Subscription {
-    pub fn new(
-        hub: Hub,
-        log: EventLog,
-        request: StreamRequest,
-        settings: Arc<StreamSettings>,
-        shutdown: CancellationToken,
-        tracked: TaskTrackerToken,
-    ) -> Self {
-        let ordinal = ORDINAL.fetch_add(1, Ordering::Relaxed);
-        let spread = (ordinal as f64 * 0.618_033_988_749_895).fract();
+/// What a subscription is made of, apart from the request.
+pub struct Parts<L> {
+    pub hub: Hub,
+    pub log: L,
+    pub settings: Arc<StreamSettings>,
+    /// Cancelled when the instance begins to stop.
+    pub shutdown: CancellationToken,
+    pub tracked: TaskTrackerToken,
+    /// Cancelled by the hub when this subscriber falls behind. A writer that
+    /// must end more than the stream when that happens (hyper: the
+    /// connection) passes a token of its own.
+    pub lagged: CancellationToken,
+}
+
+impl<L: ReplaySource> Subscription<L> {
+    pub fn new(request: StreamRequest, parts: Parts<L>) -> Self {
+        let Parts {
+            hub,
+            log,
+            settings,
+            shutdown,
+            tracked,
+            lagged,
+        } = parts;
         Self {
-            end: EndWatch::new(shutdown, settings.drain.mul_f64(spread)),
+            end: EndWatch::next(shutdown, settings.drain),
             next_ping: Instant::now() + settings.heartbeat,
             ping_timer: Box::pin(sleep_until(Instant::now() + settings.heartbeat)),
             hub,
@@ -196,25 +219,14 @@ impl Subscription {
                 Start::Now | Start::After(_) => None,
             },
             message_events: request.message_events,
-            coalesce: true,
-            lagged: CancellationToken::new(),
+            lagged,
             cursor: 0,
             read_database: false,
             state: State::Opening,
             out: VecDeque::new(),
-
             _gauge: ActiveStream::new(),
             _tracked: tracked,
         }
-    }
-
-    /// The body as a stream of chunks, for `Body::from_stream`.
-    pub fn into_body_stream(
-        self,
-    ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-        futures_util::stream::unfold(self, |mut s| async move {
-            s.next_chunk().await.map(|b| (Ok(b), s))
-        })
     }
 
     /// The next bytes to write, or `None` when the stream ends.
@@ -265,7 +277,7 @@ impl Subscription {
     /// steps that need no waiting (opening, resolving, starting a query).
     pub fn ready_chunk(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(chunk) = self.take_out() {
+            if let Some(chunk) = self.out.pop_front() {
                 self.next_ping = Instant::now() + self.settings.heartbeat;
                 return Some(chunk);
             }
@@ -340,7 +352,7 @@ impl Subscription {
                 self.resume = Some(cursor);
                 self.state = State::Resolve;
             }
-            Ok(Step::Page { events, hub_head }) => self.on_page(&events, hub_head),
+            Ok(Step::Page { page, hub_head }) => self.on_page(&page, hub_head),
             Err(e) => {
                 tracing::warn!(error = %e, "replay query failed; retrying behind heartbeats");
                 let resolving =
@@ -362,10 +374,8 @@ impl Subscription {
     /// resume, after a reset if the log cannot serve it.
     fn resolve(&mut self) {
         if let Some(time) = self.since {
-            let log = self.log.clone();
-            self.state = State::Querying(Box::pin(async move {
-                log.cursor_at(time).await.map(Step::Since)
-            }));
+            let query = self.log.cursor_at(time);
+            self.state = State::Querying(Box::pin(async move { query.await.map(Step::Since) }));
             return;
         }
         let Some(resume) = self.resume else {
@@ -376,8 +386,8 @@ impl Subscription {
         if resume > self.hub.head() || resume < self.hub.ring_floor() {
             // Only the log knows whether this cursor is too old or too new:
             // the hub may merely be a few ms behind another instance.
-            let log = self.log.clone();
-            self.state = State::Querying(Box::pin(async move { log.head().await.map(Step::Head) }));
+            let query = self.log.head();
+            self.state = State::Querying(Box::pin(async move { query.await.map(Step::Head) }));
             return;
         }
         self.cursor = resume;
@@ -438,17 +448,17 @@ impl Subscription {
 
     fn query_page(&mut self) {
         self.read_database = true;
-        let (log, filters, after) = (self.log.clone(), self.filters.clone(), self.cursor);
+        let query = self.log.page(self.cursor, self.filters.clone());
         let hub_head = self.hub.head();
         self.state = State::Querying(Box::pin(async move {
-            let events = log.read_after(after, &filters, REPLAY_PAGE).await?;
-            Ok(Step::Page { events, hub_head })
+            let page = query.await?;
+            Ok(Step::Page { page, hub_head })
         }));
     }
 
-    fn on_page(&mut self, events: &[StoredEvent], hub_head: i64) {
-        let complete = (events.len() as i64) < REPLAY_PAGE;
-        for ev in events {
+    fn on_page(&mut self, page: &Page, hub_head: i64) {
+        let complete = page.complete;
+        for ev in &page.events {
             self.write_event(&ev.to_frame());
         }
         if complete {
@@ -472,73 +482,10 @@ impl Subscription {
         telemetry::events_delivered().increment(1);
     }
 
-    /// Cancelled when the hub drops this subscriber for falling behind.
-    pub fn lagged(&self) -> CancellationToken {
-        self.lagged.clone()
-    }
-
-    /// A writer that sends several chunks in one vectored write: never join
-    /// chunks into a copy.
-    pub fn set_vectored(&mut self) {
-        self.coalesce = false;
-    }
-
-    /// One chunk from `out`; several small replay frames are joined so a
-    /// replay of thousands of events is not thousands of writes (unless the
-    /// writer is vectored).
-    fn take_out(&mut self) -> Option<Bytes> {
-        let first = self.out.pop_front()?;
-        // Live frames are shared by every subscriber: never copied.
-        if !self.coalesce
-            || self.out.is_empty()
-            || first.len() >= COALESCE_BYTES
-            || matches!(self.state, State::Live(_))
-        {
-            return Some(first);
-        }
-        let mut buf = BytesMut::with_capacity(COALESCE_BYTES);
-        buf.extend_from_slice(&first);
-        while let Some(next) = self.out.front() {
-            if buf.len() + next.len() > COALESCE_BYTES {
-                break;
-            }
-            buf.extend_from_slice(next);
-            self.out.pop_front();
-        }
-        Some(buf.freeze())
-    }
-}
-
-/// When this stream must end: its slot in the drain window after the
-/// instance began to stop. Both waits live here, polled in place, so the
-/// stream registers with the shutdown token and the timer once, not on
-/// every frame.
-enum EndWatch {
-    Running {
-        shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-        offset: Duration,
-    },
-    Draining(Pin<Box<Sleep>>),
-}
-
-impl EndWatch {
-    fn new(shutdown: CancellationToken, offset: Duration) -> Self {
-        Self::Running {
-            shutdown: Box::pin(shutdown.cancelled_owned()),
-            offset,
-        }
-    }
-
-    async fn wait(&mut self) {
-        loop {
-            match self {
-                Self::Running { shutdown, offset } => {
-                    shutdown.as_mut().await;
-                    *self = Self::Draining(Box::pin(sleep(*offset)));
-                }
-                Self::Draining(slot) => return slot.as_mut().await,
-            }
-        }
+    /// Whether the stream is live (attached to the hub): its frames are
+    /// the hub's shared bytes, which a writer should not copy.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, State::Live(_))
     }
 }
 

@@ -1,0 +1,261 @@
+//! The accept loop: every connection's request head is read here first
+//! (with a deadline, so a client that never finishes its headers cannot
+//! hold a connection), then the connection goes one of three ways:
+//!
+//! - `GET /v1/stream` over HTTP/1.x goes to [`raw`], which writes the answer
+//!   straight to the socket. An open stream is most of what a busy instance
+//!   holds, and this path keeps it to the subscription itself: hyper would
+//!   keep a read buffer and a write buffer (16 KiB and 8 KiB here) per
+//!   connection for the stream's whole life.
+//! - A head that is not HTTP at all, or that hyper would refuse (a NUL in
+//!   the target, too many headers, too long), is answered here, with the
+//!   same problem+json as every other refusal, and the connection closed.
+//! - Everything else, including HTTP/2, goes to hyper and the axum router,
+//!   with the bytes already read put back in front. A connection whose
+//!   stream falls behind is cut ([`ConnectionCut`]), and so is one whose
+//!   client takes no bytes for `--write-timeout` ([`Prefixed`]).
+
+mod head;
+mod raw;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Request;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::stream::Streams;
+use head::{Head, Parsed};
+
+/// Longest a client may take to send its request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (431 beyond).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Cancelled to end a connection served by hyper: its stream fell behind
+/// (the hub cancels it). Through hyper a stream cannot be ended by itself
+/// while hyper waits for the client to read, so its connection is (over
+/// HTTP/2 the other streams on it reconnect and resume, losing nothing).
+/// In every request's extensions.
+#[derive(Clone)]
+pub struct ConnectionCut(pub CancellationToken);
+
+/// Accepts connections until `stop_accepting`, then waits for the requests
+/// in flight on hyper's connections. Stream connections end through the
+/// shutdown token and are waited for by the caller.
+pub async fn serve(
+    listener: TcpListener,
+    streams: Streams,
+    router: Router,
+    stop_accepting: CancellationToken,
+) {
+    // Turn every route into its service once, not per connection (what
+    // `axum::serve` would do, at a few KiB each).
+    let router = router.with_state(());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop_accepting.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (streams, router, watcher) = (streams.clone(), router.clone(), graceful.watcher());
+        tokio::spawn(handle(tcp, streams, router, watcher));
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn handle(mut tcp: TcpStream, streams: Streams, router: Router, watcher: Watcher) {
+    let write_timeout = streams.settings.write_timeout;
+    let Ok(Some(buf)) = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut tcp)).await else {
+        // Timed out or closed before a request: nothing to answer.
+        return;
+    };
+    let refusal = match Head::parse(&buf) {
+        Parsed::Complete(head) => match raw::accept(&streams, &head) {
+            Some(stream) => {
+                drop(head);
+                drop(buf);
+                raw::serve(tcp, stream, write_timeout).await;
+                return;
+            }
+            None => None,
+        },
+        Parsed::Http2 => None,
+        Parsed::Invalid(why) => Some(ApiError::MalformedRequest(why)),
+        Parsed::TooManyHeaders => Some(ApiError::HeadTooLarge(format!(
+            "more than {} headers",
+            head::MAX_HEADERS
+        ))),
+        // `read_head` stops at MAX_HEAD.
+        Parsed::Partial => Some(ApiError::HeadTooLarge(format!(
+            "a request head over {MAX_HEAD} bytes"
+        ))),
+    };
+    if let Some(refusal) = refusal {
+        raw::write_problem(&mut tcp, &refusal, Vec::new(), write_timeout).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::io::AsyncWriteExt::shutdown(&mut tcp),
+        )
+        .await;
+        return;
+    }
+    let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
+    serve_hyper(io, router, watcher).await;
+}
+
+/// Reads until the end of the request head (or `MAX_HEAD` bytes, or what
+/// is not HTTP/1, such as the HTTP/2 preface). `None` when the client
+/// closed before sending anything.
+async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if tcp.read_buf(&mut buf).await.ok()? == 0 {
+            return (!buf.is_empty()).then_some(buf);
+        }
+        match Head::parse(&buf) {
+            Parsed::Partial if buf.len() < MAX_HEAD => {}
+            _ => return Some(buf),
+        }
+    }
+}
+
+async fn serve_hyper(io: Prefixed, router: Router, watcher: Watcher) {
+    let cut = CancellationToken::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // The router as one service per connection (an Arc clone), telling
+    // every request how to end its connection.
+    let service = TowerToHyperService::new(router.map_request({
+        let cut = cut.clone();
+        move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectionCut(cut.clone()));
+            req
+        }
+    }));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::select! {
+        served = watcher.watch(conn.into_owned()) => if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
+        },
+        () = cut.cancelled() => tracing::debug!("connection cut: its stream fell behind"),
+    }
+}
+
+/// A socket with bytes already read from it put back in front, that gives
+/// up on a client that takes no bytes for `write_timeout`: hyper waits for
+/// a socket to take its writes however long that is, and a stream's bytes
+/// would wait with it.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+    write_timeout: Duration,
+    /// Armed while a write waits for the client; reset by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Prefixed {
+    fn new(prefix: Bytes, inner: TcpStream, write_timeout: Duration) -> Self {
+        Self {
+            prefix,
+            inner,
+            write_timeout,
+            stalled: None,
+        }
+    }
+
+    /// `poll` was a write's outcome: arms the stall timer while it waits
+    /// (its waker then polls the write again when the time is up), and
+    /// fails it once the time is up.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,152 @@
+//! `GET /v1/stream`, from the request to the stream's end, whichever writer
+//! sends it (DESIGN.md, "Subscribe" and "One description of a stream").
+//!
+//! [`Streams::open`] decides everything about an answer once: what was
+//! asked ([`request`]), the headers, the allowed origin, the subscription,
+//! and the request's count in the metrics. Two writers render the
+//! [`StreamResponse`] it returns and decide nothing themselves:
+//! `server::raw` writes HTTP/1.x streams straight to the socket, and
+//! `http::stream` answers through hyper and axum (HTTP/2, and requests the
+//! accept loop leaves to hyper).
+//!
+//! Only malformed requests are refused; every well-formed one gets `200` at
+//! once and the [`Subscription`] does the rest, so a database outage never
+//! turns into a status that makes a browser's `EventSource` give up.
+//!
+//! - [`request`]: the query string and `Last-Event-ID`, parsed.
+//! - [`subscription`]: replay, hand-over to live, heartbeats, the end.
+//! - [`drain`]: each stream's slot in a stopping instance's drain window.
+
+mod drain;
+#[cfg(test)]
+mod handover_tests;
+mod request;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cors::Cors;
+use crate::error::ApiError;
+use crate::event::retry_frame;
+use crate::hub::Hub;
+use crate::log::EventLog;
+use crate::telemetry;
+
+#[cfg(test)]
+pub use request::SINCE_FLOOR;
+pub use request::{
+    RequestHead, Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request,
+};
+pub use subscription::{Parts, Subscription};
+
+/// The route this module answers.
+pub const PATH: &str = "/v1/stream";
+
+/// Stream settings shared by every subscriber of an instance.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub drain: Duration,
+    pub queue_capacity: usize,
+    /// A stream whose client takes no bytes for this long, while there are
+    /// bytes to send, is ended (`--write-timeout`).
+    pub write_timeout: Duration,
+}
+
+/// Everything a stream needs from its instance; cheap to clone.
+#[derive(Clone)]
+pub struct Streams {
+    pub hub: Hub,
+    pub log: EventLog,
+    pub settings: Arc<StreamSettings>,
+    pub cors: Cors,
+    /// Cancelled when the instance begins to stop.
+    pub shutdown: CancellationToken,
+    /// One token per open stream, so a stopping instance knows when the
+    /// last one has ended.
+    pub open: TaskTracker,
+}
+
+/// The answer to one stream request, for a writer to render.
+pub struct StreamResponse {
+    pub status: StatusCode,
+    /// Every header but framing (`Content-Length`, `Connection`), which is
+    /// the writer's.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: StreamBody,
+}
+
+pub enum StreamBody {
+    /// The event stream.
+    Events(Box<Subscription>),
+    /// The instance is stopping: `retry:` and the end, so the client comes
+    /// back (to another instance) rather than failing.
+    Retry(Bytes),
+    /// The request was refused.
+    Problem(ApiError),
+}
+
+impl Streams {
+    /// Decides the answer to a stream request. `lagged` is cancelled if the
+    /// subscriber falls behind (see [`Parts::lagged`]).
+    pub fn open(&self, head: &impl RequestHead, lagged: CancellationToken) -> StreamResponse {
+        let origin = head.header_values("origin").first().copied();
+        let mut headers = self.cors.headers(origin);
+        let request = stream_request(head.query(), &head.header_values("last-event-id"));
+        let (status, body) = match request {
+            Err(refused) => (refused.status(), StreamBody::Problem(refused)),
+            Ok(_) if self.shutdown.is_cancelled() => (
+                StatusCode::OK,
+                StreamBody::Retry(retry_frame(self.settings.retry)),
+            ),
+            Ok(request) => (
+                StatusCode::OK,
+                StreamBody::Events(Box::new(Subscription::new(
+                    request,
+                    Parts {
+                        hub: self.hub.clone(),
+                        log: self.log.clone(),
+                        settings: self.settings.clone(),
+                        shutdown: self.shutdown.clone(),
+                        tracked: self.open.token(),
+                        lagged,
+                    },
+                ))),
+            ),
+        };
+        if status == StatusCode::OK {
+            headers.extend([
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                // nginx and similar proxies must pass each frame on as it
+                // comes.
+                (
+                    HeaderName::from_static("x-accel-buffering"),
+                    HeaderValue::from_static("no"),
+                ),
+            ]);
+        }
+        metrics::counter!(
+            telemetry::HTTP_REQUESTS,
+            "method" => "GET",
+            "route" => PATH,
+            "status" => status.as_str().to_owned()
+        )
+        .increment(1);
+        StreamResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+}
