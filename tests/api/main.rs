@@ -2,6 +2,7 @@
 //! PostgreSQL database of its own and talks to it over real HTTP.
 //! Set `TEST_LOG=1` to see the server's logs.
 
+#[macro_use]
 mod helpers;
 
 mod cli;
@@ -22,3 +23,4 @@ mod resets;
 mod resume;
 mod since;
 mod stream;
+mod writers;

@@ -20,9 +20,8 @@ async fn expect_reset(sse: &mut SseClient, continue_from: i64) -> Value {
     reset.json()
 }
 
-#[tokio::test]
-async fn cursor_ahead_of_the_log_gets_one_reset_then_live_events() {
-    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+async fn cursor_ahead_of_the_log_gets_one_reset_then_live_events(writer: Writer) {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
     let topic = unique_topic("ahead");
     let published = app.publish_batch_ok(vec![json!({"topic": topic}); 3]).await;
     let before = labeled_metric(
@@ -52,10 +51,10 @@ async fn cursor_ahead_of_the_log_gets_one_reset_then_live_events() {
     assert!(after >= before + 1.0, "resets {before} -> {after}");
     app.stop().await;
 }
+over_both_writers!(cursor_ahead_of_the_log_gets_one_reset_then_live_events);
 
-#[tokio::test]
-async fn reconnecting_with_the_reset_id_gets_no_second_reset() {
-    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+async fn reconnecting_with_the_reset_id_gets_no_second_reset(writer: Writer) {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
     let topic = unique_topic("ahead");
     let published = app.publish_batch_ok(vec![json!({"topic": topic}); 3]).await;
     let mut first = app.stream(&format!("topic={topic}"), Some("999999")).await;
@@ -73,14 +72,16 @@ async fn reconnecting_with_the_reset_id_gets_no_second_reset() {
     assert_eq!(next.id_num(), live);
     app.stop().await;
 }
+over_both_writers!(reconnecting_with_the_reset_id_gets_no_second_reset);
 
 /// Ten events, of which the log then prunes 1..=5 as retention would.
-async fn app_with_pruned_log() -> (TestApp, String, SseClient) {
+async fn app_with_pruned_log(writer: Writer) -> (TestApp, String, SseClient) {
     let app = spawn_app_with(|c| {
         c.ring_size = 4;
         c.heartbeat = QUIET;
     })
-    .await;
+    .await
+    .over(writer);
     let topic = unique_topic("pruned");
     let mut witness = open_witness(&app).await;
     let published = app
@@ -100,9 +101,8 @@ async fn app_with_pruned_log() -> (TestApp, String, SseClient) {
     (app, topic, witness)
 }
 
-#[tokio::test]
-async fn cursor_older_than_the_log_gets_one_reset_with_oldest_id_then_live_events() {
-    let (app, topic, _witness) = app_with_pruned_log().await;
+async fn cursor_older_than_the_log_gets_one_reset_with_oldest_id_then_live_events(writer: Writer) {
+    let (app, topic, _witness) = app_with_pruned_log(writer).await;
 
     let mut sse = app.stream(&format!("topic={topic}"), Some("2")).await;
     let reset = expect_reset(&mut sse, 10).await;
@@ -117,10 +117,10 @@ async fn cursor_older_than_the_log_gets_one_reset_with_oldest_id_then_live_event
     assert_eq!(next.event.as_deref(), Some("message"));
     app.stop().await;
 }
+over_both_writers!(cursor_older_than_the_log_gets_one_reset_with_oldest_id_then_live_events);
 
-#[tokio::test]
-async fn cursor_at_the_pruning_floor_replays_the_rest_without_reset() {
-    let (app, topic, _witness) = app_with_pruned_log().await;
+async fn cursor_at_the_pruning_floor_replays_the_rest_without_reset(writer: Writer) {
+    let (app, topic, _witness) = app_with_pruned_log(writer).await;
 
     let mut sse = app.stream(&format!("topic={topic}"), Some("5")).await;
     let got = events_through(&mut sse, 10).await;
@@ -129,3 +129,4 @@ async fn cursor_at_the_pruning_floor_replays_the_rest_without_reset() {
     assert!(got.iter().all(|f| f.event.as_deref() == Some("message")));
     app.stop().await;
 }
+over_both_writers!(cursor_at_the_pruning_floor_replays_the_rest_without_reset);

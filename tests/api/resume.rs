@@ -74,8 +74,11 @@ fn ids_on(published: &[(String, i64)], topic: &str, after: i64) -> Vec<i64> {
 
 /// Publishes a mix of two topics, resumes `topic` from the second event with
 /// the cursor given as `how` says, and checks replay then live delivery.
-async fn assert_resume_replays_then_goes_live(how: impl Fn(&str, i64) -> (String, Option<String>)) {
-    let app = spawn_app().await;
+async fn assert_resume_replays_then_goes_live(
+    writer: Writer,
+    how: impl Fn(&str, i64) -> (String, Option<String>),
+) {
+    let app = spawn_app().await.over(writer);
     let (mine, other) = (unique_topic("resume"), unique_topic("other"));
     let published =
         publish_topics(&app, &[&mine, &mine, &other, &mine, &other, &other, &mine]).await;
@@ -97,25 +100,28 @@ async fn assert_resume_replays_then_goes_live(how: impl Fn(&str, i64) -> (String
     app.stop().await;
 }
 
-#[tokio::test]
-async fn resume_with_last_event_id_header_replays_missed_matching_events_once_then_live() {
-    assert_resume_replays_then_goes_live(|topic, cursor| {
+async fn resume_with_last_event_id_header_replays_missed_matching_events_once_then_live(
+    writer: Writer,
+) {
+    assert_resume_replays_then_goes_live(writer, |topic, cursor| {
         (format!("topic={topic}"), Some(cursor.to_string()))
     })
     .await;
 }
+over_both_writers!(resume_with_last_event_id_header_replays_missed_matching_events_once_then_live);
 
-#[tokio::test]
-async fn resume_with_last_event_id_query_replays_missed_matching_events_once_then_live() {
-    assert_resume_replays_then_goes_live(|topic, cursor| {
+async fn resume_with_last_event_id_query_replays_missed_matching_events_once_then_live(
+    writer: Writer,
+) {
+    assert_resume_replays_then_goes_live(writer, |topic, cursor| {
         (format!("topic={topic}&last_event_id={cursor}"), None)
     })
     .await;
 }
+over_both_writers!(resume_with_last_event_id_query_replays_missed_matching_events_once_then_live);
 
-#[tokio::test]
-async fn replay_treats_underscore_in_filters_literally_as_live_delivery_does() {
-    let app = spawn_app_with(|c| c.ring_size = 1).await;
+async fn replay_treats_underscore_in_filters_literally_as_live_delivery_does(writer: Writer) {
+    let app = spawn_app_with(|c| c.ring_size = 1).await.over(writer);
     let base = unique_topic("under");
     let (exact, exact_lookalike) = (format!("{base}:a_b"), format!("{base}:aXb"));
     let (deep, deep_lookalike) = (format!("{base}:c_d:e"), format!("{base}:cXd:e"));
@@ -153,10 +159,10 @@ async fn replay_treats_underscore_in_filters_literally_as_live_delivery_does() {
     assert_eq!(ids(&got), expected);
     app.stop().await;
 }
+over_both_writers!(replay_treats_underscore_in_filters_literally_as_live_delivery_does);
 
-#[tokio::test]
-async fn last_event_id_header_wins_over_query_parameter() {
-    let app = spawn_app().await;
+async fn last_event_id_header_wins_over_query_parameter(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("wins");
     let ids_published = app.publish_batch_ok(vec![json!({"topic": topic}); 6]).await;
 
@@ -171,10 +177,10 @@ async fn last_event_id_header_wins_over_query_parameter() {
     assert_eq!(ids(&got), ids_published[4..].to_vec());
     app.stop().await;
 }
+over_both_writers!(last_event_id_header_wins_over_query_parameter);
 
-#[tokio::test]
-async fn resume_inside_the_ring_is_served_from_memory() {
-    let app = spawn_app().await;
+async fn resume_inside_the_ring_is_served_from_memory(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("ring");
     let mut witness = open_witness(&app).await;
     let published = app.publish_batch_ok(vec![json!({"topic": topic}); 5]).await;
@@ -191,10 +197,12 @@ async fn resume_inside_the_ring_is_served_from_memory() {
     assert!(after >= before + 1.0, "ring resumes {before} -> {after}");
     app.stop().await;
 }
+over_both_writers!(resume_inside_the_ring_is_served_from_memory);
 
-#[tokio::test]
-async fn resume_from_before_the_ring_is_served_from_the_database_complete_and_in_order() {
-    let app = spawn_app_with(|c| c.ring_size = 4).await;
+async fn resume_from_before_the_ring_is_served_from_the_database_complete_and_in_order(
+    writer: Writer,
+) {
+    let app = spawn_app_with(|c| c.ring_size = 4).await.over(writer);
     let topic = unique_topic("database");
     let mut witness = open_witness(&app).await;
     let published = app
@@ -220,6 +228,7 @@ async fn resume_from_before_the_ring_is_served_from_the_database_complete_and_in
     );
     app.stop().await;
 }
+over_both_writers!(resume_from_before_the_ring_is_served_from_the_database_complete_and_in_order);
 
 /// `n` events of which every fifth is on `noise`: replays filter too.
 fn mixed_batch(topic: &str, noise: &str, n: usize, tag: &str) -> Vec<Value> {
@@ -231,12 +240,11 @@ fn mixed_batch(topic: &str, noise: &str, n: usize, tag: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn resume_hands_over_from_replay_to_live_without_gap_or_duplicate_under_load() {
+async fn resume_hands_over_from_replay_to_live_without_gap_or_duplicate_under_load(writer: Writer) {
     const BACKLOG_BATCHES: usize = 3;
     const BATCH: usize = 1000;
     const PUBLISHERS: usize = 4;
-    let app = spawn_app_with(|c| c.ring_size = 8).await;
+    let app = spawn_app_with(|c| c.ring_size = 8).await.over(writer);
     let (topic, noise) = (unique_topic("handover"), unique_topic("noise"));
     let mut backlog_last = 0;
     for _ in 0..BACKLOG_BATCHES {
@@ -313,10 +321,10 @@ async fn resume_hands_over_from_replay_to_live_without_gap_or_duplicate_under_lo
     assert!(live > PUBLISHERS * 20 * 4, "{live} live events");
     app.stop().await;
 }
+over_both_writers!(resume_hands_over_from_replay_to_live_without_gap_or_duplicate_under_load);
 
-#[tokio::test]
-async fn cursor_that_is_not_an_event_id_is_refused_with_problem_json() {
-    let app = spawn_app().await;
+async fn cursor_that_is_not_an_event_id_is_refused_with_problem_json(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("badcursor");
 
     for bad in ["abc", "-1", "1.5", "1e3", "0x10", "99999999999999999999"] {
@@ -341,10 +349,10 @@ async fn cursor_that_is_not_an_event_id_is_refused_with_problem_json() {
     }
     app.stop().await;
 }
+over_both_writers!(cursor_that_is_not_an_event_id_is_refused_with_problem_json);
 
-#[tokio::test]
-async fn empty_last_event_id_header_means_no_cursor() {
-    let app = spawn_app().await;
+async fn empty_last_event_id_header_means_no_cursor(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("empty");
     let mut witness = open_witness(&app).await;
     let earlier = app.publish_batch_ok(vec![json!({"topic": topic}); 3]).await;
@@ -363,10 +371,10 @@ async fn empty_last_event_id_header_means_no_cursor() {
     assert_eq!(next.event.as_deref(), Some("message"));
     app.stop().await;
 }
+over_both_writers!(empty_last_event_id_header_means_no_cursor);
 
-#[tokio::test]
-async fn later_instance_resumes_a_cursor_from_an_earlier_one_exactly_once() {
-    let first = spawn_app().await;
+async fn later_instance_resumes_a_cursor_from_an_earlier_one_exactly_once(writer: Writer) {
+    let first = spawn_app().await.over(writer);
     let topic = unique_topic("instances");
     let mut sse = first.stream(&format!("topic={topic}"), None).await;
     assert_eq!(sse.next_frame().await.unwrap().retry, Some(200));
@@ -376,7 +384,9 @@ async fn later_instance_resumes_a_cursor_from_an_earlier_one_exactly_once() {
     let cursor = sse.events(4).await[3].id_num();
     drop(sse);
 
-    let second = spawn_on(first.db.clone(), test_config(&first.db.url)).await;
+    let second = spawn_on(first.db.clone(), test_config(&first.db.url))
+        .await
+        .over(writer);
     let mut resumed = second
         .stream(&format!("topic={topic}"), Some(&cursor.to_string()))
         .await;
@@ -391,10 +401,10 @@ async fn later_instance_resumes_a_cursor_from_an_earlier_one_exactly_once() {
     second.stop().await;
     first.stop().await;
 }
+over_both_writers!(later_instance_resumes_a_cursor_from_an_earlier_one_exactly_once);
 
-#[tokio::test]
-async fn client_that_drops_before_its_first_event_resumes_from_the_opening_id() {
-    let app = spawn_app().await;
+async fn client_that_drops_before_its_first_event_resumes_from_the_opening_id(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("opening");
     let before = app.publish_ok(&topic, json!("before")).await;
     let mut first = app.stream(&format!("topic={topic}"), None).await;
@@ -424,3 +434,4 @@ async fn client_that_drops_before_its_first_event_resumes_from_the_opening_id() 
     assert_eq!(got, expected);
     app.stop().await;
 }
+over_both_writers!(client_that_drops_before_its_first_event_resumes_from_the_opening_id);

@@ -20,9 +20,8 @@ async fn publish_with_old(app: &TestApp, topic: &str, n: usize, old: usize) -> V
     ids
 }
 
-#[tokio::test]
-async fn stream_since_duration_replays_only_recent_events_then_goes_live() {
-    let app = spawn_app().await;
+async fn stream_since_duration_replays_only_recent_events_then_goes_live(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("since");
     let ids = publish_with_old(&app, &topic, 10, 4).await;
 
@@ -34,10 +33,10 @@ async fn stream_since_duration_replays_only_recent_events_then_goes_live() {
     assert_eq!(sse.next_event().await.unwrap().id_num(), live);
     app.stop().await;
 }
+over_both_writers!(stream_since_duration_replays_only_recent_events_then_goes_live);
 
-#[tokio::test]
-async fn stream_since_rfc3339_time_replays_events_from_then() {
-    let app = spawn_app().await;
+async fn stream_since_rfc3339_time_replays_events_from_then(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("since");
     let ids = publish_with_old(&app, &topic, 5, 2).await;
     let one_hour_ago = (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
@@ -51,10 +50,10 @@ async fn stream_since_rfc3339_time_replays_events_from_then() {
     assert_eq!(replayed, ids[2..]);
     app.stop().await;
 }
+over_both_writers!(stream_since_rfc3339_time_replays_events_from_then);
 
-#[tokio::test]
-async fn last_event_id_header_wins_over_since_on_reconnect() {
-    let app = spawn_app().await;
+async fn last_event_id_header_wins_over_since_on_reconnect(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("since");
     let ids = publish_with_old(&app, &topic, 6, 1).await;
 
@@ -69,10 +68,10 @@ async fn last_event_id_header_wins_over_since_on_reconnect() {
     assert_eq!(replayed, ids[4..]);
     app.stop().await;
 }
+over_both_writers!(last_event_id_header_wins_over_since_on_reconnect);
 
-#[tokio::test]
-async fn since_later_than_every_event_starts_live() {
-    let app = spawn_app().await;
+async fn since_later_than_every_event_starts_live(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("since");
     publish_with_old(&app, &topic, 3, 3).await;
 
@@ -82,6 +81,7 @@ async fn since_later_than_every_event_starts_live() {
     assert_eq!(sse.next_event().await.unwrap().id_num(), live);
     app.stop().await;
 }
+over_both_writers!(since_later_than_every_event_starts_live);
 
 #[tokio::test]
 async fn history_since_returns_only_recent_events() {

@@ -14,9 +14,8 @@ use crate::helpers::*;
 /// byte-for-byte assertion expects.
 const QUIET: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn stream_starts_with_retry_then_delivers_published_event() {
-    let app = spawn_app().await;
+async fn stream_starts_with_retry_then_delivers_published_event(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("smoke");
     let mut sse = app.stream(&format!("topic={topic}"), None).await;
     let first = sse.next_frame().await.unwrap();
@@ -29,10 +28,10 @@ async fn stream_starts_with_retry_then_delivers_published_event() {
     assert_eq!(ev.json()["data"], json!({"n": 1}));
     app.stop().await;
 }
+over_both_writers!(stream_starts_with_retry_then_delivers_published_event);
 
-#[tokio::test]
-async fn stream_answers_event_stream_headers_and_opens_with_exact_retry_bytes() {
-    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+async fn stream_answers_event_stream_headers_and_opens_with_exact_retry_bytes(writer: Writer) {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
     let topic = unique_topic("headers");
 
     let res = app.stream_response(&format!("topic={topic}"), None).await;
@@ -48,11 +47,13 @@ async fn stream_answers_event_stream_headers_and_opens_with_exact_retry_bytes() 
     assert_eq!(sse.raw, b"retry: 200\nid: 0\n\n");
     app.stop().await;
 }
+over_both_writers!(stream_answers_event_stream_headers_and_opens_with_exact_retry_bytes);
 
-#[tokio::test]
-async fn idle_stream_gets_ping_comments_at_the_heartbeat_interval() {
+async fn idle_stream_gets_ping_comments_at_the_heartbeat_interval(writer: Writer) {
     let heartbeat = Duration::from_millis(100);
-    let app = spawn_app_with(|c| c.heartbeat = heartbeat).await;
+    let app = spawn_app_with(|c| c.heartbeat = heartbeat)
+        .await
+        .over(writer);
     let topic = unique_topic("heartbeat");
     let opened = Instant::now();
     let mut sse = app.stream(&format!("topic={topic}"), None).await;
@@ -73,10 +74,10 @@ async fn idle_stream_gets_ping_comments_at_the_heartbeat_interval() {
     assert!(opened.elapsed() >= heartbeat * 2, "{:?}", opened.elapsed());
     app.stop().await;
 }
+over_both_writers!(idle_stream_gets_ping_comments_at_the_heartbeat_interval);
 
-#[tokio::test]
-async fn published_event_is_one_frame_byte_for_byte_with_the_publish_envelope() {
-    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+async fn published_event_is_one_frame_byte_for_byte_with_the_publish_envelope(writer: Writer) {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
     let topic = unique_topic("framing");
     let mut sse = app.stream(&format!("topic={topic}"), None).await;
     sse.next_frame().await.unwrap();
@@ -111,10 +112,10 @@ async fn published_event_is_one_frame_byte_for_byte_with_the_publish_envelope() 
     assert_eq!(data["type"], "incident.updated");
     app.stop().await;
 }
+over_both_writers!(published_event_is_one_frame_byte_for_byte_with_the_publish_envelope);
 
-#[tokio::test]
-async fn event_without_type_is_framed_as_message() {
-    let app = spawn_app_with(|c| c.heartbeat = QUIET).await;
+async fn event_without_type_is_framed_as_message(writer: Writer) {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
     let topic = unique_topic("framing");
     let mut sse = app.stream(&format!("topic={topic}"), None).await;
     sse.next_frame().await.unwrap();
@@ -132,6 +133,7 @@ async fn event_without_type_is_framed_as_message() {
     assert_eq!(String::from_utf8(sse.raw.clone()).unwrap(), expected);
     app.stop().await;
 }
+over_both_writers!(event_without_type_is_framed_as_message);
 
 /// One event per topic, published as one batch after the stream opened,
 /// then a marker on `marker_topic`; returns the ids the stream delivered up
@@ -185,9 +187,8 @@ fn ids_of(published: &[(String, i64)], wanted: &[&String]) -> Vec<i64> {
         .collect()
 }
 
-#[tokio::test]
-async fn exact_topic_filter_delivers_only_that_topic() {
-    let app = spawn_app().await;
+async fn exact_topic_filter_delivers_only_that_topic(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let base = unique_topic("exact");
     let (mine, longer, deeper, other) = (
         base.clone(),
@@ -212,10 +213,10 @@ async fn exact_topic_filter_delivers_only_that_topic() {
     assert_eq!(got, expected);
     app.stop().await;
 }
+over_both_writers!(exact_topic_filter_delivers_only_that_topic);
 
-#[tokio::test]
-async fn prefix_filter_matches_deeper_topics_but_not_longer_names() {
-    let app = spawn_app().await;
+async fn prefix_filter_matches_deeper_topics_but_not_longer_names(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let incident = format!("{}.incident", unique_topic("prefix"));
     let (a, ab, ac, incidents, bare) = (
         format!("{incident}:a"),
@@ -241,10 +242,10 @@ async fn prefix_filter_matches_deeper_topics_but_not_longer_names() {
     assert_eq!(got, expected);
     app.stop().await;
 }
+over_both_writers!(prefix_filter_matches_deeper_topics_but_not_longer_names);
 
-#[tokio::test]
-async fn several_topic_filters_deliver_the_union_in_id_order() {
-    let app = spawn_app().await;
+async fn several_topic_filters_deliver_the_union_in_id_order(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let (x, y, z) = (
         unique_topic("several"),
         unique_topic("several"),
@@ -271,10 +272,10 @@ async fn several_topic_filters_deliver_the_union_in_id_order() {
     assert_eq!(got, expected);
     app.stop().await;
 }
+over_both_writers!(several_topic_filters_deliver_the_union_in_id_order);
 
-#[tokio::test]
-async fn no_topic_filter_delivers_every_topic() {
-    let app = spawn_app().await;
+async fn no_topic_filter_delivers_every_topic(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topics = [
         unique_topic("all"),
         unique_topic("other"),
@@ -288,10 +289,10 @@ async fn no_topic_filter_delivers_every_topic() {
     assert_eq!(got, expected);
     app.stop().await;
 }
+over_both_writers!(no_topic_filter_delivers_every_topic);
 
-#[tokio::test]
-async fn star_filter_delivers_every_topic() {
-    let app = spawn_app().await;
+async fn star_filter_delivers_every_topic(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topics = [
         unique_topic("star"),
         unique_topic("other"),
@@ -306,6 +307,7 @@ async fn star_filter_delivers_every_topic() {
     assert_eq!(got, expected);
     app.stop().await;
 }
+over_both_writers!(star_filter_delivers_every_topic);
 
 async fn assert_problem(res: reqwest::Response, status: u16, code: &str, what: &str) {
     assert_eq!(res.status(), status, "{what}");
@@ -323,9 +325,8 @@ async fn assert_problem(res: reqwest::Response, status: u16, code: &str, what: &
     );
 }
 
-#[tokio::test]
-async fn invalid_topic_filter_is_refused_with_problem_json() {
-    let app = spawn_app().await;
+async fn invalid_topic_filter_is_refused_with_problem_json(writer: Writer) {
+    let app = spawn_app().await.over(writer);
 
     for query in [
         "topic=",
@@ -343,10 +344,10 @@ async fn invalid_topic_filter_is_refused_with_problem_json() {
     }
     app.stop().await;
 }
+over_both_writers!(invalid_topic_filter_is_refused_with_problem_json);
 
-#[tokio::test]
-async fn unknown_query_parameter_is_refused_with_problem_json() {
-    let app = spawn_app().await;
+async fn unknown_query_parameter_is_refused_with_problem_json(writer: Writer) {
+    let app = spawn_app().await.over(writer);
 
     for query in ["topics=a", "foo=1", "topic=a&lastEventId=3"] {
         let res = app.stream_response(query, None).await;
@@ -355,10 +356,10 @@ async fn unknown_query_parameter_is_refused_with_problem_json() {
     }
     app.stop().await;
 }
+over_both_writers!(unknown_query_parameter_is_refused_with_problem_json);
 
-#[tokio::test]
-async fn more_topic_filters_than_allowed_are_refused() {
-    let app = spawn_app().await;
+async fn more_topic_filters_than_allowed_are_refused(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let query = (0..65)
         .map(|i| format!("topic=t{i}"))
         .collect::<Vec<_>>()
@@ -369,10 +370,10 @@ async fn more_topic_filters_than_allowed_are_refused() {
     assert_problem(res, 400, "bad_request", "65 filters").await;
     app.stop().await;
 }
+over_both_writers!(more_topic_filters_than_allowed_are_refused);
 
-#[tokio::test]
-async fn standard_sse_parser_reads_ids_types_and_envelopes() {
-    let app = spawn_app().await;
+async fn standard_sse_parser_reads_ids_types_and_envelopes(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("parser");
     let res = app.stream_response(&format!("topic={topic}"), None).await;
     assert_eq!(res.status(), 200);
@@ -408,10 +409,10 @@ async fn standard_sse_parser_reads_ids_types_and_envelopes() {
     }
     app.stop().await;
 }
+over_both_writers!(standard_sse_parser_reads_ids_types_and_envelopes);
 
-#[tokio::test]
-async fn message_events_stream_sends_frames_without_event_line() {
-    let app = spawn_app().await;
+async fn message_events_stream_sends_frames_without_event_line(writer: Writer) {
+    let app = spawn_app().await.over(writer);
     let topic = unique_topic("untyped");
     let mut sse = app
         .stream(&format!("topic={topic}&message_events=true"), None)
@@ -434,3 +435,4 @@ async fn message_events_stream_sends_frames_without_event_line() {
     );
     app.stop().await;
 }
+over_both_writers!(message_events_stream_sends_frames_without_event_line);

@@ -19,7 +19,7 @@ use crate::helpers::*;
 
 mod processes;
 
-use processes::*;
+pub(crate) use processes::*;
 
 /// Bound on any single non-stream request (publish, `/readyz`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

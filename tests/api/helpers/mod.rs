@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use herald::{Config, Server};
+use herald::{Config, Instance};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -144,6 +144,46 @@ pub fn test_config(database_url: &str) -> Config {
     c
 }
 
+/// Which of herald's two stream writers a test's requests reach: HTTP/1.1
+/// streams are written straight to the socket, HTTP/2 ones (with prior
+/// knowledge, as a proxy speaking h2c would) through hyper and axum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    Http1,
+    Http2,
+}
+
+impl Writer {
+    pub fn client(self) -> reqwest::Client {
+        let builder = reqwest::Client::builder().pool_max_idle_per_host(0);
+        match self {
+            Self::Http1 => builder.http1_only(),
+            Self::Http2 => builder.http2_prior_knowledge(),
+        }
+        .build()
+        .unwrap()
+    }
+}
+
+/// Runs the async test function `NAME(writer: Writer)` twice, as
+/// `NAME::http1` and `NAME::http2` (a function and a module may share a
+/// name), so that both stream writers answer it.
+macro_rules! over_both_writers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn http1() {
+                super::$name($crate::helpers::Writer::Http1).await;
+            }
+
+            #[tokio::test]
+            async fn http2() {
+                super::$name($crate::helpers::Writer::Http2).await;
+            }
+        }
+    )*};
+}
+
 /// A running herald and a client for it.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -173,7 +213,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 pub async fn spawn_on(db: Arc<TestDb>, config: Config) -> TestApp {
     init_logs();
     init_crypto();
-    let server = Server::build(config).await.expect("herald starts");
+    let server = Instance::build(config).await.expect("herald starts");
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run_until(async {
@@ -193,6 +233,13 @@ pub async fn spawn_on(db: Arc<TestDb>, config: Config) -> TestApp {
 }
 
 impl TestApp {
+    /// This app with a client that reaches the given stream writer.
+    #[must_use]
+    pub fn over(mut self, writer: Writer) -> Self {
+        self.client = writer.client();
+        self
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
