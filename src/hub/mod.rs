@@ -61,7 +61,8 @@ pub enum Attach {
 /// A subscriber's queue; leaving the hub when dropped.
 pub struct Registration {
     pub queue: mpsc::Receiver<Arc<Frame>>,
-    /// Sequence number, unique per hub; spreads drain times.
+    /// Sequence number, unique per hub: the subscriber's key in the hub,
+    /// by which it leaves.
     pub seq: u64,
     hub: Hub,
 }
