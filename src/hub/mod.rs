@@ -11,6 +11,13 @@
 //! resumes from a cursor the ring still covers attaches without touching
 //! PostgreSQL; the ring copy and the registration happen under one lock, so
 //! nothing falls between the two.
+//!
+//! Costs follow deliveries (DESIGN.md, "Fan-out costs what it delivers"): a
+//! frame finds its subscribers through [`index`] (exact topics by lookup,
+//! prefixes by a trie, all-topics subscribers by a list), never by testing
+//! every subscriber's filters.
+
+mod index;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{Filters, Frame};
 use crate::telemetry;
+use index::{Index, SubscriberId};
 
 /// Handle to the hub; cheap to clone.
 #[derive(Clone)]
@@ -34,8 +42,13 @@ struct State {
     ring_floor: i64,
     ring: VecDeque<Arc<Frame>>,
     ring_capacity: usize,
-    subscribers: HashMap<u64, Subscriber>,
-    next_subscriber: u64,
+    subscribers: HashMap<SubscriberId, Subscriber>,
+    index: Index,
+    next_subscriber: SubscriberId,
+    /// Counts frames published: a subscriber stamped with the current value
+    /// already has the frame (it is found once per matching filter).
+    generation: u64,
+    work: Work,
 }
 
 struct Subscriber {
@@ -44,6 +57,8 @@ struct Subscriber {
     /// Cancelled when the hub drops the subscriber for falling behind, so a
     /// writer blocked on a client that stopped reading can give up at once.
     lagged: CancellationToken,
+    /// The `generation` of the last frame offered to it.
+    stamp: u64,
 }
 
 /// The result of [`Hub::attach`].
@@ -69,7 +84,9 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.lock().subscribers.remove(&self.seq);
+        // The subscriber (its queue's sender) is dropped after the lock.
+        let left = self.hub.lock().remove(self.seq);
+        drop(left);
     }
 }
 
@@ -84,14 +101,18 @@ impl Hub {
                 ring: VecDeque::with_capacity(ring_capacity.min(64 * 1024)),
                 ring_capacity,
                 subscribers: HashMap::new(),
+                index: Index::default(),
                 next_subscriber: 0,
+                generation: 0,
+                work: Work::default(),
             })),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves consistent data (every
-        // section is a few assignments), so poisoning is ignored.
+        // A panic while holding this lock leaves data the hub can go on
+        // with (an index entry whose subscriber is gone is skipped), so
+        // poisoning is ignored.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -127,7 +148,15 @@ impl Hub {
         queue_capacity: usize,
         lagged: &CancellationToken,
     ) -> Attach {
-        let mut s = self.lock();
+        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let subscriber = Subscriber {
+            filters: filters.clone(),
+            queue: tx,
+            lagged: lagged.clone(),
+            stamp: 0,
+        };
+        let mut guard = self.lock();
+        let s = &mut *guard;
         if cursor < s.ring_floor {
             return Attach::NotCovered {
                 ring_floor: s.ring_floor,
@@ -140,18 +169,11 @@ impl Hub {
             .filter(|f| filters.matches(f.topic.as_str()))
             .cloned()
             .collect();
-        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let seq = s.next_subscriber;
         s.next_subscriber += 1;
-        s.subscribers.insert(
-            seq,
-            Subscriber {
-                filters: filters.clone(),
-                queue: tx,
-                lagged: lagged.clone(),
-            },
-        );
-        drop(s);
+        s.index.insert(seq, filters);
+        s.subscribers.insert(seq, subscriber);
+        drop(guard);
         Attach::Live {
             backlog,
             live: Registration {
@@ -168,24 +190,12 @@ impl Hub {
         let mut lagging = Vec::new();
         let mut s = self.lock();
         for frame in frames {
-            if frame.id <= s.head {
-                continue;
-            }
-            s.head = frame.id;
-            s.push_ring(frame.clone());
-            for (seq, sub) in &s.subscribers {
-                if sub.filters.matches(frame.topic.as_str())
-                    && sub.queue.try_send(frame.clone()).is_err()
-                {
-                    lagging.push(*seq);
-                }
-            }
-            for seq in lagging.drain(..) {
-                if let Some(sub) = s.subscribers.remove(&seq) {
-                    sub.lagged.cancel();
-                    telemetry::streams_lagged().increment(1);
-                }
-            }
+            s.publish(frame, &mut lagging);
+        }
+        drop(s);
+        for sub in lagging {
+            sub.lagged.cancel();
+            telemetry::streams_lagged().increment(1);
         }
     }
 
@@ -193,9 +203,69 @@ impl Hub {
     pub fn subscribers(&self) -> usize {
         self.lock().subscribers.len()
     }
+
+    #[cfg(test)]
+    fn work(&self) -> Work {
+        self.lock().work
+    }
+
+    /// Entries of the subscriber index.
+    #[cfg(test)]
+    fn index_size(&self) -> usize {
+        self.lock().index.size()
+    }
+}
+
+/// Work done while the hub is locked, counted for tests (a few register
+/// increments; nothing reads them outside tests).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+struct Work {
+    /// Index entries visited by publishes.
+    candidates: u64,
 }
 
 impl State {
+    /// Rings `frame` and offers it to each subscriber the index finds, once;
+    /// those whose queue is full leave the hub into `lagging`.
+    fn publish(&mut self, frame: &Arc<Frame>, lagging: &mut Vec<Subscriber>) {
+        if frame.id <= self.head {
+            return;
+        }
+        self.head = frame.id;
+        self.push_ring(frame.clone());
+        self.generation += 1;
+        let generation = self.generation;
+        let mut full = Vec::new();
+        let Self {
+            index,
+            subscribers,
+            work,
+            ..
+        } = self;
+        index.for_each_match(&frame.topic, |id| {
+            work.candidates += 1;
+            let Some(sub) = subscribers.get_mut(&id) else {
+                return;
+            };
+            if sub.stamp == generation {
+                return;
+            }
+            sub.stamp = generation;
+            if sub.queue.try_send(frame.clone()).is_err() {
+                full.push(id);
+            }
+        });
+        lagging.extend(full.into_iter().filter_map(|id| self.remove(id)));
+    }
+
+    /// Takes a subscriber out of the hub and out of every index entry.
+    fn remove(&mut self, id: SubscriberId) -> Option<Subscriber> {
+        let sub = self.subscribers.remove(&id)?;
+        self.index.remove(id, &sub.filters);
+        Some(sub)
+    }
+
     fn push_ring(&mut self, frame: Arc<Frame>) {
         if self.ring_capacity == 0 {
             self.ring_floor = frame.id;
@@ -211,68 +281,4 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{Topic, TopicFilter};
-
-    fn frame(id: i64, topic: &str) -> Arc<Frame> {
-        Arc::new(Frame {
-            id,
-            topic: Topic::parse(topic).unwrap(),
-            bytes: bytes::Bytes::from(format!("id: {id}\n\n")),
-            event_line: (0, 0),
-        })
-    }
-
-    fn ids(frames: &[Arc<Frame>]) -> Vec<i64> {
-        frames.iter().map(|f| f.id).collect()
-    }
-
-    #[test]
-    fn attach_inside_ring_returns_matching_backlog() {
-        let hub = Hub::new(4, 0);
-        hub.publish(&[frame(1, "a"), frame(2, "b"), frame(3, "a")]);
-        let filters = Filters::new(vec![TopicFilter::parse("a").unwrap()]);
-        match hub.attach(1, &filters, 8, &CancellationToken::new()) {
-            Attach::Live { backlog, .. } => assert_eq!(ids(&backlog), vec![3]),
-            Attach::NotCovered { .. } => panic!("ring covers cursor 1"),
-        }
-    }
-
-    #[test]
-    fn attach_below_ring_floor_is_not_covered() {
-        let hub = Hub::new(2, 0);
-        hub.publish(&[frame(1, "a"), frame(2, "a"), frame(3, "a")]);
-        assert!(matches!(
-            hub.attach(0, &Filters::default(), 8, &CancellationToken::new()),
-            Attach::NotCovered { ring_floor: 1 }
-        ));
-        assert!(matches!(
-            hub.attach(1, &Filters::default(), 8, &CancellationToken::new()),
-            Attach::Live { .. }
-        ));
-    }
-
-    #[test]
-    fn full_queue_drops_the_subscriber() {
-        let hub = Hub::new(8, 0);
-        let lagged = CancellationToken::new();
-        let Attach::Live { mut live, .. } = hub.attach(0, &Filters::default(), 1, &lagged) else {
-            panic!("covered");
-        };
-        hub.publish(&[frame(1, "a"), frame(2, "a")]);
-        assert_eq!(hub.subscribers(), 0);
-        assert!(lagged.is_cancelled());
-        assert_eq!(live.queue.try_recv().unwrap().id, 1);
-        assert!(live.queue.try_recv().is_err());
-    }
-
-    #[test]
-    fn dropping_registration_detaches() {
-        let hub = Hub::new(8, 0);
-        let attached = hub.attach(0, &Filters::default(), 1, &CancellationToken::new());
-        assert_eq!(hub.subscribers(), 1);
-        drop(attached);
-        assert_eq!(hub.subscribers(), 0);
-    }
-}
+mod tests;
