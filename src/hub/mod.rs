@@ -15,11 +15,16 @@
 //! Costs follow deliveries (DESIGN.md, "Fan-out costs what it delivers"): a
 //! frame finds its subscribers through [`index`] (exact topics by lookup,
 //! prefixes by a trie, all-topics subscribers by a list), never by testing
-//! every subscriber's filters.
+//! every subscriber's filters; a resume finds its frames through [`ring`]'s
+//! index by topic, or takes sealed blocks of the ring to filter after the
+//! lock. An attach holds the lock for index lookups and for copying at most
+//! a block's worth of frames, or an exact topic's backlog no longer than the
+//! ring's blocks.
 
 mod index;
+mod ring;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
@@ -28,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{Filters, Frame};
 use crate::telemetry;
 use index::{Index, SubscriberId};
+use ring::Ring;
 
 /// Handle to the hub; cheap to clone.
 #[derive(Clone)]
@@ -38,10 +44,7 @@ pub struct Hub {
 struct State {
     /// Id of the newest frame pushed (0 before any).
     head: i64,
-    /// Every event with an id above this is in `ring`.
-    ring_floor: i64,
-    ring: VecDeque<Arc<Frame>>,
-    ring_capacity: usize,
+    ring: Ring,
     subscribers: HashMap<SubscriberId, Subscriber>,
     index: Index,
     next_subscriber: SubscriberId,
@@ -97,9 +100,7 @@ impl Hub {
         Self {
             shared: Arc::new(Mutex::new(State {
                 head,
-                ring_floor: head,
-                ring: VecDeque::with_capacity(ring_capacity.min(64 * 1024)),
-                ring_capacity,
+                ring: Ring::new(ring_capacity, head),
                 subscribers: HashMap::new(),
                 index: Index::default(),
                 next_subscriber: 0,
@@ -121,12 +122,11 @@ impl Hub {
     /// below the oldest of them.
     pub fn warm(&self, floor: i64, frames: Vec<Arc<Frame>>) {
         let mut s = self.lock();
-        s.ring.clear();
-        s.ring_floor = floor;
+        s.ring.clear(floor);
         s.head = floor;
         for f in frames {
             s.head = f.id;
-            s.push_ring(f);
+            s.ring.push(f);
         }
     }
 
@@ -137,10 +137,15 @@ impl Hub {
 
     /// The lowest cursor a resume can be served from memory.
     pub fn ring_floor(&self) -> i64 {
-        self.lock().ring_floor
+        self.lock().ring.floor()
     }
 
     /// Subscribes from `cursor` if the ring covers it.
+    ///
+    /// What the backlog holds is decided under the same lock as the
+    /// registration, so every frame after `cursor` is either in it or in the
+    /// queue, once. Frames of prefix or all-topics filters are taken as
+    /// sealed ring blocks, which never change, and filtered after the lock.
     pub fn attach(
         &self,
         cursor: i64,
@@ -157,25 +162,19 @@ impl Hub {
         };
         let mut guard = self.lock();
         let s = &mut *guard;
-        if cursor < s.ring_floor {
+        if cursor < s.ring.floor() {
             return Attach::NotCovered {
-                ring_floor: s.ring_floor,
+                ring_floor: s.ring.floor(),
             };
         }
-        let skip = s.ring.partition_point(|f| f.id <= cursor);
-        let backlog = s
-            .ring
-            .range(skip..)
-            .filter(|f| filters.matches(f.topic.as_str()))
-            .cloned()
-            .collect();
+        let backlog = s.ring.after(cursor, filters, &mut s.work);
         let seq = s.next_subscriber;
         s.next_subscriber += 1;
         s.index.insert(seq, filters);
         s.subscribers.insert(seq, subscriber);
         drop(guard);
         Attach::Live {
-            backlog,
+            backlog: backlog.into_frames(cursor, filters),
             live: Registration {
                 queue: rx,
                 seq,
@@ -214,6 +213,12 @@ impl Hub {
     fn index_size(&self) -> usize {
         self.lock().index.size()
     }
+
+    /// Topics of the ring's index.
+    #[cfg(test)]
+    fn ring_topics(&self) -> usize {
+        self.lock().ring.topics()
+    }
 }
 
 /// Work done while the hub is locked, counted for tests (a few register
@@ -221,6 +226,8 @@ impl Hub {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(test), allow(dead_code))]
 struct Work {
+    /// Frames looked at by resumes.
+    frames: u64,
     /// Index entries visited by publishes.
     candidates: u64,
 }
@@ -233,7 +240,7 @@ impl State {
             return;
         }
         self.head = frame.id;
-        self.push_ring(frame.clone());
+        self.ring.push(frame.clone());
         self.generation += 1;
         let generation = self.generation;
         let mut full = Vec::new();
@@ -264,19 +271,6 @@ impl State {
         let sub = self.subscribers.remove(&id)?;
         self.index.remove(id, &sub.filters);
         Some(sub)
-    }
-
-    fn push_ring(&mut self, frame: Arc<Frame>) {
-        if self.ring_capacity == 0 {
-            self.ring_floor = frame.id;
-            return;
-        }
-        if self.ring.len() == self.ring_capacity
-            && let Some(old) = self.ring.pop_front()
-        {
-            self.ring_floor = old.id;
-        }
-        self.ring.push_back(frame);
     }
 }
 

@@ -117,6 +117,75 @@ fn overlapping_filters_get_each_event_once() {
     assert_eq!(ids(&backlog), vec![1, 2]);
 }
 
+/// A hub whose default-sized ring is full: 65,636 frames published over
+/// 1,000 per-user topics, the first 100 already gone.
+fn full_ring() -> Hub {
+    let hub = Hub::new(65_536, 0);
+    let frames: Vec<_> = (1..=65_636)
+        .map(|id| frame(id, &format!("user:{}", id % 1000)))
+        .collect();
+    hub.publish(&frames);
+    assert_eq!(hub.ring_floor(), 100);
+    hub
+}
+
+#[test]
+fn exact_resume_examines_only_its_topics_frames() {
+    let hub = full_ring();
+    let token = CancellationToken::new();
+    let mine: Vec<i64> = (101..=65_636).filter(|id| id % 1000 == 7).collect();
+    let before = hub.work().frames;
+    let (backlog, _reg) = live(hub.attach(100, &filters(&["user:7"]), 8, &token));
+    assert_eq!(ids(&backlog), mine);
+    assert_eq!(hub.work().frames - before, mine.len() as u64);
+    assert_eq!(mine.len(), 65);
+
+    let before = hub.work().frames;
+    let two = filters(&["user:8", "user:7"]);
+    let (backlog, _reg) = live(hub.attach(60_000, &two, 8, &token));
+    let expected: Vec<i64> = (60_001..=65_636)
+        .filter(|id| matches!(id % 1000, 7 | 8))
+        .collect();
+    assert_eq!(ids(&backlog), expected);
+    assert_eq!(hub.work().frames - before, expected.len() as u64);
+}
+
+#[test]
+fn prefix_resume_holds_the_lock_for_blocks_not_frames() {
+    let hub = full_ring();
+    let token = CancellationToken::new();
+    let before = hub.work().frames;
+    let (backlog, _reg) = live(hub.attach(100, &Filters::default(), 8, &token));
+    assert_eq!(ids(&backlog), (101..=65_636).collect::<Vec<_>>());
+    let locked = hub.work().frames - before;
+    assert!(
+        locked <= (65_536 / ring::BLOCK + ring::BLOCK) as u64,
+        "{locked}"
+    );
+
+    let (backlog, _reg) = live(hub.attach(100, &filters(&["user:99*"]), 8, &token));
+    let expected: Vec<i64> = (101..=65_636)
+        .filter(|id| id % 1000 == 99 || id % 1000 / 10 == 99)
+        .collect();
+    assert_eq!(ids(&backlog), expected);
+}
+
+#[test]
+fn hot_topic_resume_holds_the_lock_for_blocks_not_frames() {
+    let hub = Hub::new(65_536, 0);
+    let frames: Vec<_> = (1..=65_536).map(|id| frame(id, "ops")).collect();
+    hub.publish(&frames);
+    let before = hub.work().frames;
+    let ops = filters(&["ops"]);
+    let (backlog, _reg) = live(hub.attach(0, &ops, 8, &CancellationToken::new()));
+    assert_eq!(backlog.len(), 65_536);
+    let locked = hub.work().frames - before;
+    assert!(
+        locked <= (65_536 / ring::BLOCK + ring::BLOCK) as u64,
+        "{locked}"
+    );
+}
+
 #[test]
 fn lagging_subscriber_leaves_every_index() {
     let hub = Hub::new(8, 0);
@@ -165,4 +234,62 @@ fn subscribers_leaving_under_load_leave_no_index_entry() {
     drop(attached);
     assert_eq!(hub.subscribers(), 0);
     assert_eq!(hub.index_size(), 0);
+    // The ring's index holds only the topics of the 64 frames left.
+    assert_eq!(hub.ring_topics(), 64);
+}
+
+#[test]
+fn attach_during_publish_hands_over_without_gap_or_duplicate() {
+    const LAST: i64 = 8_000;
+    let hub = Hub::new(2_048, 0);
+    let topic = |id: i64| format!("user:{}", id % 100);
+    let publisher = {
+        let hub = hub.clone();
+        std::thread::spawn(move || {
+            for id in 1..=LAST {
+                hub.publish(&[frame(id, &topic(id))]);
+            }
+        })
+    };
+    let subscribers: Vec<_> = (0..4)
+        .map(|t| {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for i in 0..100 {
+                    // Spread the attaches over the whole publication.
+                    while hub.head() < i * (LAST - 1_000) / 100 {
+                        std::thread::yield_now();
+                    }
+                    let f = match i % 3 {
+                        0 => filters(&[&format!("user:{}", (t * 100 + i) % 100)]),
+                        1 => filters(&[&format!("user:{}*", i % 10)]),
+                        _ => Filters::default(),
+                    };
+                    let cursor = (hub.head() - 1_000).max(hub.ring_floor());
+                    let token = CancellationToken::new();
+                    if let Attach::Live { backlog, live } =
+                        hub.attach(cursor, &f, LAST as usize, &token)
+                    {
+                        got.push((cursor, f, ids(&backlog), live));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let got: Vec<_> = subscribers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    publisher.join().unwrap();
+    assert!(got.len() > 300);
+    let topics: Vec<String> = (0..100).map(topic).collect();
+    for (cursor, f, mut seen, mut reg) in got {
+        seen.extend(drain(&mut reg));
+        let expected: Vec<i64> = ((cursor + 1)..=LAST)
+            .filter(|&id| f.matches(&topics[id as usize % 100]))
+            .collect();
+        assert_eq!(seen, expected, "from {cursor} with {f:?}");
+    }
 }
