@@ -17,9 +17,9 @@
 //! prefixes by a trie, all-topics subscribers by a list), never by testing
 //! every subscriber's filters; a resume finds its frames through [`ring`]'s
 //! index by topic, or takes sealed blocks of the ring to filter after the
-//! lock. An attach holds the lock for index lookups and for copying at most
-//! a block's worth of frames, or an exact topic's backlog no longer than the
-//! ring's blocks.
+//! lock. The lock is taken per frame published, per attach and per detach,
+//! and held for index lookups, enqueues, and copying at most a block's worth
+//! of frames or an exact topic's backlog no longer than the ring's blocks.
 
 mod index;
 mod ring;
@@ -185,16 +185,17 @@ impl Hub {
 
     /// Pushes frames (in id order, newer than `head`) to the ring and to every
     /// matching subscriber. Subscribers whose queue is full are dropped.
+    ///
+    /// The lock is taken per frame, so attaches and detaches interleave with
+    /// a long page of frames instead of waiting for all of it.
     pub fn publish(&self, frames: &[Arc<Frame>]) {
         let mut lagging = Vec::new();
-        let mut s = self.lock();
         for frame in frames {
-            s.publish(frame, &mut lagging);
-        }
-        drop(s);
-        for sub in lagging {
-            sub.lagged.cancel();
-            telemetry::streams_lagged().increment(1);
+            self.lock().publish(frame, &mut lagging);
+            for sub in lagging.drain(..) {
+                sub.lagged.cancel();
+                telemetry::streams_lagged().increment(1);
+            }
         }
     }
 
