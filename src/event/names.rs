@@ -223,6 +223,11 @@ impl Filters {
         self.0.is_empty() || self.0.iter().any(|f| f.matches(topic))
     }
 
+    /// Each filter as asked (the hub indexes subscribers by them).
+    pub fn iter(&self) -> std::slice::Iter<'_, TopicFilter> {
+        self.0.iter()
+    }
+
     pub fn is_all(&self) -> bool {
         self.0.is_empty()
             || self
