@@ -72,8 +72,8 @@ pub enum Attach {
         backlog: Vec<Arc<Frame>>,
         live: Registration,
     },
-    /// The cursor is below the ring: read the log up to `head` first.
-    NotCovered { ring_floor: i64 },
+    /// The cursor is below the ring's floor: read the log first.
+    NotCovered,
 }
 
 /// A subscriber's queue; leaving the hub when dropped.
@@ -81,7 +81,7 @@ pub struct Registration {
     pub queue: mpsc::Receiver<Arc<Frame>>,
     /// Sequence number, unique per hub: the subscriber's key in the hub,
     /// by which it leaves.
-    pub seq: u64,
+    seq: u64,
     hub: Hub,
 }
 
@@ -163,9 +163,7 @@ impl Hub {
         let mut guard = self.lock();
         let s = &mut *guard;
         if cursor < s.ring.floor() {
-            return Attach::NotCovered {
-                ring_floor: s.ring.floor(),
-            };
+            return Attach::NotCovered;
         }
         let backlog = s.ring.after(cursor, filters, &mut s.work);
         let seq = s.next_subscriber;
@@ -200,6 +198,7 @@ impl Hub {
     }
 
     /// Number of subscribers attached.
+    #[cfg(test)]
     pub fn subscribers(&self) -> usize {
         self.lock().subscribers.len()
     }

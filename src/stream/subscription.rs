@@ -442,7 +442,7 @@ impl<L: ReplaySource> Subscription<L> {
                 }
                 self.state = State::Live(live);
             }
-            Attach::NotCovered { .. } => self.state = State::Replay,
+            Attach::NotCovered => self.state = State::Replay,
         }
     }
 
