@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, Limits};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits};
@@ -49,6 +50,9 @@ impl Instance {
     /// # Errors
     /// One line naming what failed: the database, or the address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let auth = Arc::new(Auth::new(&config.auth).context("cannot configure tokens")?);
+        refuse_open_anonymous(&config, &auth)?;
+        let limits = Arc::new(Limits::new(&config.limits));
         let metrics = telemetry::metrics_handle();
         let pool = db::connect(&config.database_url, config.db_pool, config.db_timeout).await?;
         let (log, committer) = EventLog::start(pool, config.db_timeout);
@@ -75,6 +79,7 @@ impl Instance {
             committer,
             tokio::spawn(tail.run(tasks_stop.clone())),
             telemetry::spawn_upkeep(metrics.clone()),
+            tokio::spawn(limits_upkeep(limits.clone())),
         ];
         let state = AppState {
             streams: Streams {
@@ -86,10 +91,13 @@ impl Instance {
                     drain: config.drain,
                     queue_capacity: config.subscriber_queue,
                     write_timeout: config.write_timeout,
+                    expiry_warning: auth.expiry_warning,
                 }),
                 cors: Cors::new(&config.cors_origins),
                 shutdown,
                 open: TaskTracker::new(),
+                auth,
+                limits,
             },
             log,
             limits: PublishLimits {
@@ -203,6 +211,30 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Safe by default: without tokens herald serves anyone who can reach it,
+/// so it does so only on a loopback address unless told to on purpose.
+fn refuse_open_anonymous(config: &Config, auth: &Auth) -> anyhow::Result<()> {
+    if auth.is_anonymous() && !config.listen.ip().is_loopback() && !config.auth.allow_anonymous {
+        anyhow::bail!(
+            "refusing to serve without tokens on {}: anyone who reaches it could read every \
+             topic and publish anywhere; configure tokens (--jwt-secret-file, or \
+             --jwt-public-key-file with --jwt-algorithm) or pass --allow-anonymous to do so \
+             on purpose",
+            config.listen
+        );
+    }
+    Ok(())
+}
+
+/// Forgets idle subjects' rate-limit state now and then.
+async fn limits_upkeep(limits: Arc<Limits>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        limits.upkeep();
+    }
 }
 
 /// Builds and serves until SIGINT or SIGTERM.

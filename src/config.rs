@@ -6,9 +6,10 @@
 //! flags, is [`crate::cli::Cli`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 /// The local PostgreSQL, as installed on a fresh machine of this kind.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/herald";
@@ -98,6 +99,166 @@ pub struct Config {
     /// would let any site read the streams.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub limits: LimitConfig,
+}
+
+/// Who may read and publish: JWT verification (DESIGN.md, "Configuration").
+/// With no key configured herald runs anonymous, and then only on a
+/// loopback address unless `--allow-anonymous` says so on purpose.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Tokens")]
+pub struct AuthConfig {
+    /// File holding the HS256 secret tokens are signed with (trailing
+    /// newlines are ignored).
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// The HS256 secret itself (prefer --jwt-secret-file: a flag shows in
+    /// the process list).
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// File holding the previous HS256 secret, still accepted while tokens
+    /// signed with it live out their time (rotation).
+    #[arg(long, env = "HERALD_JWT_PREVIOUS_SECRET_FILE", value_name = "FILE")]
+    pub jwt_previous_secret_file: Option<PathBuf>,
+
+    /// The previous HS256 secret itself.
+    #[arg(
+        long,
+        env = "HERALD_JWT_PREVIOUS_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub jwt_previous_secret: Option<Secret>,
+
+    /// PEM public key tokens are verified with, for --jwt-algorithm RS256,
+    /// ES256 or EdDSA.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// The one algorithm tokens must use; never read from the token itself.
+    /// HS256 goes with a secret, the others with a public key.
+    #[arg(long, env = "HERALD_JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+
+    /// Audience tokens must name in `aud`; when set, `aud` is required.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, at most 5 minutes.
+    #[arg(long, env = "HERALD_JWT_LEEWAY", default_value = "5s", value_parser = parse_leeway)]
+    pub jwt_leeway: Duration,
+
+    /// How long before a stream's token expires the stream carries an
+    /// `auth-expiring` event, so a page can refresh its cookie in time.
+    #[arg(long, env = "HERALD_TOKEN_EXPIRY_WARNING", default_value = "60s", value_parser = parse_duration)]
+    pub token_expiry_warning: Duration,
+
+    /// Cookie a browser's token travels in.
+    #[arg(
+        long,
+        env = "HERALD_AUTH_COOKIE",
+        default_value = "herald_token",
+        value_name = "NAME"
+    )]
+    pub auth_cookie: String,
+
+    /// Serve without tokens on a non-loopback address, on purpose: anyone
+    /// who can reach herald may then read every topic and publish anywhere.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+}
+
+/// Token algorithms herald verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+/// Caps on streams and publishes (`0` means no cap).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Caps")]
+pub struct LimitConfig {
+    /// Open streams one token subject may hold (every tab of a browser is
+    /// one). Not applied to anonymous clients, who have no subject.
+    #[arg(long, env = "HERALD_MAX_STREAMS_PER_SUBJECT", default_value_t = 64)]
+    pub max_streams_per_subject: usize,
+
+    /// Open streams one client address may hold. Off by default: behind a
+    /// proxy every client has the proxy's address unless the proxy is
+    /// listed in --trusted-proxies; and one office's NAT is one address.
+    #[arg(long, env = "HERALD_MAX_STREAMS_PER_IP", default_value_t = 0)]
+    pub max_streams_per_ip: usize,
+
+    /// Events one subject may publish per second, with a burst of as many.
+    #[arg(long, env = "HERALD_PUBLISH_RATE_PER_SUBJECT", default_value_t = 1000)]
+    pub publish_rate_per_subject: u32,
+
+    /// Addresses (or CIDR ranges) of proxies whose `X-Forwarded-For` is
+    /// believed for the client address; comma-separated. Without them the
+    /// client address is the connection's peer.
+    #[arg(
+        long,
+        env = "HERALD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A secret from a flag or the environment: never printed, not even by
+/// `{:?}` of the configuration.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("the secret is empty".to_owned());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// A leeway of at most 5 minutes.
+fn parse_leeway(s: &str) -> Result<Duration, String> {
+    let leeway = parse_duration(s)?;
+    if leeway > Duration::from_secs(300) {
+        return Err("at most 5m: a larger leeway lets expired tokens in".to_owned());
+    }
+    Ok(leeway)
 }
 
 /// Accepts `scheme://host[:port]` with nothing after it.

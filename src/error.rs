@@ -42,6 +42,20 @@ pub enum ApiError {
     /// A request head with too many headers or too many bytes.
     #[error("the request head is too large: {0}")]
     HeadTooLarge(String),
+    /// No token, or one that does not verify: why, never the token itself.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token whose grants do not cover the request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A cap or rate limit: why, which one (a metric label), and when to
+    /// try again.
+    #[error("{detail}")]
+    Limited {
+        detail: String,
+        reason: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is not allowed here")]
@@ -83,6 +97,9 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +125,9 @@ impl ApiError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::MalformedRequest(_) => "malformed_request",
             Self::HeadTooLarge(_) => "head_too_large",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::Limited { reason, .. } => reason,
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unavailable => "database_unavailable",
@@ -161,6 +181,17 @@ impl ApiError {
         )];
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.push((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+        }
+        if let Self::Limited { retry_after, .. } = self {
+            // Whole seconds, rounded up: never earlier than the limit allows.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.push((header::RETRY_AFTER, HeaderValue::from(secs.max(1))));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.push((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"herald\""),
+            ));
         }
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still come: the connection cannot be

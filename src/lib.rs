@@ -12,6 +12,7 @@
 //! - `log`: the PostgreSQL event log; group commit in id = commit order.
 //! - `listener`: LISTEN/NOTIFY wake-ups, reading the log after a cursor.
 //! - `hub`: in-process fan-out by topic index, the ring of recent frames.
+//! - `auth`: who asks and may they: tokens, grants, caps and rates.
 //! - `error`: refusals as `application/problem+json`.
 //! - [`telemetry`]: tracing and the Prometheus metric set.
 //! - `db`: connecting, creating the database, migrations.
@@ -24,6 +25,7 @@
 //! the rest is the crate's own, so the compiler sees what is unused.
 
 pub mod app;
+mod auth;
 pub mod cli;
 pub mod config;
 mod cors;

@@ -27,6 +27,7 @@ pub const LISTENER_RECONNECTS: &str = "herald_listener_reconnects_total";
 pub const LISTENER_ATTACHED: &str = "herald_listener_attached";
 pub const LOG_HEAD: &str = "herald_log_head_id";
 pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
+pub const LIMITED: &str = "herald_limited_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -103,6 +104,10 @@ fn describe() {
     describe_gauge!(
         LOG_HEAD,
         "Newest event id this instance has read from the log."
+    );
+    describe_counter!(
+        LIMITED,
+        "Requests refused with 429 by a cap or rate limit, by reason."
     );
     describe_counter!(
         HTTP_REQUESTS,

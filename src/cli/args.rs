@@ -12,7 +12,7 @@ use reqwest::Url;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::{Config, parse_duration};
+use crate::config::{Config, Secret, parse_duration};
 
 /// Where the terminal client looks for herald: the server's default address.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -43,6 +43,9 @@ pub enum Command {
     Tail(TailArgs),
     /// Publish one event and print it as stored.
     Publish(PublishArgs),
+    /// Mint a token from the configured HS256 secret (development and
+    /// operations).
+    Token(TokenArgs),
 }
 
 /// Where the client finds the server.
@@ -58,6 +61,63 @@ pub struct ClientArgs {
     /// signed: a PEM file, which may hold several.
     #[arg(long, env = "HERALD_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+
+    /// A token to send as `Authorization: Bearer` (see `herald token`).
+    #[arg(
+        long,
+        env = "HERALD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Secret>,
+}
+
+/// `herald token --subject S [--subscribe F…] [--publish F…]`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Prints one signed JWT (HS256) on standard output, with the claims herald reads:
+`sub`, `exp` (now plus --ttl), `aud` when --audience is given, and the grants
+claim `herald: {\"subscribe\": [...], \"publish\": [...]}`. Filters are those a
+stream takes (`user:alice:*`, `alerts`), and `{sub}` in one stands for the
+subject. The secret is the server's: --jwt-secret-file or HERALD_JWT_SECRET_FILE
+(or --jwt-secret / HERALD_JWT_SECRET).
+
+Examples:
+  herald token --subject alice --subscribe 'user:{sub}:*' --ttl 1h
+  herald token --subject billing-service --publish '*' --ttl 30d")]
+pub struct TokenArgs {
+    /// The token's subject (`sub`): a user or a service.
+    #[arg(long)]
+    pub subject: String,
+
+    /// A topic filter the bearer may subscribe to; repeatable.
+    #[arg(long = "subscribe", value_name = "FILTER")]
+    pub subscribe: Vec<String>,
+
+    /// A topic filter the bearer may publish to; repeatable.
+    #[arg(long = "publish", value_name = "FILTER")]
+    pub publish: Vec<String>,
+
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// The audience (`aud`) to put in the token.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+
+    /// File holding the HS256 secret.
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// The HS256 secret itself.
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub jwt_secret: Option<Secret>,
 }
 
 /// `herald tail [TOPIC…]`.

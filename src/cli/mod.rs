@@ -21,6 +21,7 @@ pub mod publish;
 pub mod sse;
 pub mod tail;
 pub mod tls;
+mod token;
 
 pub use args::{Cli, Command};
 
@@ -54,6 +55,7 @@ pub fn main(command: Command) -> ExitCode {
         match command {
             Command::Tail(args) => tail::run(args).await,
             Command::Publish(args) => publish::run(args).await,
+            Command::Token(args) => token::run(&args),
         }
     })
 }
@@ -71,12 +73,26 @@ pub(crate) fn http_client(
         notice(format_args!("{reason}"));
         ExitCode::from(EXIT_USAGE)
     })?;
-    adjust(reqwest::Client::builder().tls_backend_preconfigured(tls))
-        .build()
-        .map_err(|e| {
-            notice(format_args!("cannot start an HTTP client: {e}"));
-            ExitCode::from(EXIT_REFUSED)
-        })
+    let mut builder = reqwest::Client::builder().tls_backend_preconfigured(tls);
+    if let Some(token) = &args.token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(
+                |_| {
+                    notice(format_args!(
+                        "the token is not something a header can carry"
+                    ));
+                    ExitCode::from(EXIT_USAGE)
+                },
+            )?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    adjust(builder).build().map_err(|e| {
+        notice(format_args!("cannot start an HTTP client: {e}"));
+        ExitCode::from(EXIT_REFUSED)
+    })
 }
 
 /// Why a failed request's TLS handshake failed, in one line with what to

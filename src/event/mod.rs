@@ -186,6 +186,18 @@ pub fn reset_frame(reason: ResetReason, cursor: i64, oldest_id: i64, continue_fr
     ))
 }
 
+/// The in-band warning that a stream's token expires at `expires_at` and
+/// the stream will end then: a page refreshes its cookie on it, and the
+/// browser's reconnect carries the new one. No `id:` line, so it leaves the
+/// client's `Last-Event-ID` where it was.
+pub fn auth_expiring_frame(expires_at: OffsetDateTime) -> Bytes {
+    let data = serde_json::json!({
+        "expires_at": expires_at.format(&Rfc3339).unwrap_or_default(),
+        "reason": "token_expiring",
+    });
+    Bytes::from(format!("event: auth-expiring\ndata: {data}\n\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

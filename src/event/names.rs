@@ -13,7 +13,7 @@ pub const MAX_TYPE_LEN: usize = 64;
 /// Longest idempotency key accepted.
 pub const MAX_KEY_LEN: usize = 256;
 /// Event types the stream itself or browsers give a meaning to.
-pub const RESERVED_TYPES: [&str; 3] = ["reset", "error", "open"];
+pub const RESERVED_TYPES: [&str; 4] = ["reset", "error", "open", "auth-expiring"];
 
 /// Why a topic, type, filter or key was refused; the text goes to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +26,10 @@ pub enum Invalid {
     Filter(String),
     #[error("event type {0:?} is invalid: 1-64 characters of [A-Za-z0-9._-]")]
     Type(String),
-    #[error("event type {0:?} is reserved (reset, error and open have a meaning in SSE)")]
+    #[error(
+        "event type {0:?} is reserved (reset, error, open and auth-expiring have a meaning \
+         on herald's streams)"
+    )]
     ReservedType(String),
     #[error("idempotency key is invalid: 1-256 visible ASCII characters")]
     Key,

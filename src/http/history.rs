@@ -4,7 +4,7 @@
 //! and their envelopes are exactly those the stream sends, oldest first; to
 //! page on, pass the last id as the next `after`.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
@@ -16,11 +16,11 @@ use crate::stream::{bounded_filters, parse_cursor, parse_since};
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
-pub async fn history(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let (after, filters, limit) = parse_query(query.as_deref().unwrap_or(""))?;
+pub async fn history(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, _) = req.into_parts();
+    let (after, filters, limit) = parse_query(parts.uri.query().unwrap_or(""))?;
+    let identity = state.streams.auth.identify(&parts)?;
+    let filters = identity.grants.readable(filters)?;
     let after = match after {
         After::Id(id) => id,
         After::Since(time) => state.log.cursor_at(time).await?,
@@ -58,9 +58,11 @@ pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError
                         ))
                     })?;
             }
+            crate::auth::QUERY_PARAMETER => {}
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: expected after, since, topic or limit"
+                    "unknown query parameter {other:?}: expected after, since, topic, limit or \
+                     access_token"
                 )));
             }
         }

@@ -53,10 +53,23 @@ struct EventIn<'a> {
 
 pub async fn publish(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
-    require_json(req.headers())?;
-    let header_key = idempotency_header(req.headers())?;
-    let body = read_body(req.into_body(), &state.limits).await?;
+    let (parts, body) = req.into_parts();
+    // Who asks comes first: a caller without a valid token learns nothing
+    // about what its body would have been refused for.
+    let identity = state.streams.auth.identify(&parts)?;
+    require_json(&parts.headers)?;
+    let header_key = idempotency_header(&parts.headers)?;
+    let body = read_body(body, &state.limits).await?;
     let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.limits)?;
+    // Every event of a batch, or none: nothing is stored for a batch with
+    // one topic outside the grants.
+    identity
+        .grants
+        .check_publish(events.iter().map(|e| &e.topic))?;
+    state
+        .streams
+        .limits
+        .publish(identity.subject.as_deref(), events.len())?;
 
     let appended = state.log.append(events).await?;
 

@@ -8,6 +8,8 @@
 //! connection's [`ConnectionCut`]: when the hub drops this subscriber for
 //! falling behind, the connection goes.
 
+use std::net::IpAddr;
+
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +18,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::server::ConnectionCut;
+use crate::server::{ConnectionCut, Peer};
 use crate::stream::{StreamBody, Subscription};
 
 /// Largest chunk written at once while replaying: several small frames
@@ -30,7 +32,11 @@ pub async fn stream(State(state): State<AppState>, req: Request) -> Response {
         .extensions
         .get::<ConnectionCut>()
         .map_or_else(CancellationToken::new, |cut| cut.0.clone());
-    let answer = state.streams.open(&parts, cut);
+    let peer = parts
+        .extensions
+        .get::<Peer>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
+    let answer = state.streams.open(&parts, peer, cut);
     let mut res = match answer.body {
         StreamBody::Events(sub) => Response::new(Body::from_stream(chunks(sub))),
         StreamBody::Retry(retry) => Response::new(Body::from(retry)),

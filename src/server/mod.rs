@@ -19,6 +19,7 @@ mod head;
 mod raw;
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,6 +55,12 @@ const MAX_HEAD: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct ConnectionCut(pub CancellationToken);
 
+/// The address a connection served by hyper comes from (its TCP peer; the
+/// client's own address behind a trusted proxy is decided by `auth`). In
+/// every request's extensions.
+#[derive(Clone, Copy)]
+pub struct Peer(pub IpAddr);
+
 /// Accepts connections until `stop_accepting`, then waits for the requests
 /// in flight on hyper's connections. Stream connections end through the
 /// shutdown token and are waited for by the caller.
@@ -68,7 +75,7 @@ pub async fn serve(
     let router = router.with_state(());
     let graceful = GracefulShutdown::new();
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -83,20 +90,26 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let (streams, router, watcher) = (streams.clone(), router.clone(), graceful.watcher());
-        tokio::spawn(handle(tcp, streams, router, watcher));
+        tokio::spawn(handle(tcp, peer.ip(), streams, router, watcher));
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-async fn handle(mut tcp: TcpStream, streams: Streams, router: Router, watcher: Watcher) {
+async fn handle(
+    mut tcp: TcpStream,
+    peer: IpAddr,
+    streams: Streams,
+    router: Router,
+    watcher: Watcher,
+) {
     let write_timeout = streams.settings.write_timeout;
     let Ok(Some(buf)) = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut tcp)).await else {
         // Timed out or closed before a request: nothing to answer.
         return;
     };
     let refusal = match Head::parse(&buf) {
-        Parsed::Complete(head) => match raw::accept(&streams, &head) {
+        Parsed::Complete(head) => match raw::accept(&streams, &head, peer) {
             Some(stream) => {
                 drop(head);
                 drop(buf);
@@ -126,7 +139,7 @@ async fn handle(mut tcp: TcpStream, streams: Streams, router: Router, watcher: W
         return;
     }
     let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
-    serve_hyper(io, router, watcher).await;
+    serve_hyper(io, peer, router, watcher).await;
 }
 
 /// Reads until the end of the request head (or `MAX_HEAD` bytes, or what
@@ -145,7 +158,7 @@ async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
     }
 }
 
-async fn serve_hyper(io: Prefixed, router: Router, watcher: Watcher) {
+async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watcher) {
     let cut = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -158,6 +171,7 @@ async fn serve_hyper(io: Prefixed, router: Router, watcher: Watcher) {
         let cut = cut.clone();
         move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectionCut(cut.clone()));
+            req.extensions_mut().insert(Peer(peer));
             req
         }
     }));

@@ -13,6 +13,7 @@
 //! stopped reading it).
 
 use std::io::IoSlice;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -39,13 +40,13 @@ pub struct StreamConn {
 
 /// Takes the request if it is `GET /v1/stream` over HTTP/1.x without a
 /// body or an upgrade; `None` hands it to hyper.
-pub fn accept(streams: &Streams, head: &Head<'_>) -> Option<StreamConn> {
+pub fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<StreamConn> {
     if head.method != "GET" || head.path() != stream::PATH || head.has_body_or_upgrade() {
         return None;
     }
     let lagged = CancellationToken::new();
     Some(StreamConn {
-        response: streams.open(head, lagged.clone()),
+        response: streams.open(head, peer, lagged.clone()),
         lagged,
     })
 }

@@ -103,6 +103,7 @@ fn settings() -> Arc<StreamSettings> {
         drain: Duration::ZERO,
         queue_capacity: 1024,
         write_timeout: Duration::from_secs(30),
+        expiry_warning: Duration::from_secs(60),
     })
 }
 
@@ -121,6 +122,8 @@ fn subscribe(hub: &Hub, log: &MemoryLog, filter: &str, start: Start) -> Subscrip
             shutdown: CancellationToken::new(),
             tracked: TaskTracker::new().token(),
             lagged: CancellationToken::new(),
+            expires_at: None,
+            slot: None,
         },
     )
 }

@@ -18,11 +18,13 @@
 //! - [`drain`]: each stream's slot in a stopping instance's drain window.
 
 mod drain;
+mod expiry;
 #[cfg(test)]
 mod handover_tests;
 mod request;
 mod subscription;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, Limits};
 use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::event::retry_frame;
@@ -58,6 +61,8 @@ pub struct StreamSettings {
     /// A stream whose client takes no bytes for this long, while there are
     /// bytes to send, is ended (`--write-timeout`).
     pub write_timeout: Duration,
+    /// How long before its token expires a stream is warned.
+    pub expiry_warning: Duration,
 }
 
 /// Everything a stream needs from its instance; cheap to clone.
@@ -72,6 +77,8 @@ pub struct Streams {
     /// One token per open stream, so a stopping instance knows when the
     /// last one has ended.
     pub open: TaskTracker,
+    pub auth: Arc<Auth>,
+    pub limits: Arc<Limits>,
 }
 
 /// The answer to one stream request, for a writer to render.
@@ -94,32 +101,56 @@ pub enum StreamBody {
 }
 
 impl Streams {
-    /// Decides the answer to a stream request. `lagged` is cancelled if the
-    /// subscriber falls behind (see [`Parts::lagged`]).
-    pub fn open(&self, head: &impl RequestHead, lagged: CancellationToken) -> StreamResponse {
+    /// The body of a stream that may open: everything is decided before
+    /// the first byte is written, so a refusal is a status, never a
+    /// stream that ends at once.
+    fn subscribe(
+        &self,
+        head: &impl RequestHead,
+        peer: IpAddr,
+        lagged: CancellationToken,
+    ) -> Result<StreamBody, ApiError> {
+        let mut request = stream_request(head.query(), &head.header_values("last-event-id"))?;
+        let identity = self.auth.identify(head)?;
+        request.filters = identity.grants.readable(request.filters)?;
+        if self.shutdown.is_cancelled() {
+            return Ok(StreamBody::Retry(retry_frame(self.settings.retry)));
+        }
+        let address = self
+            .limits
+            .client_address(peer, &head.header_values("x-forwarded-for"));
+        let slot = self
+            .limits
+            .open_stream(identity.subject.as_deref(), address)?;
+        Ok(StreamBody::Events(Box::new(Subscription::new(
+            request,
+            Parts {
+                hub: self.hub.clone(),
+                log: self.log.clone(),
+                settings: self.settings.clone(),
+                shutdown: self.shutdown.clone(),
+                tracked: self.open.token(),
+                lagged,
+                expires_at: identity.expires_at,
+                slot: Some(slot),
+            },
+        ))))
+    }
+
+    /// Decides the answer to a stream request from `peer`: what was asked,
+    /// who asks and may they, under which caps. `lagged` is cancelled if
+    /// the subscriber falls behind (see [`Parts::lagged`]).
+    pub fn open(
+        &self,
+        head: &impl RequestHead,
+        peer: IpAddr,
+        lagged: CancellationToken,
+    ) -> StreamResponse {
         let origin = head.header_values("origin").first().copied();
         let mut headers = self.cors.headers(origin);
-        let request = stream_request(head.query(), &head.header_values("last-event-id"));
-        let (status, body) = match request {
+        let (status, body) = match self.subscribe(head, peer, lagged) {
             Err(refused) => (refused.status(), StreamBody::Problem(refused)),
-            Ok(_) if self.shutdown.is_cancelled() => (
-                StatusCode::OK,
-                StreamBody::Retry(retry_frame(self.settings.retry)),
-            ),
-            Ok(request) => (
-                StatusCode::OK,
-                StreamBody::Events(Box::new(Subscription::new(
-                    request,
-                    Parts {
-                        hub: self.hub.clone(),
-                        log: self.log.clone(),
-                        settings: self.settings.clone(),
-                        shutdown: self.shutdown.clone(),
-                        tracked: self.open.token(),
-                        lagged,
-                    },
-                ))),
-            ),
+            Ok(body) => (StatusCode::OK, body),
         };
         if status == StatusCode::OK {
             headers.extend([

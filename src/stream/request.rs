@@ -197,13 +197,15 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
                     }
                 };
             }
+            // Read by `auth`, whichever endpoint it comes to.
+            crate::auth::QUERY_PARAMETER => {}
             // Empty means no cursor, as for an empty `Last-Event-ID` header.
             "last_event_id" if value.trim().is_empty() => last_event_id = None,
             "last_event_id" => last_event_id = Some(parse_cursor("last_event_id", &value)?),
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: expected topic, last_event_id, since \
-                     or message_events"
+                    "unknown query parameter {other:?}: expected topic, last_event_id, since, \
+                     message_events or access_token"
                 )));
             }
         }

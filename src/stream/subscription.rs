@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::drain::EndWatch;
+use super::expiry::{Expiry, ExpiryWatch};
 use super::{Start, StreamRequest, StreamSettings};
+use crate::auth::StreamSlot;
 use crate::event::{self, Filters, Frame, ResetReason, StoredEvent};
 use crate::hub::{Attach, Hub, Registration};
 use crate::log::{EventLog, Head, LogError};
@@ -117,7 +119,9 @@ enum Wake {
     BackoffOver(Retry),
     Frame(Option<Arc<Frame>>),
     Ping,
+    /// The instance is stopping and this stream's drain slot has come.
     End,
+    Expiry(Expiry),
 }
 
 enum Step {
@@ -155,7 +159,10 @@ pub struct Subscription<L: ReplaySource = EventLog> {
     /// Fires at or before `next_ping`; re-armed only when it fires.
     ping_timer: Pin<Box<Sleep>>,
     end: EndWatch,
+    expiry: ExpiryWatch,
     _gauge: ActiveStream,
+    /// Its place under the stream caps, given back when it ends.
+    _slot: Option<StreamSlot>,
     /// Held for the stream's lifetime: the instance waits for these to go.
     _tracked: TaskTrackerToken,
 }
@@ -190,6 +197,9 @@ pub struct Parts<L> {
     /// must end more than the stream when that happens (hyper: the
     /// connection) passes a token of its own.
     pub lagged: CancellationToken,
+    /// When the caller's token expires: the stream ends then.
+    pub expires_at: Option<OffsetDateTime>,
+    pub slot: Option<StreamSlot>,
 }
 
 impl<L: ReplaySource> Subscription<L> {
@@ -201,9 +211,13 @@ impl<L: ReplaySource> Subscription<L> {
             shutdown,
             tracked,
             lagged,
+            expires_at,
+            slot,
         } = parts;
         Self {
             end: EndWatch::next(shutdown, settings.drain),
+            expiry: ExpiryWatch::new(expires_at, settings.expiry_warning),
+            _slot: slot,
             next_ping: Instant::now() + settings.heartbeat,
             ping_timer: Box::pin(sleep_until(Instant::now() + settings.heartbeat)),
             hub,
@@ -253,9 +267,12 @@ impl<L: ReplaySource> Subscription<L> {
                 Wake::Frame(Some(frame)) => self.write_event(&frame),
                 // The hub dropped this subscriber: it fell behind. Ending the
                 // stream makes the client resume from its last id.
-                Wake::Frame(None) | Wake::End => {
+                Wake::Frame(None) | Wake::End | Wake::Expiry(Expiry::End) => {
                     self.state = State::Done;
                     return None;
+                }
+                Wake::Expiry(Expiry::Warn(expires_at)) => {
+                    self.out.push_back(event::auth_expiring_frame(expires_at));
                 }
                 Wake::Ping => {
                     // The timer is only re-armed when it fires, not per
@@ -318,25 +335,25 @@ impl<L: ReplaySource> Subscription<L> {
     /// stream's end. Borrows the state in place, so dropping it loses nothing.
     async fn wait(&mut self) -> Wake {
         let ping = self.ping_timer.as_mut();
-        let end = self.end.wait();
+        let end = ending(&mut self.end, &mut self.expiry);
         match &mut self.state {
             State::Querying(query) => tokio::select! {
                 result = query => Wake::Query(result),
                 () = ping => Wake::Ping,
-                () = end => Wake::End,
+                wake = end => wake,
             },
             State::Backoff { until, then } => {
                 let then = *then;
                 tokio::select! {
                     () = sleep_until(*until) => Wake::BackoffOver(then),
                     () = ping => Wake::Ping,
-                    () = end => Wake::End,
+                    wake = end => wake,
                 }
             }
             State::Live(reg) => tokio::select! {
                 frame = reg.queue.recv() => Wake::Frame(frame),
                 () = ping => Wake::Ping,
-                () = end => Wake::End,
+                wake = end => wake,
             },
             // Nothing else waits (`ready_chunk` advanced it).
             _ => Wake::End,
@@ -486,6 +503,15 @@ impl<L: ReplaySource> Subscription<L> {
     /// the hub's shared bytes, which a writer should not copy.
     pub fn is_live(&self) -> bool {
         matches!(self.state, State::Live(_))
+    }
+}
+
+/// The stream's end, whichever comes first: its drain slot, or its
+/// token's expiry (or the warning before it).
+async fn ending(end: &mut EndWatch, expiry: &mut ExpiryWatch) -> Wake {
+    tokio::select! {
+        () = end.wait() => Wake::End,
+        e = expiry.wait() => Wake::Expiry(e),
     }
 }
 

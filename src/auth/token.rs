@@ -1,0 +1,212 @@
+//! Tokens: JWTs verified with the one algorithm and key(s) the
+//! configuration names (never the algorithm a token claims), and minted for
+//! development by `herald token`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthConfig, JwtAlgorithm, Secret};
+
+/// Longest token read. A JWT carrying a few grants is well under 2 KiB;
+/// this only keeps a huge one from costing a signature check.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// The claims herald reads (`exp`, `nbf` and `aud` are checked by
+/// jsonwebtoken; the rest of a token is ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// What the bearer may do: `{"subscribe": [...], "publish": [...]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub herald: Option<HeraldClaim>,
+}
+
+/// The grants claim: topic filters as the stream takes them, `{sub}`
+/// standing for the token's subject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeraldClaim {
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// Checks tokens against the configured key(s).
+pub struct Verifier {
+    /// The current key first; with HS256 the previous secret after it.
+    keys: Vec<DecodingKey>,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// The verifier the configuration asks for; `None` when it names no
+    /// key (anonymous).
+    ///
+    /// # Errors
+    /// A key file that cannot be read or parsed, or a key that does not go
+    /// with the algorithm.
+    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Option<Self>> {
+        let secret = secret_opt(
+            config.jwt_secret.as_ref(),
+            config.jwt_secret_file.as_deref(),
+        )
+        .context("--jwt-secret-file / --jwt-secret")?;
+        let previous = secret_opt(
+            config.jwt_previous_secret.as_ref(),
+            config.jwt_previous_secret_file.as_deref(),
+        )
+        .context("--jwt-previous-secret-file / --jwt-previous-secret")?;
+        let public = config.jwt_public_key_file.as_deref();
+        let algorithm = match (config.jwt_algorithm, secret.is_some(), public.is_some()) {
+            (_, true, true) => bail!("give a JWT secret (HS256) or a public key file, not both"),
+            (None, false, false) => {
+                if previous.is_some() {
+                    bail!("a previous JWT secret is given without a current one");
+                }
+                return Ok(None);
+            }
+            (None | Some(JwtAlgorithm::Hs256), true, false) => JwtAlgorithm::Hs256,
+            (None, false, true) => {
+                bail!("--jwt-public-key-file needs --jwt-algorithm (RS256, ES256 or EdDSA)")
+            }
+            (Some(JwtAlgorithm::Hs256), false, _) => {
+                bail!("--jwt-algorithm HS256 needs --jwt-secret-file or --jwt-secret")
+            }
+            (Some(alg), false, true) => alg,
+            (Some(_), _, false) => {
+                bail!("--jwt-algorithm RS256, ES256 and EdDSA need --jwt-public-key-file")
+            }
+        };
+        let mut keys = Vec::new();
+        match (algorithm, secret, public) {
+            (JwtAlgorithm::Hs256, Some(secret), _) => {
+                keys.push(DecodingKey::from_secret(secret.as_bytes())?);
+                if let Some(previous) = previous {
+                    keys.push(DecodingKey::from_secret(previous.as_bytes())?);
+                }
+            }
+            (alg, _, Some(path)) => {
+                if previous.is_some() {
+                    bail!("a previous JWT secret only goes with HS256");
+                }
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let key = match alg {
+                    JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&pem),
+                    JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&pem),
+                    _ => DecodingKey::from_ed_pem(&pem),
+                }
+                .with_context(|| {
+                    format!("{} is not a PEM public key for {alg:?}", path.display())
+                })?;
+                keys.push(key);
+            }
+            _ => unreachable!("decided above"),
+        }
+        let mut validation = Validation::new(algorithm_of(algorithm));
+        validation.leeway = config.jwt_leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &config.jwt_audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // Without a configured audience, a token's `aud` is not ours to
+            // judge.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Some(Self { keys, validation }))
+    }
+
+    /// The token's claims if it verifies.
+    ///
+    /// # Errors
+    /// Why not, in words fit for a client (never the token itself).
+    pub fn verify(&self, token: &str) -> Result<Claims, &'static str> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err("the token is too long");
+        }
+        // jsonwebtoken checks the signature before the claims: an error
+        // other than the signature's comes from the key that signed it.
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
+                Err(e) => return Err(describe(e.kind())),
+            }
+        }
+        Err(describe(&ErrorKind::InvalidSignature))
+    }
+}
+
+fn algorithm_of(alg: JwtAlgorithm) -> Algorithm {
+    match alg {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
+        JwtAlgorithm::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+fn describe(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
+        ErrorKind::InvalidAudience => "the token is meant for another audience",
+        ErrorKind::InvalidSignature => "the token's signature does not verify",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "the token is not signed with the algorithm herald accepts"
+        }
+        ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => "the token has no exp claim",
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => "the token has no aud claim",
+        ErrorKind::Json(_) => "the token's claims are not what herald reads",
+        _ => "the token is malformed",
+    }
+}
+
+/// A secret from its flag or its file (`None` when neither is given).
+///
+/// # Errors
+/// Both given, or a file that cannot be read or is empty.
+pub fn secret_opt(value: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("give the secret or its file, not both"),
+        (Some(secret), None) => Ok(Some(secret.expose().to_owned())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+            if secret.is_empty() {
+                bail!("{} is empty", path.display());
+            }
+            Ok(Some(secret))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Signs `claims` with an HS256 secret (for `herald token` and tests).
+///
+/// # Errors
+/// If the claims cannot be encoded.
+pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret).context("cannot use the secret")?,
+    )
+    .context("cannot sign the token")
+}

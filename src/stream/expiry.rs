@@ -1,0 +1,101 @@
+//! A stream never outlives its token: at its `exp` the stream ends, and a
+//! while before (`--token-expiry-warning`) it carries one `auth-expiring`
+//! event, so a page can refresh its cookie and the browser's reconnect
+//! (with `Last-Event-ID`) carries the new token and misses nothing.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// What the watch woke up for.
+pub enum Expiry {
+    /// Warn the client: the token expires at this time.
+    Warn(OffsetDateTime),
+    /// The token has expired: end the stream.
+    End,
+}
+
+/// The stages of one stream's token.
+pub enum ExpiryWatch {
+    /// An anonymous stream: nothing expires.
+    Never,
+    Warning {
+        timer: Pin<Box<Sleep>>,
+        expires_at: OffsetDateTime,
+        end: Instant,
+    },
+    Ending(Pin<Box<Sleep>>),
+    Ended,
+}
+
+impl ExpiryWatch {
+    pub fn new(expires_at: Option<OffsetDateTime>, warning: Duration) -> Self {
+        let Some(expires_at) = expires_at else {
+            return Self::Never;
+        };
+        let left = expires_at - OffsetDateTime::now_utc();
+        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+        let now = Instant::now();
+        let end = now + left;
+        Self::Warning {
+            timer: Box::pin(sleep_until(
+                end.checked_sub(warning).unwrap_or(now).max(now),
+            )),
+            expires_at,
+            end,
+        }
+    }
+
+    /// Resolves at the next stage; pending for ever once ended (or never
+    /// expiring). Cancel-safe: the timers live here.
+    pub async fn wait(&mut self) -> Expiry {
+        match self {
+            Self::Never | Self::Ended => std::future::pending().await,
+            Self::Warning {
+                timer,
+                expires_at,
+                end,
+            } => {
+                timer.as_mut().await;
+                let expires_at = *expires_at;
+                *self = Self::Ending(Box::pin(sleep_until(*end)));
+                Expiry::Warn(expires_at)
+            }
+            Self::Ending(timer) => {
+                timer.as_mut().await;
+                *self = Self::Ended;
+                Expiry::End
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn warns_then_ends_at_the_expiry() {
+        let started = Instant::now();
+        let expires_at = OffsetDateTime::now_utc() + Duration::from_secs(100);
+        let mut watch = ExpiryWatch::new(Some(expires_at), Duration::from_secs(30));
+
+        assert!(matches!(watch.wait().await, Expiry::Warn(at) if at == expires_at));
+        let warned = started.elapsed();
+        assert!((69..=70).contains(&warned.as_secs()), "{warned:?}");
+        assert!(matches!(watch.wait().await, Expiry::End));
+        let ended = started.elapsed();
+        assert!((99..=100).contains(&ended.as_secs()), "{ended:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_closer_to_expiry_than_the_warning_is_warned_at_once() {
+        let expires_at = OffsetDateTime::now_utc() + Duration::from_secs(10);
+        let mut watch = ExpiryWatch::new(Some(expires_at), Duration::from_secs(60));
+        let started = Instant::now();
+        assert!(matches!(watch.wait().await, Expiry::Warn(_)));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}
