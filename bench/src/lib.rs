@@ -11,6 +11,7 @@
 //! - [`subscriber`], [`publisher`]: the two kinds of client.
 //! - [`track`], [`stats`]: correctness counters and latency percentiles.
 //! - [`procfs`]: the server's memory and CPU from `/proc`.
+//! - [`workload`]: the scenario and its size, read by both of the next two.
 //! - [`scenario`]: publish, fanout, idle, resume, storm.
 //! - [`report`]: the table and the JSON.
 //! - [`servers`]: starting herald and nginx+nchan for a comparison.
@@ -28,7 +29,8 @@ pub mod stats;
 pub mod subscriber;
 pub mod target;
 pub mod track;
+pub mod workload;
 
 pub use report::Report;
-pub use scenario::{Params, Scenario};
 pub use target::{Kind, Target};
+pub use workload::{Params, Scenario};

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::procfs::Resources;
-use crate::scenario::{Params, Scenario};
 use crate::stats::Percentiles;
 use crate::target::Kind;
 use crate::track::Correctness;
+use crate::workload::{Params, Scenario};
 
 /// One scenario run against one target.
 #[derive(Debug, Clone, Serialize)]

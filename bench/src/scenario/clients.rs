@@ -10,7 +10,7 @@ use anyhow::bail;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::payload;
 use crate::publisher::{self, Control};
 use crate::report::PublishStats;

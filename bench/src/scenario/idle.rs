@@ -5,10 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{
-    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, server_sampler,
-    wait_for,
-};
+use super::clients::{Subscribers, correctness, wait_for};
+use super::ctx::{Ctx, client_sampler, finish_sampler, fresh_topic, server_sampler};
 use crate::payload;
 use crate::procfs;
 use crate::publisher::Control;

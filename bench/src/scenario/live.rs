@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{
-    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, publish_all,
-    server_sampler, wait_for,
-};
+use super::clients::{Subscribers, correctness, publish_all, wait_for};
+use super::ctx::{Ctx, client_sampler, finish_sampler, fresh_topic, server_sampler};
 use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
 use crate::stats::Percentiles;

@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{
-    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, publish_all,
-    server_sampler,
-};
+use super::clients::{Subscribers, correctness, publish_all, wait_for};
+use super::ctx::{Ctx, client_sampler, finish_sampler, fresh_topic, server_sampler};
 use crate::publisher::Control;
 use crate::report::{CatchUpStats, Report};
 use crate::stats::{self, Percentiles};
@@ -60,7 +58,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
     let mut all_caught_up = Duration::ZERO;
     for _ in 0..rounds {
         let subs = Subscribers::spawn(ctx, &topic, clients, Some(&cursor), Some(k));
-        super::wait_for(p.drain_timeout, || {
+        wait_for(p.drain_timeout, || {
             subs.shared
                 .caught_up
                 .load(std::sync::atomic::Ordering::Relaxed)
