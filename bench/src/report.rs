@@ -26,6 +26,9 @@ pub struct Report {
     pub correctness: Correctness,
     /// The server's process tree, when its pid is known.
     pub server: Option<Resources>,
+    /// PostgreSQL's process tree (postmaster, backends, WAL writer, …), for
+    /// herald, when found.
+    pub postgres: Option<Resources>,
     /// The harness itself.
     pub client: Option<Resources>,
 }
@@ -207,6 +210,18 @@ impl Report {
                 "server CPU (% of one core)",
                 format!("{:.0}", s.cpu_percent),
             );
+        }
+        if let Some(pg) = &self.postgres {
+            row(
+                "PostgreSQL CPU (% of one core)",
+                format!("{:.0}", pg.cpu_percent),
+            );
+            if let Some(s) = &self.server {
+                row(
+                    "server + PostgreSQL CPU",
+                    format!("{:.0}", s.cpu_percent + pg.cpu_percent),
+                );
+            }
         }
         if let Some(s) = &self.client {
             row(

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald::{Config, Server};
-use herald_bench::{Kind, Params, Report, Scenario, Target, scenario, servers, target};
+use herald_bench::scenario::Processes;
+use herald_bench::{Kind, Params, Report, Scenario, Target, procfs, scenario, servers, target};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 
@@ -162,12 +163,13 @@ fn assert_clean(r: &Report) {
     assert!(c.expected_per_subscriber > 0, "something was measured");
 }
 
-async fn run_all(target: &Arc<dyn Target>, pid: Option<u32>) {
+async fn run_all(target: &Arc<dyn Target>, processes: Processes) {
     for s in ALL {
-        let report = scenario::run(s, target.clone(), pid, tiny(s))
+        let report = scenario::run(s, target.clone(), processes, tiny(s))
             .await
             .unwrap_or_else(|e| panic!("{} {s}: {e:#}", target.kind()));
         assert_clean(&report);
+        assert_eq!(report.postgres.is_some(), processes.postgres.is_some());
     }
 }
 
@@ -175,8 +177,16 @@ async fn run_all(target: &Arc<dyn Target>, pid: Option<u32>) {
 async fn every_scenario_against_herald_delivers_each_event_once_in_order() {
     let db = TestDb::create().await;
     let (target, stop) = start_herald(&db).await;
+    let postgres = servers::postmaster(&admin_url()).await.ok();
 
-    run_all(&target, None).await;
+    run_all(
+        &target,
+        Processes {
+            server: None,
+            postgres,
+        },
+    )
+    .await;
 
     let _ = stop.send(());
 }
@@ -208,7 +218,36 @@ async fn every_scenario_against_nchan_delivers_each_event_once_in_order() {
         .expect("nginx with nchan starts");
     let target = target::make(Kind::Nchan, nchan.addr);
 
-    run_all(&target, Some(nchan.pid)).await;
+    run_all(
+        &target,
+        Processes {
+            server: Some(nchan.pid),
+            postgres: None,
+        },
+    )
+    .await;
 
     nchan.stop().await.expect("nginx stops");
+}
+
+#[tokio::test]
+async fn postgresql_is_measured_from_its_postmaster() {
+    let postmaster = servers::postmaster(&admin_url())
+        .await
+        .expect("PostgreSQL runs on this machine for the tests (see README)");
+
+    let name = procfs::command_name(postmaster);
+    let parent = procfs::parent(postmaster).and_then(procfs::command_name);
+    let usage = procfs::usage(postmaster).expect("the postmaster is alive");
+
+    assert_eq!(name.as_deref(), Some("postgres"));
+    assert_ne!(
+        parent.as_deref(),
+        Some("postgres"),
+        "the root, not a backend"
+    );
+    assert!(
+        usage.processes > 1,
+        "backends and auxiliary processes: {usage:?}"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::clients::{Subscribers, correctness, publish_all, wait_for};
-use super::ctx::{Ctx, client_sampler, finish_sampler, fresh_topic, server_sampler};
+use super::ctx::{Ctx, Samplers, fresh_topic};
 use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
 use crate::stats::Percentiles;
@@ -23,8 +23,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     // Sync events are not measured.
     subs.shared.latency.reset();
 
-    let server = server_sampler(ctx);
-    let client = client_sampler();
+    let samplers = Samplers::start(ctx);
     let started = Instant::now();
     let published = publish_all(ctx, &topics, p.events, p.rate, p.until()).await?;
 
@@ -55,8 +54,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let server = finish_sampler(server).await;
-    let client = finish_sampler(client).await;
+    let measured = samplers.finish().await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
     let outcomes = subs.finish().await;
@@ -74,7 +72,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         publish: Some(published.stats),
         catch_up: None,
         idle: None,
-        server,
-        client,
+        server: measured.server,
+        postgres: measured.postgres,
+        client: measured.client,
     })
 }

@@ -27,6 +27,7 @@ use crate::target::Target;
 use crate::workload::{Params, Scenario};
 
 use ctx::Ctx;
+pub use ctx::Processes;
 
 /// Runs `scenario` against `target` and reports.
 ///
@@ -36,7 +37,7 @@ use ctx::Ctx;
 pub async fn run(
     scenario: Scenario,
     target: Arc<dyn Target>,
-    server_pid: Option<u32>,
+    processes: Processes,
     mut params: Params,
 ) -> anyhow::Result<Report> {
     params.batch = params.batch.clamp(1, target.max_batch());
@@ -51,7 +52,7 @@ pub async fn run(
     ));
     let ctx = Ctx {
         target,
-        server_pid,
+        processes,
         params,
         sources,
         scenario,

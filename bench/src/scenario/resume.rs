@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::clients::{Subscribers, correctness, publish_all, wait_for};
-use super::ctx::{Ctx, client_sampler, finish_sampler, fresh_topic, server_sampler};
+use super::ctx::{Ctx, Samplers, fresh_topic};
 use crate::publisher::Control;
 use crate::report::{CatchUpStats, Report};
 use crate::stats::{self, Percentiles};
@@ -45,8 +45,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         );
     }
 
-    let server = server_sampler(ctx);
-    let client = client_sampler();
+    let samplers = Samplers::start(ctx);
     let started = Instant::now();
     let (clients, rounds) = if storm {
         (p.subscribers, 1)
@@ -76,8 +75,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         outcomes.extend(round);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let server = finish_sampler(server).await;
-    let client = finish_sampler(client).await;
+    let measured = samplers.finish().await;
     let caught_up = outcomes.iter().filter(|o| o.caught_up.is_some()).count();
     let total = clients * rounds;
     let time = Percentiles::of(&times);
@@ -103,7 +101,8 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         }),
         idle: None,
         correctness: correctness(&outcomes, |_| &published.acked, total),
-        server,
-        client,
+        server: measured.server,
+        postgres: measured.postgres,
+        client: measured.client,
     })
 }
