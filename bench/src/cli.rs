@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use herald_bench::servers;
+use herald_bench::workload::WildcardFilter;
 use herald_bench::{Kind, Params, Scenario};
 
 /// Load and correctness harness for herald (and nchan, side by side).
@@ -129,6 +130,28 @@ pub struct Workload {
     /// Longest wait for connections, deliveries and catch-ups.
     #[arg(long, value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// peruser, peruser-storm: subscribers on every topic (an operator's
+    /// dashboard) beside the per-user ones.
+    #[arg(long)]
+    pub wildcard_subscribers: Option<usize>,
+    /// What those subscribe to on herald: `all` is `*`, `prefix` the run's
+    /// topic prefix (nchan: a channel each event is also published to).
+    #[arg(long, value_enum)]
+    pub wildcard_filter: Option<WildcardFilter>,
+    /// peruser-storm: per-user clients cut off and reconnecting at once.
+    #[arg(long)]
+    pub storm_clients: Option<usize>,
+    /// peruser-storm: events published before anyone subscribes, to fill
+    /// the ring and the log (default 65536, herald's ring).
+    #[arg(long)]
+    pub fill: Option<u64>,
+    /// peruser-storm: how long events flow before the storm clients are
+    /// cut off.
+    #[arg(long, value_parser = parse_duration)]
+    pub storm_after: Option<Duration>,
+    /// peruser-storm: how long they stay away before all reconnecting.
+    #[arg(long, value_parser = parse_duration)]
+    pub storm_away: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -225,6 +248,24 @@ impl Workload {
         }
         if let Some(v) = self.drain_timeout {
             base.drain_timeout = v;
+        }
+        if let Some(v) = self.wildcard_subscribers {
+            base.wildcard_subscribers = v;
+        }
+        if let Some(v) = self.wildcard_filter {
+            base.wildcard_filter = v;
+        }
+        if let Some(v) = self.storm_clients {
+            base.storm_clients = v;
+        }
+        if let Some(v) = self.fill {
+            base.fill = v;
+        }
+        if let Some(v) = self.storm_after {
+            base.storm_after = v;
+        }
+        if let Some(v) = self.storm_away {
+            base.storm_away = v;
         }
         if self.subscribers.is_empty() {
             return vec![base];

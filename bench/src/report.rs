@@ -23,6 +23,8 @@ pub struct Report {
     pub delivery: Option<DeliveryStats>,
     pub catch_up: Option<CatchUpStats>,
     pub idle: Option<IdleStats>,
+    /// `peruser`, `peruser-storm`.
+    pub per_user: Option<PerUserStats>,
     pub correctness: Correctness,
     /// The server's process tree, when its pid is known.
     pub server: Option<Resources>,
@@ -52,8 +54,60 @@ pub struct DeliveryStats {
     pub deliveries: u64,
     /// Deliveries per second, from the first publish to the last delivery.
     pub deliveries_per_sec: f64,
+    /// What the publishers' fixed rate asks for: events per second times
+    /// the subscribers each event goes to.
+    pub offered_per_sec: Option<f64>,
+    /// From the end of publishing until the last acknowledged event was
+    /// delivered (or the drain timeout): a server that keeps up drains in
+    /// about its latency.
+    pub drain_ms: Option<f64>,
     /// Publisher's send time (in the payload) → subscriber's receive time.
     pub latency: Option<Percentiles>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PerUserStats {
+    /// Topics, one per per-user subscriber (and storm client).
+    pub topics: usize,
+    pub wildcard_subscribers: usize,
+    /// What they subscribed to: herald `*` or the run's prefix; nchan the
+    /// channel every event was also published to.
+    pub wildcard_subscription: Option<String>,
+    /// Deliveries to them (within `delivery.deliveries`), and their
+    /// publish→receive latency (`delivery.latency` is the per-user
+    /// subscribers').
+    pub wildcard_deliveries: u64,
+    pub wildcard_latency: Option<Percentiles>,
+    pub storm: Option<StormStats>,
+}
+
+/// `peruser-storm`: the fill, the storm clients' catch-up, and the live
+/// subscribers' latency around it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormStats {
+    /// Events published before anyone subscribed, and how long that took.
+    pub fill_events: u64,
+    pub fill_s: f64,
+    pub clients: usize,
+    /// Clients whose stream was open again and that had received every
+    /// event of their topic (none missing) by the end.
+    pub caught_up: usize,
+    /// Between the cut and the rejoin.
+    pub away_ms: f64,
+    /// Events the clients received after the rejoin that had been sent
+    /// before it (what they missed), in all.
+    pub missed_events: u64,
+    /// Per client: rejoin → its stream open again and the last event it
+    /// had missed received.
+    pub catch_up: Option<Percentiles>,
+    /// Rejoin → the last client caught up.
+    pub all_caught_up_ms: Option<f64>,
+    /// Publish→receive of the live (non-storm) per-user subscribers, for
+    /// the events sent before the cut, and for those sent during the storm
+    /// (from the rejoin until every client had caught up, at least 1 s).
+    pub live_latency_before: Option<Percentiles>,
+    pub live_latency_during: Option<Percentiles>,
+    pub during_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +178,11 @@ impl Report {
                 .catch_up
                 .as_ref()
                 .is_none_or(|c| c.caught_up == c.clients)
+            && self
+                .per_user
+                .as_ref()
+                .and_then(|u| u.storm.as_ref())
+                .is_none_or(|s| s.caught_up == s.clients)
     }
 
     /// The table rows: label and value.
@@ -141,15 +200,30 @@ impl Report {
                 pct(p.latency.as_ref()),
             );
         }
+        if let Some(u) = &self.per_user {
+            row(
+                "topics / wildcard subscribers",
+                format!("{} / {}", u.topics, u.wildcard_subscribers),
+            );
+        }
         if let Some(d) = &self.delivery {
             row("deliveries", d.deliveries.to_string());
-            if d.deliveries_per_sec > 0.0 {
+            if d.deliveries_per_sec > 0.0 || d.offered_per_sec.is_some() {
                 row("deliveries/s", rate(d.deliveries_per_sec));
+            }
+            if let Some(o) = d.offered_per_sec {
+                row("deliveries/s offered", rate(o));
+            }
+            if let Some(ms) = d.drain_ms {
+                row("drained after publishing (ms)", format!("{ms:.0}"));
             }
             row(
                 "delivery latency ms p50/p90/p99/p99.9/max",
                 pct(d.latency.as_ref()),
             );
+        }
+        if let Some(u) = &self.per_user {
+            u.rows(&mut row);
         }
         if let Some(c) = &self.catch_up {
             row(
@@ -239,6 +313,51 @@ impl Report {
             },
         );
         rows
+    }
+}
+
+impl PerUserStats {
+    fn rows(&self, row: &mut impl FnMut(&str, String)) {
+        if self.wildcard_subscribers > 0 {
+            row(
+                "wildcard subscribed to",
+                self.wildcard_subscription.clone().unwrap_or_default(),
+            );
+            row(
+                "wildcard latency ms p50/p90/p99/p99.9/max",
+                pct(self.wildcard_latency.as_ref()),
+            );
+        }
+        let Some(s) = &self.storm else { return };
+        row(
+            "fill: events / seconds",
+            format!("{} / {:.1}", s.fill_events, s.fill_s),
+        );
+        row(
+            "storm clients caught up",
+            format!("{} / {}", s.caught_up, s.clients),
+        );
+        row(
+            "storm: away (ms) / missed events in all",
+            format!("{:.0} / {}", s.away_ms, s.missed_events),
+        );
+        row(
+            "storm catch-up ms p50/p90/p99/p99.9/max",
+            pct(s.catch_up.as_ref()),
+        );
+        row(
+            "storm: all caught up (ms)",
+            s.all_caught_up_ms.map_or_else(|| "-".into(), ms),
+        );
+        row(
+            "live latency before the storm ms p50/p90/p99/p99.9/max",
+            pct(s.live_latency_before.as_ref()),
+        );
+        row(
+            "live latency during the storm ms p50/p90/p99/p99.9/max",
+            pct(s.live_latency_during.as_ref()),
+        );
+        row("storm window for that (ms)", format!("{:.0}", s.during_ms));
     }
 }
 

@@ -3,7 +3,8 @@
 //! correctness record and a latency sample. It reconnects with
 //! `Last-Event-ID` when the server ends its stream, as `EventSource` does,
 //! so a server that drops slow clients is judged on what clients finally
-//! receive.
+//! receive. A group may also be put through a reconnect storm ([`Storm`]):
+//! every connection cut at once, then all reconnecting at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ use crate::http::{self, BodyDecoder};
 use crate::net::{self, Sources};
 use crate::payload::{self, Marker};
 use crate::sse::{self, Frame};
-use crate::stats::Shards;
+use crate::stats::{Shards, Timeline};
 use crate::target::Target;
 use crate::track::Tracker;
 
@@ -55,11 +56,46 @@ pub struct Shared {
     /// Catch-up times count from here.
     pub started: Instant,
     pub reconnect: bool,
+    /// Each delivery's send time and latency, when latency over part of
+    /// the run is wanted.
+    pub timeline: Option<Timeline>,
+    /// The group's reconnect storm, if it has one.
+    pub storm: Option<Storm>,
+}
+
+/// A reconnect storm, as after a deploy or a network blip: [`Storm::cut`]
+/// drops every connection of the group at once; the clients stay away
+/// until [`Storm::rejoin`], then all reconnect at once with
+/// `Last-Event-ID`, as `EventSource` does.
+#[derive(Debug, Default)]
+pub struct Storm {
+    pub cut: CancellationToken,
+    pub rejoin: CancellationToken,
+    /// When the clients reconnect (ns since the epoch), set before
+    /// `rejoin` fires: events sent before it are the ones they missed.
+    pub rejoin_nanos: AtomicU64,
+    /// Clients whose stream is open again.
+    pub rejoined: AtomicUsize,
+}
+
+impl Storm {
+    /// Reconnects every client now.
+    pub fn rejoin_now(&self) {
+        self.rejoin_nanos
+            .store(payload::now_nanos(), Ordering::Relaxed);
+        self.rejoin.cancel();
+    }
 }
 
 impl Shared {
     pub fn new(subscribers: usize, connect_concurrency: Option<usize>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::unshared(subscribers, connect_concurrency))
+    }
+
+    /// A group's shared state before it is shared, to add a timeline or a
+    /// storm.
+    pub fn unshared(subscribers: usize, connect_concurrency: Option<usize>) -> Self {
+        Self {
             latency: Shards::new(16.min(subscribers.max(1))),
             delivered: AtomicU64::new(0),
             established: AtomicUsize::new(0),
@@ -71,7 +107,9 @@ impl Shared {
             gate: connect_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),
             started: Instant::now(),
             reconnect: true,
-        })
+            timeline: None,
+            storm: None,
+        }
     }
 }
 
@@ -102,6 +140,12 @@ pub struct Outcome {
     /// The id of the last sync event it saw: a cursor just before the
     /// measured events.
     pub last_sync_id: Option<Vec<u8>>,
+    /// In a storm: when its stream was open again (ns since the epoch).
+    pub rejoined_nanos: Option<u64>,
+    /// In a storm: events sent before the rejoin and received after it
+    /// (what it had missed), and when the last of them arrived.
+    pub missed: u64,
+    pub last_missed_nanos: Option<u64>,
 }
 
 /// Per-stream state that survives reconnects.
@@ -112,13 +156,29 @@ struct State {
     last_id: Option<Vec<u8>>,
     last_order: Option<u128>,
     synced: bool,
-    /// Latencies of the current read, flushed into the shared shards.
+    /// Latencies of the current read, flushed into the shared shards, and
+    /// (with a timeline) the send times of those events.
     latencies: Vec<u64>,
+    sent: Vec<u64>,
     delivered: u64,
+    phase: Phase,
+}
+
+/// Where a subscriber is in its group's storm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the cut (and in a group without a storm).
+    Before,
+    /// Cut off, waiting for the rejoin.
+    Away,
+    /// Reconnected after the rejoin.
+    Back,
 }
 
 enum End {
     Stopped,
+    /// The storm cut the connection.
+    Cut,
     /// The stream could not be opened; trying again may help.
     Refused(String),
     /// The stream was open, then ended or failed; resuming may help.
@@ -142,7 +202,9 @@ pub async fn run(
         last_order: None,
         synced: false,
         latencies: Vec::new(),
+        sent: Vec::new(),
         delivered: 0,
+        phase: Phase::Before,
     };
     let mut established = false;
     let mut attempts = 0;
@@ -158,6 +220,15 @@ pub async fn run(
         .await
         {
             End::Stopped => break,
+            End::Cut => {
+                // Reconnects at the rejoin: not a failure, not counted.
+                state.phase = Phase::Away;
+                let storm = shared.storm.as_ref().expect("only a storm cuts");
+                tokio::select! {
+                    () = storm.rejoin.cancelled() => state.phase = Phase::Back,
+                    () = shared.stop.cancelled() => break,
+                }
+            }
             End::Lost(why) | End::Refused(why) if shared.stop.is_cancelled() => {
                 state.out.error = Some(why);
                 break;
@@ -171,7 +242,7 @@ pub async fn run(
                         why
                     }
                     End::Refused(why) => why,
-                    End::Stopped => unreachable!("handled above"),
+                    End::Stopped | End::Cut => unreachable!("handled above"),
                 };
                 if !shared.reconnect || attempts >= MAX_RECONNECTS {
                     state.out.failed = true;
@@ -208,9 +279,18 @@ async fn session(
 ) -> End {
     let stopped = shared.stop.cancelled();
     tokio::pin!(stopped);
+    let watch_cut = state.phase == Phase::Before;
+    let cut = async {
+        match &shared.storm {
+            Some(storm) if watch_cut => storm.cut.cancelled().await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cut);
     let opened = tokio::select! {
         biased;
         () = &mut stopped => return End::Stopped,
+        () = &mut cut => return End::Cut,
         r = tokio::time::timeout(CONNECT_TIMEOUT, open(target, sources, spec, shared, state.last_id.as_deref())) => r,
     };
     let (mut stream, head, rest) = match opened {
@@ -221,6 +301,11 @@ async fn session(
     if !*established {
         *established = true;
         shared.established.fetch_add(1, Ordering::Relaxed);
+    }
+    if let (Some(storm), Phase::Back, None) = (&shared.storm, state.phase, state.out.rejoined_nanos)
+    {
+        state.out.rejoined_nanos = Some(payload::now_nanos());
+        storm.rejoined.fetch_add(1, Ordering::Relaxed);
     }
 
     let mut decoder = BodyDecoder::new(head.framing);
@@ -241,6 +326,7 @@ async fn session(
         let read = tokio::select! {
             biased;
             () = &mut stopped => return End::Stopped,
+            () = &mut cut => return End::Cut,
             r = stream.read_buf(&mut raw) => r,
         };
         match read {
@@ -321,6 +407,15 @@ impl State {
                 self.delivered += 1;
                 self.latencies
                     .push(now_nanos.saturating_sub(sent_nanos) / 1000);
+                if shared.timeline.is_some() {
+                    self.sent.push(sent_nanos);
+                }
+                if let (Some(storm), Phase::Back) = (&shared.storm, self.phase)
+                    && sent_nanos < storm.rejoin_nanos.load(Ordering::Relaxed)
+                {
+                    self.out.missed += 1;
+                    self.out.last_missed_nanos = Some(now_nanos);
+                }
                 if self.out.tracker.record(publisher, seq)
                     && self.out.caught_up.is_none()
                     && self.expect.is_some_and(|n| self.out.tracker.unique >= n)
@@ -350,6 +445,10 @@ impl State {
             self.delivered = 0;
         }
         shared.latency.record_all(index, &self.latencies);
+        if let Some(t) = &shared.timeline {
+            t.record_all(index, &self.sent, &self.latencies);
+            self.sent.clear();
+        }
         self.latencies.clear();
     }
 }

@@ -21,6 +21,28 @@ pub enum Scenario {
     Resume,
     /// Many clients resume after K missed events, all at once.
     Storm,
+    /// Each subscriber on a topic of its own, events spread over the topics
+    /// at a fixed rate; optionally a few subscribers on every topic.
+    #[value(name = "peruser")]
+    #[serde(rename = "peruser")]
+    PerUser,
+    /// As peruser, with the ring filled first and a reconnect storm of
+    /// per-user clients while events flow.
+    #[value(name = "peruser-storm")]
+    #[serde(rename = "peruser-storm")]
+    PerUserStorm,
+}
+
+/// What the wildcard subscribers of the per-user scenarios subscribe to on
+/// herald (nchan has no such filter: see `target::Dashboard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WildcardFilter {
+    /// `*`: every topic, as an operator's dashboard would.
+    All,
+    /// The run's prefix (`bench:peruser:…:*`): every topic of the run and
+    /// nothing else, for a server that carries other traffic too.
+    Prefix,
 }
 
 impl fmt::Display for Scenario {
@@ -31,9 +53,14 @@ impl fmt::Display for Scenario {
             Self::Idle => "idle",
             Self::Resume => "resume",
             Self::Storm => "storm",
+            Self::PerUser => "peruser",
+            Self::PerUserStorm => "peruser-storm",
         })
     }
 }
+
+/// Publishers that fill the ring in `peruser-storm` (flat out, in batches).
+pub const FILL_PUBLISHERS: usize = 8;
 
 /// How big a run is. [`Params::defaults`] gives each scenario's.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +85,24 @@ pub struct Params {
     /// Events per publish request (capped at what the target accepts).
     pub batch: usize,
     /// Size of each event's data, bytes (0: just the marker, ~50 bytes).
+    /// `peruser`, `peruser-storm`: subscribers on every topic (a dashboard)
+    /// beside the per-user ones.
+    pub wildcard_subscribers: usize,
+    /// What those subscribe to on herald.
+    pub wildcard_filter: WildcardFilter,
+    /// `peruser-storm`: per-user clients (on topics of their own) that are
+    /// cut off and reconnect all at once.
+    pub storm_clients: usize,
+    /// `peruser-storm`: events published before anyone subscribes, to fill
+    /// the server's ring (herald's default holds 65,536) and log.
+    pub fill: u64,
+    /// `peruser-storm`: how long events flow before the storm clients are
+    /// cut off.
+    #[serde(serialize_with = "secs")]
+    pub storm_after: Duration,
+    /// `peruser-storm`: how long they stay away before all reconnecting.
+    #[serde(serialize_with = "secs")]
+    pub storm_away: Duration,
     pub payload_bytes: usize,
     /// `resume`, `storm`: events the clients missed.
     pub missed: u64,
@@ -101,6 +146,12 @@ impl Params {
             events: None,
             batch: 1,
             payload_bytes: 0,
+            wildcard_subscribers: 0,
+            wildcard_filter: WildcardFilter::All,
+            storm_clients: 0,
+            fill: 0,
+            storm_after: Duration::from_secs(3),
+            storm_away: Duration::from_secs(1),
             missed: 0,
             repeat: 1,
             source_addrs: 0,
@@ -137,7 +188,34 @@ impl Params {
                 connect_concurrency: None,
                 ..base
             },
+            Scenario::PerUser => Self {
+                subscribers: 10_000,
+                publishers: 64,
+                rate: Some(5000.0),
+                ..base
+            },
+            Scenario::PerUserStorm => Self {
+                subscribers: 10_000,
+                publishers: 64,
+                rate: Some(5000.0),
+                storm_clients: 2000,
+                fill: 65_536,
+                ..base
+            },
         }
+    }
+
+    /// Connections a run of `scenario` opens at most: subscribers,
+    /// publishers and the harness's own.
+    pub fn connections(&self, scenario: Scenario) -> usize {
+        let extra = match scenario {
+            Scenario::PerUser => self.wildcard_subscribers,
+            Scenario::PerUserStorm => {
+                self.wildcard_subscribers + self.storm_clients + FILL_PUBLISHERS
+            }
+            _ => 0,
+        };
+        self.subscribers + self.publishers + extra + 2
     }
 
     /// One line naming the scenario's size.
@@ -165,6 +243,30 @@ impl Params {
                 "scenario storm: {} clients resuming at once, {} missed events each",
                 self.subscribers, self.missed
             ),
+            Scenario::PerUser | Scenario::PerUserStorm => {
+                let mut s = format!(
+                    "scenario {scenario}: {} subscribers on a topic each, {} on {}, {} publishers {rate}, batch {}, {length}, payload {} B",
+                    self.subscribers,
+                    self.wildcard_subscribers,
+                    match self.wildcard_filter {
+                        WildcardFilter::All => "`*`",
+                        WildcardFilter::Prefix => "the run's prefix",
+                    },
+                    self.publishers,
+                    self.batch,
+                    self.payload_bytes
+                );
+                if scenario == Scenario::PerUserStorm {
+                    s += &format!(
+                        "; {} filled first; after {} a storm of {} per-user clients away for {}",
+                        self.fill,
+                        humantime::format_duration(self.storm_after),
+                        self.storm_clients,
+                        humantime::format_duration(self.storm_away)
+                    );
+                }
+                s
+            }
         }
     }
 

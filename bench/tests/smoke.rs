@@ -132,15 +132,39 @@ fn tiny(s: Scenario) -> Params {
             missed: 50,
             ..base
         },
+        // A dashboard beside the per-user subscribers.
+        Scenario::PerUser => Params {
+            subscribers: 30,
+            wildcard_subscribers: 2,
+            publishers: 4,
+            rate: Some(1000.0),
+            events: Some(400),
+            ..base
+        },
+        // The storm in the middle of 1.2 s of events.
+        Scenario::PerUserStorm => Params {
+            subscribers: 20,
+            storm_clients: 10,
+            wildcard_subscribers: 1,
+            publishers: 4,
+            rate: Some(500.0),
+            events: Some(600),
+            fill: 500,
+            storm_after: Duration::from_millis(300),
+            storm_away: Duration::from_millis(200),
+            ..base
+        },
     }
 }
 
-const ALL: [Scenario; 5] = [
+const ALL: [Scenario; 7] = [
     Scenario::Publish,
     Scenario::Fanout,
     Scenario::Idle,
     Scenario::Resume,
     Scenario::Storm,
+    Scenario::PerUser,
+    Scenario::PerUserStorm,
 ];
 
 fn assert_clean(r: &Report) {
@@ -161,6 +185,17 @@ fn assert_clean(r: &Report) {
     );
     assert!(c.subscribers > 0);
     assert!(c.expected_per_subscriber > 0, "something was measured");
+    if let Some(u) = &r.per_user {
+        assert_eq!(
+            u.wildcard_subscription.is_some(),
+            u.wildcard_subscribers > 0
+        );
+        assert!(u.wildcard_deliveries > 0, "the dashboard got events");
+        if let Some(s) = &u.storm {
+            assert!(s.missed_events > 0, "the storm clients missed something");
+            assert!(s.live_latency_during.is_some(), "live events flowed");
+        }
+    }
 }
 
 async fn run_all(target: &Arc<dyn Target>, processes: Processes) {

@@ -2,6 +2,7 @@
 //! synced, stopped, then judged against what was acknowledged) and a group
 //! of publishers on a runtime of their own.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
 use crate::payload;
-use crate::publisher::{self, Control};
+use crate::publisher::{self, Control, Topics};
 use crate::report::PublishStats;
 use crate::stats::{self, Percentiles};
 use crate::subscriber::{self, Outcome, Shared, Spec};
@@ -34,11 +35,35 @@ impl Subscribers {
         expect: Option<u64>,
     ) -> Self {
         let shared = Shared::new(n, ctx.params.connect_concurrency);
-        let handles = (0..n)
+        Self::start(ctx, topics, 0..n, shared, last_event_id, expect)
+    }
+
+    /// A group of subscribers numbered `indexes` (distinct from the other
+    /// groups of the run, so the report names each one once), sharing
+    /// `shared`; subscriber i reads `topics[(i - indexes.start) % topics.len()]`.
+    pub(super) fn spawn_group(
+        ctx: &Ctx,
+        topics: &[Arc<str>],
+        indexes: Range<usize>,
+        shared: Shared,
+    ) -> Self {
+        Self::start(ctx, topics, indexes, Arc::new(shared), None, None)
+    }
+
+    fn start(
+        ctx: &Ctx,
+        topics: &[Arc<str>],
+        indexes: Range<usize>,
+        shared: Arc<Shared>,
+        last_event_id: Option<&[u8]>,
+        expect: Option<u64>,
+    ) -> Self {
+        let first = indexes.start;
+        let handles = indexes
             .map(|index| {
                 let spec = Spec {
                     index,
-                    topic: topics[index % topics.len()].clone(),
+                    topic: topics[(index - first) % topics.len()].clone(),
                     last_event_id: last_event_id.map(<[u8]>::to_vec),
                     expect,
                 };
@@ -95,28 +120,11 @@ impl Subscribers {
         topics: &[Arc<str>],
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut n = 0;
-        loop {
-            for topic in topics {
-                control.publish(topic, payload::sync(n)).await?;
-            }
-            n += 1;
-            let all = wait_for(Duration::from_millis(200), || {
-                self.shared.synced.load(Ordering::Relaxed) + self.failed() >= self.len()
-            })
-            .await;
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {} of {} streams received a sync event within {timeout:?}",
-                    self.shared.synced.load(Ordering::Relaxed),
-                    self.len()
-                );
-            }
-        }
+        sync_groups(control, topics, &[self], timeout).await
+    }
+
+    fn synced(&self) -> bool {
+        self.shared.synced.load(Ordering::Relaxed) + self.failed() >= self.len()
     }
 
     /// Stops every subscriber and collects what each saw.
@@ -129,6 +137,52 @@ impl Subscribers {
             }
         }
         out
+    }
+}
+
+/// Publishes a sync event to each topic (batched where the server takes
+/// batches) until every live subscriber of every group has seen one. A
+/// round is sent again only when the last one stopped making progress, so
+/// a server slow to deliver them is not handed round after round that it
+/// would still be working through when the measured events start.
+pub(super) async fn sync_groups(
+    control: &mut Control,
+    topics: &[Arc<str>],
+    groups: &[&Subscribers],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let synced = || -> usize {
+        groups
+            .iter()
+            .map(|g| g.shared.synced.load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut n = 0;
+    loop {
+        let round = Instant::now();
+        let events: Vec<(&str, String)> = topics.iter().map(|t| (&**t, payload::sync(n))).collect();
+        control.publish_many(&events).await?;
+        n += 1;
+        // A round over thousands of topics takes a while: wait at least as
+        // long, and for as long as subscribers keep syncing.
+        let wait = round.elapsed().max(Duration::from_millis(200));
+        loop {
+            let before = synced();
+            if wait_for(wait, || groups.iter().all(|g| g.synced())).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let all: usize = groups.iter().map(|g| g.len()).sum();
+                bail!(
+                    "only {} of {all} streams received a sync event within {timeout:?}",
+                    synced()
+                );
+            }
+            if synced() == before {
+                break;
+            }
+        }
     }
 }
 
@@ -157,6 +211,19 @@ pub(super) fn correctness<'a>(
     let expected: u64 = (0..subscribers)
         .map(|i| acked_for(i).iter().map(Bits::len).sum::<u64>())
         .sum();
+    tally(outcomes, subscribers, expected, |o| {
+        o.tracker.missing(acked_for(o.index))
+    })
+}
+
+/// Sums up what `subscribers` saw, `expected` events in all, of which
+/// subscriber `o` never received `missing(o)`.
+pub(super) fn tally(
+    outcomes: &[Outcome],
+    subscribers: usize,
+    expected: u64,
+    missing: impl Fn(&Outcome) -> u64,
+) -> Correctness {
     let mut c = Correctness {
         subscribers,
         expected_per_subscriber: expected / subscribers.max(1) as u64,
@@ -164,7 +231,7 @@ pub(super) fn correctness<'a>(
         ..Correctness::default()
     };
     for o in outcomes {
-        let missing = o.tracker.missing(acked_for(o.index));
+        let missing = missing(o);
         let t = &o.tracker;
         c.received += t.unique + t.duplicates;
         c.missing += missing;
@@ -195,6 +262,8 @@ pub(super) fn correctness<'a>(
 pub(super) struct Published {
     pub(super) acked: Vec<Bits>,
     pub(super) stats: PublishStats,
+    /// When the last publisher was done.
+    pub(super) finished: Instant,
 }
 
 /// Runs the publishers until `events` (in all) are sent or `until`;
@@ -202,6 +271,37 @@ pub(super) struct Published {
 pub(super) async fn publish_all(
     ctx: &Ctx,
     topics: &[Arc<str>],
+    events: Option<u64>,
+    rate: Option<f64>,
+    until: Instant,
+) -> anyhow::Result<Published> {
+    let to = |i: usize| Topics::One(topics[i % topics.len()].clone());
+    publish_with(ctx, to, false, events, rate, until).await
+}
+
+/// As [`publish_all`], with the events spread over `topics` (each to the
+/// next in turn, see [`publisher::spread`]); `filler`: events no subscriber
+/// counts.
+pub(super) async fn publish_spread(
+    ctx: &Ctx,
+    topics: &Arc<[Arc<str>]>,
+    filler: bool,
+    events: Option<u64>,
+    rate: Option<f64>,
+    until: Instant,
+) -> anyhow::Result<Published> {
+    let publishers = ctx.params.publishers;
+    let to = |_| Topics::Spread {
+        topics: topics.clone(),
+        publishers,
+    };
+    publish_with(ctx, to, filler, events, rate, until).await
+}
+
+async fn publish_with(
+    ctx: &Ctx,
+    topics_of: impl Fn(usize) -> Topics,
+    filler: bool,
     events: Option<u64>,
     rate: Option<f64>,
     until: Instant,
@@ -218,7 +318,8 @@ pub(super) async fn publish_all(
             });
             publisher::Plan {
                 index: i as u32,
-                topic: topics[i % topics.len()].clone(),
+                topics: topics_of(i),
+                filler,
                 events: share,
                 interval,
                 // Spread the publishers' schedules over one interval.
@@ -255,6 +356,7 @@ pub(super) async fn publish_all(
     let secs = finished.duration_since(started).as_secs_f64();
     Ok(Published {
         acked,
+        finished,
         stats: PublishStats {
             publishers: p,
             requests,

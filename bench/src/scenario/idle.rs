@@ -79,9 +79,12 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         delivery: Some(DeliveryStats {
             deliveries,
             deliveries_per_sec: 0.0,
+            offered_per_sec: None,
+            drain_ms: None,
             latency,
         }),
         catch_up: None,
+        per_user: None,
         idle,
         correctness,
         server: measured.server,

@@ -12,6 +12,7 @@ use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
 use crate::stats::Percentiles;
 use crate::track::Bits;
+use crate::workload::Params;
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     let p = &ctx.params;
@@ -53,6 +54,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         subs.shared.delivered.load(Ordering::Relaxed) >= expected
     })
     .await;
+    let drained = published.finished.elapsed();
     let elapsed = started.elapsed().as_secs_f64();
     let measured = samplers.finish().await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
@@ -66,14 +68,33 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         delivery: Some(DeliveryStats {
             deliveries,
             deliveries_per_sec: deliveries as f64 / elapsed.max(1e-9),
+            offered_per_sec: offered(p),
+            drain_ms: Some(drained.as_secs_f64() * 1000.0),
             latency,
         }),
         correctness: correctness(&outcomes, |i| &acked_by_topic[i % n], p.subscribers),
         publish: Some(published.stats),
         catch_up: None,
+        per_user: None,
         idle: None,
         server: measured.server,
         postgres: measured.postgres,
         client: measured.client,
     })
+}
+
+/// Deliveries per second a fixed rate asks for: publisher i's share of the
+/// rate goes to the subscribers of topic i mod topics.
+fn offered(p: &Params) -> Option<f64> {
+    let rate = p.rate?;
+    let per_publisher = rate / p.publishers.max(1) as f64;
+    let topics = p.topics.max(1);
+    // Subscriber j reads topic j mod topics.
+    let subscribers_of =
+        |t: usize| p.subscribers / topics + usize::from(t < p.subscribers % topics);
+    Some(
+        (0..p.publishers)
+            .map(|i| per_publisher * subscribers_of(i % topics) as f64)
+            .sum(),
+    )
 }

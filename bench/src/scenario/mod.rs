@@ -4,7 +4,11 @@
 //! - `fanout`: many subscribers on one topic, publishers at a fixed rate;
 //! - `idle`: many open streams and nothing published: memory per stream;
 //! - `resume`: one client comes back after K missed events: time to replay;
-//! - `storm`: many clients come back at once after K missed events.
+//! - `storm`: many clients come back at once after K missed events;
+//! - `peruser`: every subscriber on a topic of its own, events spread over
+//!   the topics, optionally a few subscribers on every topic;
+//! - `peruser-storm`: as `peruser`, with the ring filled first and a
+//!   reconnect storm of per-user clients while events flow.
 //!
 //! Every scenario first waits until all its subscribers are live (each has
 //! received a sync event), so measured events are never published into a
@@ -17,6 +21,8 @@ mod clients;
 mod ctx;
 mod idle;
 mod live;
+mod peruser;
+mod peruser_storm;
 mod resume;
 
 use std::sync::Arc;
@@ -43,7 +49,7 @@ pub async fn run(
     params.batch = params.batch.clamp(1, target.max_batch());
     params.publishers = params.publishers.max(1);
     params.topics = params.topics.max(1);
-    let connections = params.subscribers + params.publishers + 2;
+    let connections = params.connections(scenario);
     crate::net::ensure_fds(connections)?;
     let sources = Arc::new(Sources::new(
         target.addr(),
@@ -62,5 +68,7 @@ pub async fn run(
         Scenario::Idle => idle::run(&ctx).await,
         Scenario::Resume => resume::run(&ctx, false).await,
         Scenario::Storm => resume::run(&ctx, true).await,
+        Scenario::PerUser => peruser::run(&ctx, false).await,
+        Scenario::PerUserStorm => peruser::run(&ctx, true).await,
     }
 }

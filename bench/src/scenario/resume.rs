@@ -99,6 +99,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
                 .then_some(all_caught_up.as_secs_f64() * 1000.0),
             replay_events_per_sec: (!storm).then_some(replay_rate).flatten(),
         }),
+        per_user: None,
         idle: None,
         correctness: correctness(&outcomes, |_| &published.acked, total),
         server: measured.server,
