@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use herald_bench::report::{self, Report};
+use herald_bench::report::Report;
 use herald_bench::scenario::Processes;
 use herald_bench::servers::{self, Spawned};
+use herald_bench::table;
 use herald_bench::{Kind, target};
 
 use cli::{Cli, Command, CompareArgs, Output, RunArgs, ServerArgs};
@@ -59,7 +60,7 @@ async fn execute(command: Command) -> anyhow::Result<bool> {
     let to_stdout = output.json.as_deref() == Some(std::path::Path::new("-"));
     for group in &groups {
         let refs: Vec<&Report> = group.iter().collect();
-        let text = report::table(&refs);
+        let text = table::render(&refs);
         if to_stdout {
             eprintln!("{text}");
         } else {
@@ -165,7 +166,7 @@ async fn postgres_pid(kind: Kind, args: &ServerArgs) -> Option<u32> {
     match args.postgres_pid {
         Some(0) => None,
         Some(pid) => Some(pid),
-        None => match servers::postmaster(&args.database_admin_url).await {
+        None => match herald_bench::postgres::postmaster(&args.database_admin_url).await {
             Ok(pid) => Some(pid),
             Err(e) => {
                 eprintln!("PostgreSQL's CPU will not be reported: {e:#}");

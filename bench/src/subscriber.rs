@@ -3,24 +3,23 @@
 //! correctness record and a latency sample. It reconnects with
 //! `Last-Event-ID` when the server ends its stream, as `EventSource` does,
 //! so a server that drops slow clients is judged on what clients finally
-//! receive. A group may also be put through a reconnect storm ([`Storm`]):
-//! every connection cut at once, then all reconnecting at once.
+//! receive. A group may also be put through a reconnect storm
+//! ([`crate::group::Storm`]): every connection cut at once, then all
+//! reconnecting at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
+use crate::group::Shared;
 use crate::http::{self, BodyDecoder};
 use crate::net::{self, Sources};
 use crate::payload::{self, Marker};
 use crate::sse::{self, Frame};
-use crate::stats::{Shards, Timeline};
 use crate::target::Target;
 use crate::track::Tracker;
 
@@ -33,85 +32,6 @@ const MAX_RECONNECTS: u32 = 20;
 const RECONNECT_AFTER: Duration = Duration::from_millis(100);
 /// Longest wait for a connection and its response head.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What all subscribers of a run share.
-pub struct Shared {
-    /// Publish→receive latency, µs.
-    pub latency: Shards,
-    /// Measured events received, duplicates included.
-    pub delivered: AtomicU64,
-    /// Subscribers whose first response head arrived (200).
-    pub established: AtomicUsize,
-    /// Subscribers that have seen a sync event.
-    pub synced: AtomicUsize,
-    /// Subscribers that have received all their expected events.
-    pub caught_up: AtomicUsize,
-    /// Subscribers that gave up.
-    pub failed: AtomicUsize,
-    /// Why the first one gave up.
-    pub first_failure: std::sync::Mutex<Option<String>>,
-    pub stop: CancellationToken,
-    /// Bounds connections being opened at once (`None`: no bound).
-    pub gate: Option<Arc<Semaphore>>,
-    /// Catch-up times count from here.
-    pub started: Instant,
-    pub reconnect: bool,
-    /// Each delivery's send time and latency, when latency over part of
-    /// the run is wanted.
-    pub timeline: Option<Timeline>,
-    /// The group's reconnect storm, if it has one.
-    pub storm: Option<Storm>,
-}
-
-/// A reconnect storm, as after a deploy or a network blip: [`Storm::cut`]
-/// drops every connection of the group at once; the clients stay away
-/// until [`Storm::rejoin`], then all reconnect at once with
-/// `Last-Event-ID`, as `EventSource` does.
-#[derive(Debug, Default)]
-pub struct Storm {
-    pub cut: CancellationToken,
-    pub rejoin: CancellationToken,
-    /// When the clients reconnect (ns since the epoch), set before
-    /// `rejoin` fires: events sent before it are the ones they missed.
-    pub rejoin_nanos: AtomicU64,
-    /// Clients whose stream is open again.
-    pub rejoined: AtomicUsize,
-}
-
-impl Storm {
-    /// Reconnects every client now.
-    pub fn rejoin_now(&self) {
-        self.rejoin_nanos
-            .store(payload::now_nanos(), Ordering::Relaxed);
-        self.rejoin.cancel();
-    }
-}
-
-impl Shared {
-    pub fn new(subscribers: usize, connect_concurrency: Option<usize>) -> Arc<Self> {
-        Arc::new(Self::unshared(subscribers, connect_concurrency))
-    }
-
-    /// A group's shared state before it is shared, to add a timeline or a
-    /// storm.
-    pub fn unshared(subscribers: usize, connect_concurrency: Option<usize>) -> Self {
-        Self {
-            latency: Shards::new(16.min(subscribers.max(1))),
-            delivered: AtomicU64::new(0),
-            established: AtomicUsize::new(0),
-            synced: AtomicUsize::new(0),
-            caught_up: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            first_failure: std::sync::Mutex::new(None),
-            stop: CancellationToken::new(),
-            gate: connect_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),
-            started: Instant::now(),
-            reconnect: true,
-            timeline: None,
-            storm: None,
-        }
-    }
-}
 
 /// What one subscriber is asked to do.
 #[derive(Debug, Clone)]

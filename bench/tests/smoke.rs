@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use herald::{Config, Server};
 use herald_bench::scenario::Processes;
-use herald_bench::{Kind, Params, Report, Scenario, Target, procfs, scenario, servers, target};
+use herald_bench::{
+    Kind, Params, Report, Scenario, Target, postgres, procfs, scenario, servers, target,
+};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 
@@ -181,7 +183,7 @@ fn assert_clean(r: &Report) {
         c.resets,
         c.failed_subscribers,
         c.first_error,
-        herald_bench::report::table(&[r])
+        herald_bench::table::render(&[r])
     );
     assert!(c.subscribers > 0);
     assert!(c.expected_per_subscriber > 0, "something was measured");
@@ -212,7 +214,7 @@ async fn run_all(target: &Arc<dyn Target>, processes: Processes) {
 async fn every_scenario_against_herald_delivers_each_event_once_in_order() {
     let db = TestDb::create().await;
     let (target, stop) = start_herald(&db).await;
-    let postgres = servers::postmaster(&admin_url()).await.ok();
+    let postgres = postgres::postmaster(&admin_url()).await.ok();
 
     run_all(
         &target,
@@ -267,7 +269,7 @@ async fn every_scenario_against_nchan_delivers_each_event_once_in_order() {
 
 #[tokio::test]
 async fn postgresql_is_measured_from_its_postmaster() {
-    let postmaster = servers::postmaster(&admin_url())
+    let postmaster = postgres::postmaster(&admin_url())
         .await
         .expect("PostgreSQL runs on this machine for the tests (see README)");
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::clients::{Subscribers, correctness, publish_all, wait_for};
+use super::clients::{Subscribers, correctness, wait_for};
 use super::ctx::{Ctx, Samplers, fresh_topic};
+use super::publishing::publish_all;
 use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
 use crate::stats::Percentiles;

@@ -23,6 +23,7 @@ mod idle;
 mod live;
 mod peruser;
 mod peruser_storm;
+mod publishing;
 mod resume;
 
 use std::sync::Arc;

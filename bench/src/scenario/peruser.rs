@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::clients::{Published, Subscribers, publish_spread, sync_groups, tally, wait_for};
+use super::clients::{Subscribers, sync_groups, tally, wait_for};
 use super::ctx::{Ctx, Samplers, fresh_topic};
 use super::peruser_storm as storm;
+use super::publishing::{Published, publish_spread};
+use crate::group::{Shared, Storm};
 use crate::payload;
 use crate::publisher::{Control, spread};
 use crate::report::{DeliveryStats, PerUserStats, Report};
 use crate::stats::{Percentiles, Timeline};
-use crate::subscriber::{Outcome, Shared, Storm};
+use crate::subscriber::Outcome;
 use crate::target::Dashboard;
 use crate::track::Bits;
 use crate::workload::Params;

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::clients::{Subscribers, publish_spread};
+use super::clients::Subscribers;
 use super::ctx::Ctx;
+use super::publishing::publish_spread;
 use crate::payload;
 use crate::report::StormStats;
 use crate::stats::{self, Percentiles, Timeline};

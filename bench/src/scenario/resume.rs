@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::clients::{Subscribers, correctness, publish_all, wait_for};
+use super::clients::{Subscribers, correctness, wait_for};
 use super::ctx::{Ctx, Samplers, fresh_topic};
+use super::publishing::publish_all;
 use crate::publisher::Control;
 use crate::report::{CatchUpStats, Report};
 use crate::stats::{self, Percentiles};
