@@ -80,8 +80,9 @@ pub struct CompareArgs {
 /// The size of a run; each scenario has its own defaults (see README).
 #[derive(Args, Clone)]
 pub struct Workload {
-    /// Open streams (storm: clients resuming at once). A comma-separated
-    /// list runs the scenario once per value, e.g. 100,1000,10000.
+    /// Open streams (storm: clients resuming at once; peruser: per-user
+    /// subscribers, each on a topic of its own). A comma-separated list
+    /// runs the scenario once per value, e.g. 100,1000,10000.
     #[arg(long, value_delimiter = ',')]
     pub subscribers: Vec<usize>,
     /// Concurrent publishers, each with one request in flight.
@@ -92,7 +93,8 @@ pub struct Workload {
     #[arg(long)]
     pub publisher_threads: Option<usize>,
     /// publish, fanout: topics (nchan channels); publisher i writes to topic
-    /// i mod N, subscriber j reads topic j mod N.
+    /// i mod N, subscriber j reads topic j mod N (peruser: one topic per
+    /// subscriber, this is not used).
     #[arg(long)]
     pub topics: Option<usize>,
     /// Events per second over all publishers; 0 means flat out.

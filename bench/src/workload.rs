@@ -66,7 +66,8 @@ pub const FILL_PUBLISHERS: usize = 8;
 #[derive(Debug, Clone, Serialize)]
 pub struct Params {
     /// Open streams (`resume`: ignored, one client per repetition; `storm`:
-    /// clients resuming at once).
+    /// clients resuming at once; `peruser`, `peruser-storm`: per-user
+    /// subscribers, each on a topic of its own).
     pub subscribers: usize,
     /// Concurrent publishers, each one request in flight.
     pub publishers: usize,
