@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,8 @@ pub struct Shared {
     pub latency: Shards,
     /// Measured events received, duplicates included.
     pub delivered: AtomicU64,
+    /// When the last of them arrived, µs after `started` (0: none yet).
+    pub last_delivery_us: AtomicU64,
     /// Subscribers whose first response head arrived (200).
     pub established: AtomicUsize,
     /// Subscribers that have seen a sync event.
@@ -66,6 +68,14 @@ impl Storm {
 }
 
 impl Shared {
+    /// When the last measured event arrived, if one did.
+    pub fn last_delivery(&self) -> Option<Instant> {
+        match self.last_delivery_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(self.started + Duration::from_micros(us)),
+        }
+    }
+
     pub fn new(subscribers: usize, connect_concurrency: Option<usize>) -> Arc<Self> {
         Arc::new(Self::unshared(subscribers, connect_concurrency))
     }
@@ -76,6 +86,7 @@ impl Shared {
         Self {
             latency: Shards::new(16.min(subscribers.max(1))),
             delivered: AtomicU64::new(0),
+            last_delivery_us: AtomicU64::new(0),
             established: AtomicUsize::new(0),
             synced: AtomicUsize::new(0),
             caught_up: AtomicUsize::new(0),

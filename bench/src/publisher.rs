@@ -100,6 +100,8 @@ pub struct Outcome {
     /// Request latency, µs.
     pub latency: Histogram<u64>,
     pub finished: Instant,
+    /// When the last request the server acknowledged went out.
+    pub last_acked_sent: Option<Instant>,
 }
 
 /// Publishes as planned.
@@ -112,6 +114,7 @@ pub async fn run(target: Arc<dyn Target>, sources: Arc<Sources>, plan: Plan) -> 
         first_error: None,
         latency: stats::histogram(),
         finished: Instant::now(),
+        last_acked_sent: None,
     };
     let source = sources.pick();
     let mut conn: Option<Conn> = None;
@@ -155,8 +158,10 @@ pub async fn run(target: Arc<dyn Target>, sources: Arc<Sources>, plan: Plan) -> 
             .collect();
         let request = target.publish_request(&events);
         out.requests += 1;
+        let sent_at = Instant::now();
         match send(&mut conn, &*target, source, &request).await {
             Ok(()) => {
+                out.last_acked_sent = Some(sent_at);
                 stats::record(&mut out.latency, micros(start.elapsed()));
                 for s in seq..seq + n {
                     out.acked.insert(s);

@@ -55,9 +55,9 @@ pub struct DeliveryStats {
     /// What the publishers' fixed rate asks for: events per second times
     /// the subscribers each event goes to.
     pub offered_per_sec: Option<f64>,
-    /// From the end of publishing until the last acknowledged event was
-    /// delivered (or the drain timeout): a server that keeps up drains in
-    /// about its latency.
+    /// From the last acknowledged publish request going out to the last
+    /// delivery: a server that keeps up drains in about its latency.
+    /// (Events never delivered are in `correctness.missing`, not here.)
     pub drain_ms: Option<f64>,
     /// Publisher's send time (in the payload) → subscriber's receive time.
     pub latency: Option<Percentiles>,

@@ -363,6 +363,10 @@ impl State {
                 .delivered
                 .fetch_add(self.delivered, Ordering::Relaxed);
             self.delivered = 0;
+            let at = u64::try_from(shared.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            shared
+                .last_delivery_us
+                .fetch_max(at.max(1), Ordering::Relaxed);
         }
         shared.latency.record_all(index, &self.latencies);
         if let Some(t) = &shared.timeline {

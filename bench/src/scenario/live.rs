@@ -55,8 +55,14 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         subs.shared.delivered.load(Ordering::Relaxed) >= expected
     })
     .await;
-    let drained = published.finished.elapsed();
     let elapsed = started.elapsed().as_secs_f64();
+    let last = subs.shared.last_delivery();
+    let delivering = last.map_or(elapsed, |t| {
+        t.saturating_duration_since(started).as_secs_f64()
+    });
+    let drained = last
+        .zip(published.last_sent)
+        .map(|(t, sent)| t.saturating_duration_since(sent));
     let measured = samplers.finish().await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
@@ -68,9 +74,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         elapsed_s: elapsed,
         delivery: Some(DeliveryStats {
             deliveries,
-            deliveries_per_sec: deliveries as f64 / elapsed.max(1e-9),
+            deliveries_per_sec: deliveries as f64 / delivering.max(1e-9),
             offered_per_sec: offered(p),
-            drain_ms: Some(drained.as_secs_f64() * 1000.0),
+            drain_ms: drained.map(|d| d.as_secs_f64() * 1000.0),
             latency,
         }),
         correctness: correctness(&outcomes, |i| &acked_by_topic[i % n], p.subscribers),

@@ -50,8 +50,18 @@ pub(super) async fn run(ctx: &Ctx, with_storm: bool) -> anyhow::Result<Report> {
     let users = topics.users.len();
     let expected = Expected::new(&published, users, p.publishers);
     groups.drain(&expected, p.drain_timeout).await;
-    let drained = published.finished.elapsed();
     let elapsed = started.elapsed().as_secs_f64();
+    let last = groups
+        .all()
+        .iter()
+        .filter_map(|g| g.shared.last_delivery())
+        .max();
+    let delivering = last.map_or(elapsed, |t| {
+        t.saturating_duration_since(started).as_secs_f64()
+    });
+    let drained = last
+        .zip(published.last_sent)
+        .map(|(t, sent)| t.saturating_duration_since(sent));
     let measured = samplers.finish().await;
 
     let deliveries = groups.delivered();
@@ -93,10 +103,10 @@ pub(super) async fn run(ctx: &Ctx, with_storm: bool) -> anyhow::Result<Report> {
         elapsed_s: elapsed,
         delivery: Some(DeliveryStats {
             deliveries,
-            deliveries_per_sec: deliveries as f64 / elapsed.max(1e-9),
+            deliveries_per_sec: deliveries as f64 / delivering.max(1e-9),
             // Each event goes to one per-user subscriber and every wildcard one.
             offered_per_sec: p.rate.map(|r| r * (1 + p.wildcard_subscribers) as f64),
-            drain_ms: Some(drained.as_secs_f64() * 1000.0),
+            drain_ms: drained.map(|d| d.as_secs_f64() * 1000.0),
             latency,
         }),
         per_user: Some(PerUserStats {

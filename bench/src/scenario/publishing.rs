@@ -17,8 +17,8 @@ use crate::track::Bits;
 pub(super) struct Published {
     pub(super) acked: Vec<Bits>,
     pub(super) stats: PublishStats,
-    /// When the last publisher was done.
-    pub(super) finished: Instant,
+    /// When the last acknowledged request went out (`None`: none was).
+    pub(super) last_sent: Option<Instant>,
 }
 
 /// Runs the publishers until `events` (in all) are sent or `until`;
@@ -93,6 +93,7 @@ async fn publish_with(
     let (mut requests, mut acked_events, mut errors) = (0, 0, 0);
     let mut first_error = None;
     let mut finished = started;
+    let mut last_sent = None;
     for o in outcomes {
         let Some(o) = o else {
             acked.push(Bits::default());
@@ -106,12 +107,13 @@ async fn publish_with(
             first_error = o.first_error;
         }
         finished = finished.max(o.finished);
+        last_sent = last_sent.max(o.last_acked_sent);
         acked.push(o.acked);
     }
     let secs = finished.duration_since(started).as_secs_f64();
     Ok(Published {
         acked,
-        finished,
+        last_sent,
         stats: PublishStats {
             publishers: p,
             requests,
