@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The figures of BENCHMARKS.md: every target of issue #4, herald and nchan
-# side by side in one run each, repeated RUNS times (medians are quoted).
-# Run on a quiet machine:  bash bench/run-all.sh [OUT_DIR] [RUNS]
+# The figures of BENCHMARKS.md: every target of issues #4 and #9, herald and
+# nchan side by side in one run each, repeated RUNS times (medians are
+# quoted). Run on a quiet machine:  bash bench/run-all.sh [OUT_DIR] [RUNS]
+# ONLY=REGEX runs only the tables whose file name matches, e.g.
+# ONLY=peruser bash bench/run-all.sh   (the per-user tables of issue #9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-results}
@@ -11,19 +13,38 @@ cargo build --release -q -p herald -p herald-bench
 # A run with correctness errors (exit 2) is reported in its table and the
 # JSON; the remaining runs still go on.
 bench() { target/release/herald-bench "$@" || echo "herald-bench exited $?: see the table above"; }
+only=${ONLY:-.}
+# table NAME ARGS...: one comparison, its JSON in $out/NAME-$run.json.
+table() {
+    local name=$1
+    shift
+    [[ $name =~ $only ]] || return 0
+    bench compare "$@" --json "$out/$name-$run.json"
+}
 start=${START:-1}
 for run in $(seq "$start" "$runs"); do
     echo "== run $run of $runs"
-    bench compare --scenario publish --publishers 64 --topics 4 --subscribers 4 --duration 10s --json "$out/publish-$run.json"
-    bench compare --scenario publish --publishers 64 --topics 4 --subscribers 4 --rate 5000 --duration 10s --json "$out/publish5000-$run.json"
+    table publish --scenario publish --publishers 64 --topics 4 --subscribers 4 --duration 10s
+    table publish5000 --scenario publish --publishers 64 --topics 4 --subscribers 4 --rate 5000 --duration 10s
     # Saturation: publishers ask for 2M deliveries/s, more than either server delivers.
-    bench compare --scenario fanout --subscribers 1000 --publishers 8 --rate 2000 --duration 10s --json "$out/fanout-sat-1000-$run.json"
-    bench compare --scenario fanout --subscribers 10000 --publishers 8 --rate 200 --duration 10s --json "$out/fanout-sat-10000-$run.json"
-    bench compare --scenario fanout --subscribers 1000 --rate 50 --duration 10s --json "$out/fanout-1000x50-$run.json"
-    bench compare --scenario fanout --subscribers 10000 --rate 5 --duration 10s --json "$out/fanout-10000x5-$run.json"
-    bench compare --scenario idle --subscribers 10000 --json "$out/idle-$run.json"
-    bench compare --scenario resume --missed 10000 --json "$out/resume-$run.json"
-    bench compare --scenario storm --subscribers 2000 --json "$out/storm-$run.json"
+    table fanout-sat-1000 --scenario fanout --subscribers 1000 --publishers 8 --rate 2000 --duration 10s
+    table fanout-sat-10000 --scenario fanout --subscribers 10000 --publishers 8 --rate 200 --duration 10s
+    table fanout-1000x50 --scenario fanout --subscribers 1000 --rate 50 --duration 10s
+    table fanout-10000x5 --scenario fanout --subscribers 10000 --rate 5 --duration 10s
+    table idle --scenario idle --subscribers 10000
+    table resume --scenario resume --missed 10000
+    table storm --scenario storm --subscribers 2000
+    # Per-user topics (issue #9): one topic per subscriber, 5,000 events/s
+    # from 64 publishers; 19,000 is this machine's open-file limit (20,000)
+    # less the harness's own; the mixed case adds 10 subscribers on `*`.
+    table peruser-10000 --scenario peruser --subscribers 10000 --rate 5000 --publishers 64 --duration 15s
+    table peruser-19000 --scenario peruser --subscribers 19000 --rate 5000 --publishers 64 --duration 15s
+    table peruser-mixed --scenario peruser --subscribers 10000 --wildcard-subscribers 10 --rate 5000 --publishers 64 --duration 15s
+    # A reconnect storm of 2,000 per-user clients against a full ring
+    # (65,536 events filled first) while the 5,000 events/s flow.
+    table peruser-storm --scenario peruser-storm --subscribers 10000 --storm-clients 2000 --fill 65536 --rate 5000 --publishers 64 --duration 15s
 done
-bench compare --scenario fanout --subscribers 100,1000,3000,10000 --rate 5 --duration 10s --json "$out/fanout-curve.json"
-python3 bench/plot.py "$out/fanout-curve.json" -o docs/fanout-latency.png || echo "plot skipped (pip install matplotlib)"
+if [[ fanout-curve =~ $only ]]; then
+    bench compare --scenario fanout --subscribers 100,1000,3000,10000 --rate 5 --duration 10s --json "$out/fanout-curve.json"
+    python3 bench/plot.py "$out/fanout-curve.json" -o docs/fanout-latency.png || echo "plot skipped (pip install matplotlib)"
+fi

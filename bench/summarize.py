@@ -42,6 +42,19 @@ def fmt(v, digits=1):
     return f"{v:.{digits}f}"
 
 
+# The per-user tables (issue #9): does the server keep up, at what latency
+# and what CPU (herald's with PostgreSQL's beside it).
+PERUSER = [
+    ("deliveries/s", ("delivery", "deliveries_per_sec"), 0),
+    ("deliveries/s offered", ("delivery", "offered_per_sec"), 0),
+    ("drained after publishing (ms)", ("delivery", "drain_ms"), 0),
+    ("publish→receive p50 (ms)", ("delivery", "latency", "p50_ms"), 1),
+    ("publish→receive p99 (ms)", ("delivery", "latency", "p99_ms"), 1),
+    ("server CPU (% of one core)", ("server", "cpu_percent"), 0),
+    ("PostgreSQL CPU (% of one core)", ("postgres", "cpu_percent"), 0),
+    ("client CPU (% of one core)", ("client", "cpu_percent"), 0),
+]
+
 ROWS = {
     "publish": [
         ("publish rate (events/s)", ("publish", "events_per_sec"), 0),
@@ -92,6 +105,20 @@ ROWS = {
     "storm": [
         ("2,000 clients all caught up (ms)", ("catch_up", "all_caught_up_ms"), 0),
         ("catch-up p99 (ms)", ("catch_up", "time", "p99_ms"), 0),
+    ],
+    "peruser-10000": PERUSER,
+    "peruser-19000": PERUSER,
+    "peruser-mixed": PERUSER + [
+        ("wildcard subscribers' publish→receive p99 (ms)", ("per_user", "wildcard_latency", "p99_ms"), 1),
+    ],
+    "peruser-storm": [
+        ("2,000 storm clients all caught up (ms)", ("per_user", "storm", "all_caught_up_ms"), 0),
+        ("storm catch-up p99 (ms)", ("per_user", "storm", "catch_up", "p99_ms"), 0),
+        ("live publish→receive p99 before the storm (ms)", ("per_user", "storm", "live_latency_before", "p99_ms"), 1),
+        ("live publish→receive p99 during the storm (ms)", ("per_user", "storm", "live_latency_during", "p99_ms"), 1),
+        ("deliveries/s (offered 5,000)", ("delivery", "deliveries_per_sec"), 0),
+        ("server CPU (% of one core)", ("server", "cpu_percent"), 0),
+        ("PostgreSQL CPU (% of one core)", ("postgres", "cpu_percent"), 0),
     ],
 }
 

@@ -8,16 +8,22 @@
 //! - [`sse`]: an incremental `text/event-stream` frame parser.
 //! - [`payload`]: the marker each event carries (publisher, sequence, time).
 //! - [`target`]: herald and nchan behind one [`target::Target`] trait.
-//! - [`subscriber`], [`publisher`]: the two kinds of client.
+//! - [`subscriber`], [`publisher`]: the two kinds of client; [`group`]: what
+//!   a group of subscribers shares (counters, timeline, reconnect storm).
 //! - [`track`], [`stats`]: correctness counters and latency percentiles.
-//! - [`procfs`]: the server's memory and CPU from `/proc`.
-//! - [`scenario`]: publish, fanout, idle, resume, storm.
-//! - [`report`]: the table and the JSON.
+//! - [`procfs`]: the server's memory and CPU from `/proc`; [`postgres`]:
+//!   the postmaster whose CPU is measured beside herald's.
+//! - [`workload`]: the scenario and its size, read by both of the next two.
+//! - [`scenario`]: publish, fanout, idle, resume, storm, peruser,
+//!   peruser-storm.
+//! - [`report`]: what a run found (the JSON); [`table`]: the same for people.
 //! - [`servers`]: starting herald and nginx+nchan for a comparison.
 
+pub mod group;
 pub mod http;
 pub mod net;
 pub mod payload;
+pub mod postgres;
 pub mod procfs;
 pub mod publisher;
 pub mod report;
@@ -26,9 +32,11 @@ pub mod servers;
 pub mod sse;
 pub mod stats;
 pub mod subscriber;
+pub mod table;
 pub mod target;
 pub mod track;
+pub mod workload;
 
 pub use report::Report;
-pub use scenario::{Params, Scenario};
 pub use target::{Kind, Target};
+pub use workload::{Params, Scenario};

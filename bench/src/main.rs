@@ -1,254 +1,19 @@
-//! The `herald-bench` binary: flags, then `run` (one server) or `compare`
-//! (herald and nchan started in turn, same workload, one table).
+//! The `herald-bench` binary: flags (`cli`), then `run` (one server) or
+//! `compare` (herald and nchan started in turn, same workload, one table).
 
-use std::path::PathBuf;
+mod cli;
+
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use herald_bench::report::{self, Report};
+use clap::Parser;
+use herald_bench::report::Report;
+use herald_bench::scenario::Processes;
 use herald_bench::servers::{self, Spawned};
-use herald_bench::{Kind, Params, Scenario, target};
+use herald_bench::table;
+use herald_bench::{Kind, target};
 
-/// Load and correctness harness for herald (and nchan, side by side).
-#[derive(Parser)]
-#[command(name = "herald-bench", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    /// Threads of the subscribers' runtime (the client shares the machine
-    /// with the server; its own CPU use is reported).
-    #[arg(long, global = true, env = "HERALD_BENCH_THREADS", default_value_t = 2)]
-    client_threads: usize,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a scenario against one server: one already running (--url), or
-    /// one started for the run (--spawn).
-    Run(RunArgs),
-    /// Start each server in turn (herald on a fresh database, nginx with
-    /// bench/nchan/nginx.conf), run the same scenario on each, print them
-    /// side by side.
-    Compare(CompareArgs),
-}
-
-#[derive(Args)]
-struct RunArgs {
-    #[arg(long, value_enum)]
-    scenario: Scenario,
-    /// Which server it is.
-    #[arg(long, value_enum, default_value_t = Kind::Herald)]
-    target: Kind,
-    /// The server's address: http://host:port or host:port.
-    #[arg(long, required_unless_present = "spawn", conflicts_with = "spawn")]
-    url: Option<String>,
-    /// Start the server for this run and stop it afterwards.
-    #[arg(long)]
-    spawn: bool,
-    /// The server's process id, to report its memory and CPU (nginx: the
-    /// master; its workers are counted with it).
-    #[arg(long, conflicts_with = "spawn")]
-    server_pid: Option<u32>,
-    #[command(flatten)]
-    workload: Workload,
-    #[command(flatten)]
-    servers: ServerArgs,
-    #[command(flatten)]
-    output: Output,
-}
-
-#[derive(Args)]
-struct CompareArgs {
-    #[arg(long, value_enum)]
-    scenario: Scenario,
-    /// Servers to compare, in this order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "herald,nchan"
-    )]
-    targets: Vec<Kind>,
-    #[command(flatten)]
-    workload: Workload,
-    #[command(flatten)]
-    servers: ServerArgs,
-    #[command(flatten)]
-    output: Output,
-}
-
-/// The size of a run; each scenario has its own defaults (see README).
-#[derive(Args, Clone)]
-struct Workload {
-    /// Open streams (storm: clients resuming at once). A comma-separated
-    /// list runs the scenario once per value, e.g. 100,1000,10000.
-    #[arg(long, value_delimiter = ',')]
-    subscribers: Vec<usize>,
-    /// Concurrent publishers, each with one request in flight.
-    #[arg(long)]
-    publishers: Option<usize>,
-    /// Threads of the publishers' own runtime (apart from the subscribers',
-    /// so their load does not delay publishing).
-    #[arg(long)]
-    publisher_threads: Option<usize>,
-    /// publish, fanout: topics (nchan channels); publisher i writes to topic
-    /// i mod N, subscriber j reads topic j mod N.
-    #[arg(long)]
-    topics: Option<usize>,
-    /// Events per second over all publishers; 0 means flat out.
-    #[arg(long)]
-    rate: Option<f64>,
-    /// How long to publish (`10s`, `1m`).
-    #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// Events to publish in all (with --duration, whichever ends first).
-    #[arg(long)]
-    events: Option<u64>,
-    /// Events per publish request (herald's batch; nchan takes one).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Size of each event's data in bytes (0: the marker alone, ~50 bytes).
-    #[arg(long)]
-    payload_bytes: Option<usize>,
-    /// resume, storm: events published while the clients were away.
-    #[arg(long)]
-    missed: Option<u64>,
-    /// resume: clients resumed one after another.
-    #[arg(long)]
-    repeat: Option<usize>,
-    /// Loopback source addresses from 127.0.0.2 (0: one per 20,000
-    /// connections).
-    #[arg(long, default_value_t = 0)]
-    source_addrs: usize,
-    /// Connections being opened at once; 0 means all at once (storm's
-    /// default).
-    #[arg(long)]
-    connect_concurrency: Option<usize>,
-    /// idle: wait after the streams are open before reading memory.
-    #[arg(long, value_parser = parse_duration)]
-    settle: Option<Duration>,
-    /// Longest wait for connections, deliveries and catch-ups.
-    #[arg(long, value_parser = parse_duration)]
-    drain_timeout: Option<Duration>,
-}
-
-#[derive(Args)]
-struct ServerArgs {
-    /// herald binary to start (default: the workspace's target/release/herald).
-    #[arg(long)]
-    herald_bin: Option<PathBuf>,
-    /// Extra flag for a started herald, e.g. --herald-arg=--ring-size=100000
-    /// (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    herald_arg: Vec<String>,
-    /// PostgreSQL database from which a started herald's fresh database is
-    /// created and dropped.
-    #[arg(
-        long,
-        env = "HERALD_BENCH_ADMIN_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_admin_url: String,
-    /// nginx binary.
-    #[arg(long, default_value = "nginx")]
-    nginx_bin: PathBuf,
-    /// The nchan module (default: where Debian's libnginx-mod-nchan puts it).
-    #[arg(long)]
-    nchan_module: Option<PathBuf>,
-    /// nginx config to use instead of the built-in bench/nchan/nginx.conf.
-    #[arg(long)]
-    nchan_config: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct Output {
-    /// Also write the reports as a JSON array to this file (`-`: stdout,
-    /// and the table goes to stderr).
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}: expected e.g. 10s, 500ms or 1m"))
-}
-
-impl Workload {
-    /// The scenario's defaults with these flags applied, once per
-    /// subscriber count.
-    fn params(&self, scenario: Scenario) -> Vec<Params> {
-        let mut base = Params::defaults(scenario);
-        if let Some(v) = self.publishers {
-            base.publishers = v;
-        }
-        if let Some(v) = self.publisher_threads {
-            base.publisher_threads = v;
-        }
-        if let Some(v) = self.topics {
-            base.topics = v;
-        }
-        if let Some(r) = self.rate {
-            base.rate = (r > 0.0).then_some(r);
-        }
-        match (self.duration, self.events) {
-            (Some(d), e) => {
-                base.duration = Some(d);
-                base.events = e;
-            }
-            (None, Some(e)) => {
-                base.duration = None;
-                base.events = Some(e);
-            }
-            (None, None) => {}
-        }
-        if let Some(v) = self.batch {
-            base.batch = v;
-        }
-        if let Some(v) = self.payload_bytes {
-            base.payload_bytes = v;
-        }
-        if let Some(v) = self.missed {
-            base.missed = v;
-        }
-        if let Some(v) = self.repeat {
-            base.repeat = v;
-        }
-        base.source_addrs = self.source_addrs;
-        if let Some(v) = self.connect_concurrency {
-            base.connect_concurrency = (v > 0).then_some(v);
-        }
-        if let Some(v) = self.settle {
-            base.settle = v;
-        }
-        if let Some(v) = self.drain_timeout {
-            base.drain_timeout = v;
-        }
-        if self.subscribers.is_empty() {
-            return vec![base];
-        }
-        self.subscribers
-            .iter()
-            .map(|&n| Params {
-                subscribers: n,
-                ..base.clone()
-            })
-            .collect()
-    }
-}
-
-impl ServerArgs {
-    fn options(&self) -> servers::Options {
-        servers::Options {
-            herald_bin: self.herald_bin.clone(),
-            herald_args: self.herald_arg.clone(),
-            admin_url: self.database_admin_url.clone(),
-            nginx_bin: self.nginx_bin.clone(),
-            nchan_module: self.nchan_module.clone(),
-            nchan_config: self.nchan_config.clone(),
-        }
-    }
-}
+use cli::{Cli, Command, CompareArgs, Output, RunArgs, ServerArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -295,7 +60,7 @@ async fn execute(command: Command) -> anyhow::Result<bool> {
     let to_stdout = output.json.as_deref() == Some(std::path::Path::new("-"));
     for group in &groups {
         let refs: Vec<&Report> = group.iter().collect();
-        let text = report::table(&refs);
+        let text = table::render(&refs);
         if to_stdout {
             eprintln!("{text}");
         } else {
@@ -325,12 +90,16 @@ async fn run_one(args: &RunArgs) -> anyhow::Result<Vec<Report>> {
         let url = args.url.as_deref().context("--url or --spawn")?;
         (resolve(url).await?, args.server_pid, None)
     };
+    let processes = Processes {
+        server: pid,
+        postgres: postgres_pid(args.target, &args.servers).await,
+    };
     let target = target::make(args.target, addr);
     let mut reports = Vec::new();
     let mut failure = None;
     for p in params {
         eprintln!("{}: {}", args.target, p.describe(args.scenario));
-        match herald_bench::scenario::run(args.scenario, target.clone(), pid, p).await {
+        match herald_bench::scenario::run(args.scenario, target.clone(), processes, p).await {
             Ok(r) => reports.push(r),
             Err(e) => {
                 failure = Some(e);
@@ -366,15 +135,14 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Vec<Vec<Report>>> {
             }
         };
         let target = target::make(kind, spawned.addr);
+        let processes = Processes {
+            server: Some(spawned.pid),
+            postgres: postgres_pid(kind, &args.servers).await,
+        };
         for (i, p) in params.iter().enumerate() {
             eprintln!("{kind}: {}", p.describe(args.scenario));
-            match herald_bench::scenario::run(
-                args.scenario,
-                target.clone(),
-                Some(spawned.pid),
-                p.clone(),
-            )
-            .await
+            match herald_bench::scenario::run(args.scenario, target.clone(), processes, p.clone())
+                .await
             {
                 Ok(r) => groups[i].push(r),
                 Err(e) => eprintln!("{kind}: {e:#}"),
@@ -387,6 +155,25 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<Vec<Vec<Report>>> {
         anyhow::bail!("no run completed");
     }
     Ok(groups)
+}
+
+/// PostgreSQL's postmaster, to measure beside herald: `--postgres-pid`, or
+/// found through the admin URL (`0`, nchan, or not found: none).
+async fn postgres_pid(kind: Kind, args: &ServerArgs) -> Option<u32> {
+    if kind != Kind::Herald {
+        return None;
+    }
+    match args.postgres_pid {
+        Some(0) => None,
+        Some(pid) => Some(pid),
+        None => match herald_bench::postgres::postmaster(&args.database_admin_url).await {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                eprintln!("PostgreSQL's CPU will not be reported: {e:#}");
+                None
+            }
+        },
+    }
 }
 
 async fn resolve(url: &str) -> anyhow::Result<std::net::SocketAddr> {

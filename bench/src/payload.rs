@@ -3,7 +3,9 @@
 //! Every event's data is a JSON object whose `bench` field is a marker
 //! string: `B1:<publisher>:<seq>:<sent unix nanos>` for a measured event,
 //! `W1:<n>` for a sync event (published until every subscriber has seen one,
-//! so that measured events start only once all streams are live). herald
+//! so that measured events start only once all streams are live), `F1:<n>`
+//! for a filler (published to fill a server's ring and log before anyone
+//! subscribes; never counted). herald
 //! keeps `data` byte for byte inside its envelope and nchan sends the body as
 //! it came, so one substring search finds the marker for either server; no
 //! JSON parse per delivery.
@@ -53,6 +55,19 @@ pub fn event(publisher: u32, seq: u64, sent_nanos: u64, size: usize) -> String {
 /// The data of sync event `n`.
 pub fn sync(n: u64) -> String {
     format!("{{\"bench\":\"W1:{n}\"}}")
+}
+
+/// The data of filler event `n`: recognised as no marker at all.
+pub fn filler(n: u64, size: usize) -> String {
+    let mut s = format!("{{\"bench\":\"F1:{n}\"");
+    let overhead = s.len() + r#","pad":""}"#.len();
+    if size > overhead {
+        s.push_str(",\"pad\":\"");
+        s.extend(std::iter::repeat_n('x', size - overhead));
+        s.push('"');
+    }
+    s.push('}');
+    s
 }
 
 /// Finds the marker in a frame's `data:` line.
@@ -123,6 +138,8 @@ mod tests {
     #[test]
     fn sync_and_foreign_data() {
         assert_eq!(parse(sync(5).as_bytes()), Some(Marker::Sync(5)));
+        assert_eq!(parse(filler(5, 0).as_bytes()), None);
+        assert_eq!(filler(5, 100).len(), 100);
         assert_eq!(parse(br#"{"status":"ok"}"#), None);
         assert_eq!(parse(br#"{"bench":"B1:x:1:2"}"#), None);
     }

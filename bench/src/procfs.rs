@@ -1,6 +1,8 @@
 //! The server's memory and CPU, read from `/proc`: VmRSS and utime+stime of
-//! a process and all its descendants (nginx is a master and its workers),
-//! and its open descriptors. Sampled during a run for the peak.
+//! a process and all its descendants (nginx is a master and its workers;
+//! PostgreSQL a postmaster and its backends), and its open descriptors; or
+//! of one process alone (the harness, whose children are the servers it
+//! started). Sampled during a run for the peak.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,18 +31,41 @@ pub fn clock_ticks() -> u64 {
     u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
-/// `(ppid, utime + stime)` from `/proc/PID/stat`.
-fn stat(pid: u32) -> Option<(u32, u64)> {
+/// What `/proc/PID/stat` says about a process's parent and CPU time.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    ppid: u32,
+    /// utime + stime: its own threads.
+    ticks: u64,
+    /// cutime + cstime: children it has reaped (waited for).
+    reaped_ticks: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields are
     // counted from the last ')'. After it come field 3 (state), 4 (ppid),
-    // …, 14 (utime), 15 (stime).
+    // …, 14 (utime), 15 (stime), 16 (cutime), 17 (cstime).
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        ticks: field(11)? + field(12)?,
+        reaped_ticks: field(13)? + field(14)?,
+    })
+}
+
+/// The parent of `pid`, if `pid` exists.
+pub fn parent(pid: u32) -> Option<u32> {
+    stat(pid).map(|s| s.ppid)
+}
+
+/// The command name of `pid` (`/proc/PID/comm`: the executable's name,
+/// which PostgreSQL's backends keep while they rewrite their titles).
+pub fn command_name(pid: u32) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim_end().to_owned())
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -66,8 +91,8 @@ pub fn tree(root: u32) -> Vec<u32> {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            if let Some((ppid, _)) = stat(pid) {
-                children.entry(ppid).or_default().push(pid);
+            if let Some(s) = stat(pid) {
+                children.entry(s.ppid).or_default().push(pid);
             }
         }
     }
@@ -82,15 +107,41 @@ pub fn tree(root: u32) -> Vec<u32> {
     out
 }
 
+/// What to measure from a root process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The process and every descendant. CPU includes what the root's
+    /// children used before they exited and were reaped (its cutime and
+    /// cstime), so a PostgreSQL backend that ends during a window is still
+    /// counted: its time was in the tree's sum at the start and is in the
+    /// postmaster's reaped time at the end.
+    Tree,
+    /// The process alone: its own threads, not its children.
+    Process,
+}
+
 /// The usage of `root`'s process tree; `None` if `root` is gone.
 pub fn usage(root: u32) -> Option<Usage> {
-    stat(root)?;
+    usage_of(root, Scope::Tree)
+}
+
+/// The usage of `root` (and its descendants, for [`Scope::Tree`]); `None`
+/// if `root` is gone.
+pub fn usage_of(root: u32, scope: Scope) -> Option<Usage> {
+    let root_stat = stat(root)?;
+    let pids = match scope {
+        Scope::Tree => tree(root),
+        Scope::Process => vec![root],
+    };
     let mut u = Usage::default();
-    for pid in tree(root) {
-        let Some((_, ticks)) = stat(pid) else {
+    if scope == Scope::Tree {
+        u.cpu_ticks += root_stat.reaped_ticks;
+    }
+    for pid in pids {
+        let Some(s) = stat(pid) else {
             continue;
         };
-        u.cpu_ticks += ticks;
+        u.cpu_ticks += s.ticks;
         u.rss_kib += rss_kib(pid);
         u.fds += fds(pid);
         u.processes += 1;
@@ -115,6 +166,7 @@ pub struct Resources {
 /// Samples a process tree until [`Sampler::finish`].
 pub struct Sampler {
     pid: u32,
+    scope: Scope,
     start: Usage,
     started: Instant,
     peak_kib: Arc<Mutex<u64>>,
@@ -125,7 +177,13 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling `pid`'s tree every `period`; `None` if it is gone.
     pub fn start(pid: u32, period: Duration) -> Option<Self> {
-        let start = usage(pid)?;
+        Self::start_scoped(pid, Scope::Tree, period)
+    }
+
+    /// Starts sampling `pid` (its tree, or it alone) every `period`;
+    /// `None` if it is gone.
+    pub fn start_scoped(pid: u32, scope: Scope, period: Duration) -> Option<Self> {
+        let start = usage_of(pid, scope)?;
         let peak_kib = Arc::new(Mutex::new(start.rss_kib));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -137,7 +195,7 @@ impl Sampler {
                         _ = tick.tick() => {}
                         () = stop.cancelled() => return,
                     }
-                    let u = tokio::task::spawn_blocking(move || usage(pid))
+                    let u = tokio::task::spawn_blocking(move || usage_of(pid, scope))
                         .await
                         .ok()
                         .flatten();
@@ -152,6 +210,7 @@ impl Sampler {
         });
         Some(Self {
             pid,
+            scope,
             start,
             started: Instant::now(),
             peak_kib,
@@ -165,7 +224,7 @@ impl Sampler {
         self.stop.cancel();
         let _ = self.task.await;
         let wall = self.started.elapsed().as_secs_f64();
-        let end = usage(self.pid)?;
+        let end = usage_of(self.pid, self.scope)?;
         let peak = (*self
             .peak_kib
             .lock()
@@ -189,6 +248,23 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_alone_leaves_its_children_out() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let alone = usage_of(me, Scope::Process).unwrap();
+        let tree = usage_of(me, Scope::Tree).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(alone.processes, 1);
+        assert!(tree.processes >= 2, "{tree:?}");
+        assert_eq!(parent(child.id()), None, "reaped");
+        assert_eq!(command_name(me).as_deref().map(str::is_empty), Some(false));
+    }
 
     #[test]
     fn reads_this_process() {

@@ -1,15 +1,13 @@
-//! What a run found, as a table for people (targets side by side) and as
-//! JSON for machines (`--json`).
-
-use std::fmt::Write as _;
+//! What a run found: the [`Report`], serialised as JSON for machines
+//! (`--json`); `table` renders it for people.
 
 use serde::Serialize;
 
 use crate::procfs::Resources;
-use crate::scenario::{Params, Scenario};
 use crate::stats::Percentiles;
 use crate::target::Kind;
 use crate::track::Correctness;
+use crate::workload::{Params, Scenario};
 
 /// One scenario run against one target.
 #[derive(Debug, Clone, Serialize)]
@@ -23,9 +21,14 @@ pub struct Report {
     pub delivery: Option<DeliveryStats>,
     pub catch_up: Option<CatchUpStats>,
     pub idle: Option<IdleStats>,
+    /// `peruser`, `peruser-storm`.
+    pub per_user: Option<PerUserStats>,
     pub correctness: Correctness,
     /// The server's process tree, when its pid is known.
     pub server: Option<Resources>,
+    /// PostgreSQL's process tree (postmaster, backends, WAL writer, …), for
+    /// herald, when found.
+    pub postgres: Option<Resources>,
     /// The harness itself.
     pub client: Option<Resources>,
 }
@@ -49,8 +52,60 @@ pub struct DeliveryStats {
     pub deliveries: u64,
     /// Deliveries per second, from the first publish to the last delivery.
     pub deliveries_per_sec: f64,
+    /// What the publishers' fixed rate asks for: events per second times
+    /// the subscribers each event goes to.
+    pub offered_per_sec: Option<f64>,
+    /// From the last acknowledged publish request going out to the last
+    /// delivery: a server that keeps up drains in about its latency.
+    /// (Events never delivered are in `correctness.missing`, not here.)
+    pub drain_ms: Option<f64>,
     /// Publisher's send time (in the payload) → subscriber's receive time.
     pub latency: Option<Percentiles>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PerUserStats {
+    /// Topics, one per per-user subscriber (and storm client).
+    pub topics: usize,
+    pub wildcard_subscribers: usize,
+    /// What they subscribed to: herald `*` or the run's prefix; nchan the
+    /// channel every event was also published to.
+    pub wildcard_subscription: Option<String>,
+    /// Deliveries to them (within `delivery.deliveries`), and their
+    /// publish→receive latency (`delivery.latency` is the per-user
+    /// subscribers').
+    pub wildcard_deliveries: u64,
+    pub wildcard_latency: Option<Percentiles>,
+    pub storm: Option<StormStats>,
+}
+
+/// `peruser-storm`: the fill, the storm clients' catch-up, and the live
+/// subscribers' latency around it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormStats {
+    /// Events published before anyone subscribed, and how long that took.
+    pub fill_events: u64,
+    pub fill_s: f64,
+    pub clients: usize,
+    /// Clients whose stream was open again and that had received every
+    /// event of their topic (none missing) by the end.
+    pub caught_up: usize,
+    /// Between the cut and the rejoin.
+    pub away_ms: f64,
+    /// Events the clients received after the rejoin that had been sent
+    /// before it (what they missed), in all.
+    pub missed_events: u64,
+    /// Per client: rejoin → its stream open again and the last event it
+    /// had missed received.
+    pub catch_up: Option<Percentiles>,
+    /// Rejoin → the last client caught up.
+    pub all_caught_up_ms: Option<f64>,
+    /// Publish→receive of the live (non-storm) per-user subscribers, for
+    /// the events sent before the cut, and for those sent during the storm
+    /// (from the rejoin until every client had caught up, at least 1 s).
+    pub live_latency_before: Option<Percentiles>,
+    pub live_latency_during: Option<Percentiles>,
+    pub during_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,36 +134,6 @@ pub struct IdleStats {
     pub client_fds: usize,
 }
 
-fn pct(p: Option<&Percentiles>) -> String {
-    p.map_or_else(
-        || "-".into(),
-        |p| {
-            format!(
-                "{} / {} / {} / {} / {}",
-                ms(p.p50_ms),
-                ms(p.p90_ms),
-                ms(p.p99_ms),
-                ms(p.p999_ms),
-                ms(p.max_ms)
-            )
-        },
-    )
-}
-
-fn ms(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-fn rate(v: f64) -> String {
-    format!("{v:.0}")
-}
-
 impl Report {
     /// Whether the correctness counters are all zero.
     pub fn is_clean(&self) -> bool {
@@ -121,161 +146,10 @@ impl Report {
                 .catch_up
                 .as_ref()
                 .is_none_or(|c| c.caught_up == c.clients)
+            && self
+                .per_user
+                .as_ref()
+                .and_then(|u| u.storm.as_ref())
+                .is_none_or(|s| s.caught_up == s.clients)
     }
-
-    /// The table rows: label and value.
-    pub fn rows(&self) -> Vec<(String, String)> {
-        let mut rows: Vec<(String, String)> = Vec::new();
-        let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
-        if let Some(p) = &self.publish {
-            row(
-                "published: events acked / errors",
-                format!("{} / {}", p.events_acked, p.errors),
-            );
-            row("publish rate (events/s)", rate(p.events_per_sec));
-            row(
-                "publish latency ms p50/p90/p99/p99.9/max",
-                pct(p.latency.as_ref()),
-            );
-        }
-        if let Some(d) = &self.delivery {
-            row("deliveries", d.deliveries.to_string());
-            if d.deliveries_per_sec > 0.0 {
-                row("deliveries/s", rate(d.deliveries_per_sec));
-            }
-            row(
-                "delivery latency ms p50/p90/p99/p99.9/max",
-                pct(d.latency.as_ref()),
-            );
-        }
-        if let Some(c) = &self.catch_up {
-            row(
-                "clients caught up",
-                format!("{} / {}", c.caught_up, c.clients),
-            );
-            row("missed events per client", c.events_per_client.to_string());
-            row("catch-up ms p50/p90/p99/p99.9/max", pct(c.time.as_ref()));
-            if let Some(all) = c.all_caught_up_ms {
-                row("all caught up (ms)", ms(all));
-            }
-            if let Some(r) = c.replay_events_per_sec {
-                row("replay rate per client (events/s)", rate(r));
-            }
-        }
-        if let Some(i) = &self.idle {
-            row("streams open", i.streams.to_string());
-            row(
-                "server RSS before / after (MiB)",
-                format!(
-                    "{:.1} / {:.1}",
-                    i.rss_before_kib as f64 / 1024.0,
-                    i.rss_after_kib as f64 / 1024.0
-                ),
-            );
-            row(
-                "server RSS per stream (KiB)",
-                format!("{:.2}", i.rss_per_stream_bytes / 1024.0),
-            );
-            row(
-                "server fds before / after",
-                format!("{} / {}", i.server_fds_before, i.server_fds_after),
-            );
-            row("client fds", i.client_fds.to_string());
-        }
-        let c = &self.correctness;
-        row(
-            "missing / duplicate / out of order",
-            format!("{} / {} / {}", c.missing, c.duplicates, c.out_of_order),
-        );
-        row(
-            "subscribers with errors / failed",
-            format!("{} / {}", c.subscribers_with_errors, c.failed_subscribers),
-        );
-        row(
-            "id regressions / resets / reconnects",
-            format!("{} / {} / {}", c.id_regressions, c.resets, c.reconnects),
-        );
-        if let Some(s) = &self.server {
-            row(
-                "server RSS start / peak / end (MiB)",
-                format!(
-                    "{:.1} / {:.1} / {:.1}",
-                    s.rss_start_mib, s.rss_peak_mib, s.rss_end_mib
-                ),
-            );
-            row(
-                "server CPU (% of one core)",
-                format!("{:.0}", s.cpu_percent),
-            );
-        }
-        if let Some(s) = &self.client {
-            row(
-                "client CPU (% of one core)",
-                format!("{:.0}", s.cpu_percent),
-            );
-        }
-        row("measured for (s)", format!("{:.2}", self.elapsed_s));
-        row(
-            "correctness",
-            if self.is_clean() {
-                "ok".into()
-            } else {
-                "ERRORS".into()
-            },
-        );
-        rows
-    }
-}
-
-/// Reports of the same scenario and parameters, one column per target.
-pub fn table(reports: &[&Report]) -> String {
-    let Some(first) = reports.first() else {
-        return String::new();
-    };
-    let mut out = String::new();
-    let _ = writeln!(out, "{}", first.params.describe(first.scenario));
-    let columns: Vec<Vec<(String, String)>> = reports.iter().map(|r| r.rows()).collect();
-    // Every label any report has, in first-seen order.
-    let mut labels: Vec<&String> = Vec::new();
-    for (k, _) in columns.iter().flatten() {
-        if !labels.contains(&k) {
-            labels.push(k);
-        }
-    }
-    let label_w = labels.iter().map(|l| l.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = columns
-        .iter()
-        .zip(reports)
-        .map(|(col, r)| {
-            col.iter()
-                .map(|(_, v)| v.len())
-                .chain([r.target.to_string().len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let _ = write!(out, "{:label_w$}", "");
-    for (r, w) in reports.iter().zip(&widths) {
-        let _ = write!(out, "  {:>w$}", r.target.to_string());
-    }
-    out.push('\n');
-    for label in labels {
-        let _ = write!(out, "{label:label_w$}");
-        for (col, w) in columns.iter().zip(&widths) {
-            let v = col.iter().find(|(k, _)| k == label).map_or("-", |(_, v)| v);
-            let _ = write!(out, "  {v:>w$}");
-        }
-        out.push('\n');
-    }
-    for r in reports {
-        if let Some(e) = r
-            .correctness
-            .first_error
-            .as_ref()
-            .or_else(|| r.publish.as_ref().and_then(|p| p.first_error.as_ref()))
-        {
-            let _ = writeln!(out, "{}: first error: {e}", r.target);
-        }
-    }
-    out
 }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sqlx::Connection;
 use tokio::process::{Child, Command};
 
 use crate::http::{self, Conn};
+use crate::postgres::drop_database;
 use crate::target::{self, Kind};
 
 /// The nchan configuration, built in so the binary runs from anywhere.
@@ -387,17 +387,4 @@ fn signal_group(pid: u32, sig: libc::c_int, group: bool) {
     unsafe {
         libc::kill(if group { -pid } else { pid }, sig);
     }
-}
-
-async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .with_context(|| format!("cannot connect to {admin_url} to drop {name}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "drop database if exists {name} with (force)"
-    )))
-    .execute(&mut conn)
-    .await
-    .with_context(|| format!("cannot drop database {name}"))?;
-    Ok(())
 }

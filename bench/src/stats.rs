@@ -68,6 +68,57 @@ impl Shards {
     }
 }
 
+/// Latency samples with the time their event was sent, for the latency of
+/// the events sent within part of a run (`peruser-storm`: during the
+/// storm). 12 bytes a delivery, sharded like [`Shards`].
+pub struct Timeline {
+    shards: Vec<Mutex<Vec<(u64, u32)>>>,
+}
+
+impl Timeline {
+    pub fn new(n: usize) -> Self {
+        Self {
+            shards: (0..n.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// Records deliveries: `sent[i]` (ns since the epoch) and `micros[i]`.
+    pub fn record_all(&self, key: usize, sent: &[u64], micros: &[u64]) {
+        if sent.is_empty() {
+            return;
+        }
+        let mut v = self.shards[key % self.shards.len()]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.extend(
+            sent.iter()
+                .zip(micros)
+                .map(|(&s, &m)| (s, u32::try_from(m).unwrap_or(u32::MAX))),
+        );
+    }
+
+    /// Forgets everything recorded so far.
+    pub fn reset(&self) {
+        for s in &self.shards {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
+    }
+
+    /// The latency of the events sent in `[from, to)` (ns since the epoch).
+    pub fn sent_within(&self, from: u64, to: u64) -> Option<Percentiles> {
+        let mut h = histogram();
+        for s in &self.shards {
+            let v = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &(_, micros) in v.iter().filter(|(sent, _)| (from..to).contains(sent)) {
+                record(&mut h, u64::from(micros));
+            }
+        }
+        Percentiles::of(&h)
+    }
+}
+
 /// Percentiles of a latency distribution, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
@@ -115,5 +166,18 @@ mod tests {
         assert!((p.p50_ms - 0.5).abs() < 0.01, "{p:?}");
         assert!((p.max_ms - 1.0).abs() < 0.01, "{p:?}");
         assert!(Percentiles::of(&histogram()).is_none());
+    }
+
+    #[test]
+    fn timeline_keeps_only_the_window_asked_for() {
+        let t = Timeline::new(2);
+        t.record_all(0, &[10, 20, 30], &[1000, 2000, 3000]);
+        t.record_all(1, &[25], &[9000]);
+
+        let p = t.sent_within(20, 30).unwrap();
+
+        assert_eq!(p.count, 2);
+        assert!((p.max_ms - 9.0).abs() < 0.01, "{p:?}");
+        assert!(t.sent_within(31, 40).is_none());
     }
 }

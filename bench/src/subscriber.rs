@@ -3,23 +3,23 @@
 //! correctness record and a latency sample. It reconnects with
 //! `Last-Event-ID` when the server ends its stream, as `EventSource` does,
 //! so a server that drops slow clients is judged on what clients finally
-//! receive.
+//! receive. A group may also be put through a reconnect storm
+//! ([`crate::group::Storm`]): every connection cut at once, then all
+//! reconnecting at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
+use crate::group::Shared;
 use crate::http::{self, BodyDecoder};
 use crate::net::{self, Sources};
 use crate::payload::{self, Marker};
 use crate::sse::{self, Frame};
-use crate::stats::Shards;
 use crate::target::Target;
 use crate::track::Tracker;
 
@@ -32,48 +32,6 @@ const MAX_RECONNECTS: u32 = 20;
 const RECONNECT_AFTER: Duration = Duration::from_millis(100);
 /// Longest wait for a connection and its response head.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What all subscribers of a run share.
-pub struct Shared {
-    /// Publish→receive latency, µs.
-    pub latency: Shards,
-    /// Measured events received, duplicates included.
-    pub delivered: AtomicU64,
-    /// Subscribers whose first response head arrived (200).
-    pub established: AtomicUsize,
-    /// Subscribers that have seen a sync event.
-    pub synced: AtomicUsize,
-    /// Subscribers that have received all their expected events.
-    pub caught_up: AtomicUsize,
-    /// Subscribers that gave up.
-    pub failed: AtomicUsize,
-    /// Why the first one gave up.
-    pub first_failure: std::sync::Mutex<Option<String>>,
-    pub stop: CancellationToken,
-    /// Bounds connections being opened at once (`None`: no bound).
-    pub gate: Option<Arc<Semaphore>>,
-    /// Catch-up times count from here.
-    pub started: Instant,
-    pub reconnect: bool,
-}
-
-impl Shared {
-    pub fn new(subscribers: usize, connect_concurrency: Option<usize>) -> Arc<Self> {
-        Arc::new(Self {
-            latency: Shards::new(16.min(subscribers.max(1))),
-            delivered: AtomicU64::new(0),
-            established: AtomicUsize::new(0),
-            synced: AtomicUsize::new(0),
-            caught_up: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            first_failure: std::sync::Mutex::new(None),
-            stop: CancellationToken::new(),
-            gate: connect_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),
-            started: Instant::now(),
-            reconnect: true,
-        })
-    }
-}
 
 /// What one subscriber is asked to do.
 #[derive(Debug, Clone)]
@@ -102,6 +60,12 @@ pub struct Outcome {
     /// The id of the last sync event it saw: a cursor just before the
     /// measured events.
     pub last_sync_id: Option<Vec<u8>>,
+    /// In a storm: when its stream was open again (ns since the epoch).
+    pub rejoined_nanos: Option<u64>,
+    /// In a storm: events sent before the rejoin and received after it
+    /// (what it had missed), and when the last of them arrived.
+    pub missed: u64,
+    pub last_missed_nanos: Option<u64>,
 }
 
 /// Per-stream state that survives reconnects.
@@ -112,13 +76,29 @@ struct State {
     last_id: Option<Vec<u8>>,
     last_order: Option<u128>,
     synced: bool,
-    /// Latencies of the current read, flushed into the shared shards.
+    /// Latencies of the current read, flushed into the shared shards, and
+    /// (with a timeline) the send times of those events.
     latencies: Vec<u64>,
+    sent: Vec<u64>,
     delivered: u64,
+    phase: Phase,
+}
+
+/// Where a subscriber is in its group's storm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the cut (and in a group without a storm).
+    Before,
+    /// Cut off, waiting for the rejoin.
+    Away,
+    /// Reconnected after the rejoin.
+    Back,
 }
 
 enum End {
     Stopped,
+    /// The storm cut the connection.
+    Cut,
     /// The stream could not be opened; trying again may help.
     Refused(String),
     /// The stream was open, then ended or failed; resuming may help.
@@ -142,7 +122,9 @@ pub async fn run(
         last_order: None,
         synced: false,
         latencies: Vec::new(),
+        sent: Vec::new(),
         delivered: 0,
+        phase: Phase::Before,
     };
     let mut established = false;
     let mut attempts = 0;
@@ -158,6 +140,15 @@ pub async fn run(
         .await
         {
             End::Stopped => break,
+            End::Cut => {
+                // Reconnects at the rejoin: not a failure, not counted.
+                state.phase = Phase::Away;
+                let storm = shared.storm.as_ref().expect("only a storm cuts");
+                tokio::select! {
+                    () = storm.rejoin.cancelled() => state.phase = Phase::Back,
+                    () = shared.stop.cancelled() => break,
+                }
+            }
             End::Lost(why) | End::Refused(why) if shared.stop.is_cancelled() => {
                 state.out.error = Some(why);
                 break;
@@ -171,7 +162,7 @@ pub async fn run(
                         why
                     }
                     End::Refused(why) => why,
-                    End::Stopped => unreachable!("handled above"),
+                    End::Stopped | End::Cut => unreachable!("handled above"),
                 };
                 if !shared.reconnect || attempts >= MAX_RECONNECTS {
                     state.out.failed = true;
@@ -208,9 +199,18 @@ async fn session(
 ) -> End {
     let stopped = shared.stop.cancelled();
     tokio::pin!(stopped);
+    let watch_cut = state.phase == Phase::Before;
+    let cut = async {
+        match &shared.storm {
+            Some(storm) if watch_cut => storm.cut.cancelled().await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cut);
     let opened = tokio::select! {
         biased;
         () = &mut stopped => return End::Stopped,
+        () = &mut cut => return End::Cut,
         r = tokio::time::timeout(CONNECT_TIMEOUT, open(target, sources, spec, shared, state.last_id.as_deref())) => r,
     };
     let (mut stream, head, rest) = match opened {
@@ -221,6 +221,11 @@ async fn session(
     if !*established {
         *established = true;
         shared.established.fetch_add(1, Ordering::Relaxed);
+    }
+    if let (Some(storm), Phase::Back, None) = (&shared.storm, state.phase, state.out.rejoined_nanos)
+    {
+        state.out.rejoined_nanos = Some(payload::now_nanos());
+        storm.rejoined.fetch_add(1, Ordering::Relaxed);
     }
 
     let mut decoder = BodyDecoder::new(head.framing);
@@ -241,6 +246,7 @@ async fn session(
         let read = tokio::select! {
             biased;
             () = &mut stopped => return End::Stopped,
+            () = &mut cut => return End::Cut,
             r = stream.read_buf(&mut raw) => r,
         };
         match read {
@@ -321,6 +327,15 @@ impl State {
                 self.delivered += 1;
                 self.latencies
                     .push(now_nanos.saturating_sub(sent_nanos) / 1000);
+                if shared.timeline.is_some() {
+                    self.sent.push(sent_nanos);
+                }
+                if let (Some(storm), Phase::Back) = (&shared.storm, self.phase)
+                    && sent_nanos < storm.rejoin_nanos.load(Ordering::Relaxed)
+                {
+                    self.out.missed += 1;
+                    self.out.last_missed_nanos = Some(now_nanos);
+                }
                 if self.out.tracker.record(publisher, seq)
                     && self.out.caught_up.is_none()
                     && self.expect.is_some_and(|n| self.out.tracker.unique >= n)
@@ -348,8 +363,16 @@ impl State {
                 .delivered
                 .fetch_add(self.delivered, Ordering::Relaxed);
             self.delivered = 0;
+            let at = u64::try_from(shared.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            shared
+                .last_delivery_us
+                .fetch_max(at.max(1), Ordering::Relaxed);
         }
         shared.latency.record_all(index, &self.latencies);
+        if let Some(t) = &shared.timeline {
+            t.record_all(index, &self.sent, &self.latencies);
+            self.sent.clear();
+        }
         self.latencies.clear();
     }
 }

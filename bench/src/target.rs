@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::http;
+use crate::workload::WildcardFilter;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -36,9 +37,11 @@ pub trait Target: Send + Sync + 'static {
     /// Most events one publish request may carry.
     fn max_batch(&self) -> usize;
 
-    /// A complete publish request of `events` (each a JSON `data` text) to
-    /// `topic`.
-    fn publish_request(&self, topic: &str, events: &[String]) -> Vec<u8>;
+    /// A complete publish request of `events` (at most [`max_batch`] of
+    /// them).
+    ///
+    /// [`max_batch`]: Target::max_batch
+    fn publish_request(&self, events: &[Outgoing<'_>]) -> Vec<u8>;
 
     /// A complete subscribe request for `topic`, resuming after
     /// `last_event_id` if given.
@@ -50,6 +53,28 @@ pub trait Target: Send + Sync + 'static {
     /// An event id as a number that grows with the stream's order, to count
     /// ids that go backwards; `None` if it cannot be read.
     fn id_order(&self, id: &[u8]) -> Option<u128>;
+
+    /// How a subscriber that watches every topic of a run whose topics all
+    /// start with `prefix:` is served (an operator's dashboard).
+    fn dashboard(&self, prefix: &str, filter: WildcardFilter) -> Dashboard;
+}
+
+/// One event of a publish request.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    /// Its `data`, a JSON text.
+    pub data: &'a str,
+}
+
+/// How the wildcard subscribers of a run are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dashboard {
+    /// The topic (filter, channel) they subscribe to.
+    pub subscribe: String,
+    /// Appended to every event's topic when publishing: nchan's way to put
+    /// each event on a second channel in the same request.
+    pub publish_suffix: String,
 }
 
 /// Topics both servers accept unencoded in a query string: herald's topic
@@ -96,12 +121,17 @@ impl Target for Herald {
         1000
     }
 
-    fn publish_request(&self, topic: &str, events: &[String]) -> Vec<u8> {
-        let one = |data: &str| format!(r#"{{"topic":"{topic}","type":"bench","data":{data}}}"#);
+    fn publish_request(&self, events: &[Outgoing<'_>]) -> Vec<u8> {
+        let one = |e: &Outgoing<'_>| {
+            format!(
+                r#"{{"topic":"{}","type":"bench","data":{}}}"#,
+                e.topic, e.data
+            )
+        };
         let body = if let [only] = events {
             one(only)
         } else {
-            let parts: Vec<String> = events.iter().map(|d| one(d)).collect();
+            let parts: Vec<String> = events.iter().map(one).collect();
             format!("[{}]", parts.join(","))
         };
         http::post(
@@ -126,6 +156,17 @@ impl Target for Herald {
 
     fn id_order(&self, id: &[u8]) -> Option<u128> {
         std::str::from_utf8(id).ok()?.parse().ok()
+    }
+
+    /// herald matches filters itself: `*`, or the run's prefix.
+    fn dashboard(&self, prefix: &str, filter: WildcardFilter) -> Dashboard {
+        Dashboard {
+            subscribe: match filter {
+                WildcardFilter::All => "*".to_owned(),
+                WildcardFilter::Prefix => format!("{prefix}:*"),
+            },
+            publish_suffix: String::new(),
+        }
     }
 }
 
@@ -159,13 +200,13 @@ impl Target for Nchan {
         1
     }
 
-    fn publish_request(&self, topic: &str, events: &[String]) -> Vec<u8> {
+    fn publish_request(&self, events: &[Outgoing<'_>]) -> Vec<u8> {
         assert_eq!(events.len(), 1, "nchan publishes one message per request");
         http::post(
-            &format!("/pub?id={topic}"),
+            &format!("/pub?id={}", events[0].topic),
             &self.host,
             "application/json",
-            events[0].as_bytes(),
+            events[0].data.as_bytes(),
         )
     }
 
@@ -185,6 +226,21 @@ impl Target for Nchan {
         let tag = tag.trim_matches(['[', ']']);
         let tag = tag.split(',').next()?;
         Some((secs.parse::<u128>().ok()? << 64) | tag.parse::<u128>().ok()?)
+    }
+
+    /// nchan has no filter over channels: a subscriber may multiplex at
+    /// most 255 channels, far fewer than a run's topics. So every event is
+    /// also published to a channel of the run's own (`<prefix>:all`), in
+    /// the same request (`/pub?id=<topic>,<prefix>:all`: the config splits
+    /// the id at commas and publishes to both), and the wildcard subscribers
+    /// read that channel. Whatever the filter asked for, since the run's
+    /// topics are all it publishes.
+    fn dashboard(&self, prefix: &str, _: WildcardFilter) -> Dashboard {
+        let all = format!("{prefix}:all");
+        Dashboard {
+            publish_suffix: format!(",{all}"),
+            subscribe: all,
+        }
     }
 }
 
@@ -212,19 +268,43 @@ pub fn make(kind: Kind, addr: SocketAddr) -> std::sync::Arc<dyn Target> {
 mod tests {
     use super::*;
 
+    fn to<'a>(topic: &'a str, data: &'a str) -> Outgoing<'a> {
+        Outgoing { topic, data }
+    }
+
     #[test]
     fn herald_batch_is_an_array_and_single_is_an_object() {
         let h = Herald::new("127.0.0.1:8080".parse().unwrap());
-        let one = String::from_utf8(h.publish_request("t", &["1".into()])).unwrap();
+        let one = String::from_utf8(h.publish_request(&[to("t", "1")])).unwrap();
         assert!(
             one.ends_with(r#"{"topic":"t","type":"bench","data":1}"#),
             "{one}"
         );
         assert!(one.contains("Content-Length: 37\r\n"), "{one}");
-        let two = String::from_utf8(h.publish_request("t", &["1".into(), "2".into()])).unwrap();
+        let two = String::from_utf8(h.publish_request(&[to("t", "1"), to("u", "2")])).unwrap();
         assert!(two.ends_with(
-            r#"[{"topic":"t","type":"bench","data":1},{"topic":"t","type":"bench","data":2}]"#
+            r#"[{"topic":"t","type":"bench","data":1},{"topic":"u","type":"bench","data":2}]"#
         ));
+    }
+
+    #[test]
+    fn dashboards_are_a_filter_on_herald_and_a_mirror_channel_on_nchan() {
+        let h = Herald::new("127.0.0.1:8080".parse().unwrap());
+        let n = Nchan::new("127.0.0.1:8090".parse().unwrap());
+
+        let all = h.dashboard("bench:p", WildcardFilter::All);
+        let prefix = h.dashboard("bench:p", WildcardFilter::Prefix);
+        let mirror = n.dashboard("bench:p", WildcardFilter::All);
+        let topic = format!("bench:p:u1{}", mirror.publish_suffix);
+        let published = String::from_utf8(n.publish_request(&[to(&topic, "1")])).unwrap();
+
+        assert_eq!(
+            (all.subscribe.as_str(), all.publish_suffix.as_str()),
+            ("*", "")
+        );
+        assert_eq!(prefix.subscribe, "bench:p:*");
+        assert_eq!(mirror.subscribe, "bench:p:all");
+        assert!(published.starts_with("POST /pub?id=bench:p:u1,bench:p:all HTTP/1.1\r\n"));
     }
 
     #[test]

@@ -42,6 +42,15 @@ impl Bits {
         self.words.iter().all(|w| *w == 0)
     }
 
+    /// The set bits, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| i as u64 * 64 + b)
+        })
+    }
+
     /// Bits set here and not in `other`.
     pub fn count_missing_from(&self, other: &Bits) -> u64 {
         self.words
@@ -82,6 +91,13 @@ impl Tracker {
             self.next[p] = seq + 1;
         }
         true
+    }
+
+    /// Whether event `seq` of `publisher` was received.
+    pub fn contains(&self, publisher: u32, seq: u64) -> bool {
+        self.seen
+            .get(publisher as usize)
+            .is_some_and(|b| b.contains(seq))
     }
 
     /// Acknowledged events (per publisher) this subscriber never received.
@@ -169,6 +185,20 @@ mod tests {
         assert_eq!(t.duplicates, 1);
         assert_eq!(t.out_of_order, 1);
         assert_eq!(t.unique, 6);
+    }
+
+    #[test]
+    fn bits_iterate_in_order_and_tracker_answers_membership() {
+        let mut b = Bits::default();
+        for i in [130, 0, 63, 64] {
+            b.insert(i);
+        }
+        let mut t = Tracker::default();
+        t.record(2, 7);
+
+        assert_eq!(b.iter().collect::<Vec<_>>(), [0, 63, 64, 130]);
+        assert!(t.contains(2, 7));
+        assert!(!t.contains(2, 6) && !t.contains(0, 7) && !t.contains(9, 7));
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald::{Config, Instance};
-use herald_bench::{Kind, Params, Report, Scenario, Target, scenario, servers, target};
+use herald_bench::scenario::Processes;
+use herald_bench::{
+    Kind, Params, Report, Scenario, Target, postgres, procfs, scenario, servers, target,
+};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 
@@ -131,15 +134,39 @@ fn tiny(s: Scenario) -> Params {
             missed: 50,
             ..base
         },
+        // A dashboard beside the per-user subscribers.
+        Scenario::PerUser => Params {
+            subscribers: 30,
+            wildcard_subscribers: 2,
+            publishers: 4,
+            rate: Some(1000.0),
+            events: Some(400),
+            ..base
+        },
+        // The storm in the middle of 1.2 s of events.
+        Scenario::PerUserStorm => Params {
+            subscribers: 20,
+            storm_clients: 10,
+            wildcard_subscribers: 1,
+            publishers: 4,
+            rate: Some(500.0),
+            events: Some(600),
+            fill: 500,
+            storm_after: Duration::from_millis(300),
+            storm_away: Duration::from_millis(200),
+            ..base
+        },
     }
 }
 
-const ALL: [Scenario; 5] = [
+const ALL: [Scenario; 7] = [
     Scenario::Publish,
     Scenario::Fanout,
     Scenario::Idle,
     Scenario::Resume,
     Scenario::Storm,
+    Scenario::PerUser,
+    Scenario::PerUserStorm,
 ];
 
 fn assert_clean(r: &Report) {
@@ -156,18 +183,30 @@ fn assert_clean(r: &Report) {
         c.resets,
         c.failed_subscribers,
         c.first_error,
-        herald_bench::report::table(&[r])
+        herald_bench::table::render(&[r])
     );
     assert!(c.subscribers > 0);
     assert!(c.expected_per_subscriber > 0, "something was measured");
+    if let Some(u) = &r.per_user {
+        assert_eq!(
+            u.wildcard_subscription.is_some(),
+            u.wildcard_subscribers > 0
+        );
+        assert!(u.wildcard_deliveries > 0, "the dashboard got events");
+        if let Some(s) = &u.storm {
+            assert!(s.missed_events > 0, "the storm clients missed something");
+            assert!(s.live_latency_during.is_some(), "live events flowed");
+        }
+    }
 }
 
-async fn run_all(target: &Arc<dyn Target>, pid: Option<u32>) {
+async fn run_all(target: &Arc<dyn Target>, processes: Processes) {
     for s in ALL {
-        let report = scenario::run(s, target.clone(), pid, tiny(s))
+        let report = scenario::run(s, target.clone(), processes, tiny(s))
             .await
             .unwrap_or_else(|e| panic!("{} {s}: {e:#}", target.kind()));
         assert_clean(&report);
+        assert_eq!(report.postgres.is_some(), processes.postgres.is_some());
     }
 }
 
@@ -175,8 +214,16 @@ async fn run_all(target: &Arc<dyn Target>, pid: Option<u32>) {
 async fn every_scenario_against_herald_delivers_each_event_once_in_order() {
     let db = TestDb::create().await;
     let (target, stop) = start_herald(&db).await;
+    let postgres = postgres::postmaster(&admin_url()).await.ok();
 
-    run_all(&target, None).await;
+    run_all(
+        &target,
+        Processes {
+            server: None,
+            postgres,
+        },
+    )
+    .await;
 
     let _ = stop.send(());
 }
@@ -208,7 +255,36 @@ async fn every_scenario_against_nchan_delivers_each_event_once_in_order() {
         .expect("nginx with nchan starts");
     let target = target::make(Kind::Nchan, nchan.addr);
 
-    run_all(&target, Some(nchan.pid)).await;
+    run_all(
+        &target,
+        Processes {
+            server: Some(nchan.pid),
+            postgres: None,
+        },
+    )
+    .await;
 
     nchan.stop().await.expect("nginx stops");
+}
+
+#[tokio::test]
+async fn postgresql_is_measured_from_its_postmaster() {
+    let postmaster = postgres::postmaster(&admin_url())
+        .await
+        .expect("PostgreSQL runs on this machine for the tests (see README)");
+
+    let name = procfs::command_name(postmaster);
+    let parent = procfs::parent(postmaster).and_then(procfs::command_name);
+    let usage = procfs::usage(postmaster).expect("the postmaster is alive");
+
+    assert_eq!(name.as_deref(), Some("postgres"));
+    assert_ne!(
+        parent.as_deref(),
+        Some("postgres"),
+        "the root, not a backend"
+    );
+    assert!(
+        usage.processes > 1,
+        "backends and auxiliary processes: {usage:?}"
+    );
 }

@@ -5,10 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{
-    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, server_sampler,
-    wait_for,
-};
+use super::clients::{Subscribers, correctness, wait_for};
+use super::ctx::{Ctx, Samplers, fresh_topic};
 use crate::payload;
 use crate::procfs;
 use crate::publisher::Control;
@@ -23,16 +21,15 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     // A first publish creates whatever the server keeps per topic (nchan's
     // channel) before the baseline, so only streams are counted.
     control.publish(&topic[0], payload::sync(u64::MAX)).await?;
-    let before = ctx.server_pid.and_then(procfs::usage);
+    let before = ctx.processes.server.and_then(procfs::usage);
 
-    let server = server_sampler(ctx);
-    let client = client_sampler();
+    let samplers = Samplers::start(ctx);
     let started = Instant::now();
     let subs = Subscribers::spawn(ctx, &topic, p.subscribers, None, None);
     subs.wait_established(p.drain_timeout).await?;
     subs.sync(&mut control, &topic, p.drain_timeout).await?;
     tokio::time::sleep(p.settle).await;
-    let after = ctx.server_pid.and_then(procfs::usage);
+    let after = ctx.processes.server.and_then(procfs::usage);
     let client_fds = crate::net::open_fds();
 
     // Every stream must still deliver.
@@ -49,8 +46,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let server = finish_sampler(server).await;
-    let client = finish_sampler(client).await;
+    let measured = samplers.finish().await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
     let streams = subs.shared.established.load(Ordering::Relaxed);
@@ -83,12 +79,16 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         delivery: Some(DeliveryStats {
             deliveries,
             deliveries_per_sec: 0.0,
+            offered_per_sec: None,
+            drain_ms: None,
             latency,
         }),
         catch_up: None,
+        per_user: None,
         idle,
         correctness,
-        server,
-        client,
+        server: measured.server,
+        postgres: measured.postgres,
+        client: measured.client,
     })
 }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{
-    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, publish_all,
-    server_sampler, wait_for,
-};
+use super::clients::{Subscribers, correctness, wait_for};
+use super::ctx::{Ctx, Samplers, fresh_topic};
+use super::publishing::publish_all;
 use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
 use crate::stats::Percentiles;
 use crate::track::Bits;
+use crate::workload::Params;
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     let p = &ctx.params;
@@ -25,8 +25,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     // Sync events are not measured.
     subs.shared.latency.reset();
 
-    let server = server_sampler(ctx);
-    let client = client_sampler();
+    let samplers = Samplers::start(ctx);
     let started = Instant::now();
     let published = publish_all(ctx, &topics, p.events, p.rate, p.until()).await?;
 
@@ -57,8 +56,14 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let server = finish_sampler(server).await;
-    let client = finish_sampler(client).await;
+    let last = subs.shared.last_delivery();
+    let delivering = last.map_or(elapsed, |t| {
+        t.saturating_duration_since(started).as_secs_f64()
+    });
+    let drained = last
+        .zip(published.last_sent)
+        .map(|(t, sent)| t.saturating_duration_since(sent));
+    let measured = samplers.finish().await;
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
     let outcomes = subs.finish().await;
@@ -69,14 +74,34 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         elapsed_s: elapsed,
         delivery: Some(DeliveryStats {
             deliveries,
-            deliveries_per_sec: deliveries as f64 / elapsed.max(1e-9),
+            deliveries_per_sec: deliveries as f64 / delivering.max(1e-9),
+            offered_per_sec: offered(p),
+            drain_ms: drained.map(|d| d.as_secs_f64() * 1000.0),
             latency,
         }),
         correctness: correctness(&outcomes, |i| &acked_by_topic[i % n], p.subscribers),
         publish: Some(published.stats),
         catch_up: None,
+        per_user: None,
         idle: None,
-        server,
-        client,
+        server: measured.server,
+        postgres: measured.postgres,
+        client: measured.client,
     })
+}
+
+/// Deliveries per second a fixed rate asks for: publisher i's share of the
+/// rate goes to the subscribers of topic i mod topics.
+fn offered(p: &Params) -> Option<f64> {
+    let rate = p.rate?;
+    let per_publisher = rate / p.publishers.max(1) as f64;
+    let topics = p.topics.max(1);
+    // Subscriber j reads topic j mod topics.
+    let subscribers_of =
+        |t: usize| p.subscribers / topics + usize::from(t < p.subscribers % topics);
+    Some(
+        (0..p.publishers)
+            .map(|i| per_publisher * subscribers_of(i % topics) as f64)
+            .sum(),
+    )
 }

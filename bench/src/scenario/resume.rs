@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{
-    Ctx, Subscribers, client_sampler, correctness, finish_sampler, fresh_topic, publish_all,
-    server_sampler,
-};
+use super::clients::{Subscribers, correctness, wait_for};
+use super::ctx::{Ctx, Samplers, fresh_topic};
+use super::publishing::publish_all;
 use crate::publisher::Control;
 use crate::report::{CatchUpStats, Report};
 use crate::stats::{self, Percentiles};
@@ -47,8 +46,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         );
     }
 
-    let server = server_sampler(ctx);
-    let client = client_sampler();
+    let samplers = Samplers::start(ctx);
     let started = Instant::now();
     let (clients, rounds) = if storm {
         (p.subscribers, 1)
@@ -60,7 +58,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
     let mut all_caught_up = Duration::ZERO;
     for _ in 0..rounds {
         let subs = Subscribers::spawn(ctx, &topic, clients, Some(&cursor), Some(k));
-        super::wait_for(p.drain_timeout, || {
+        wait_for(p.drain_timeout, || {
             subs.shared
                 .caught_up
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -78,8 +76,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         outcomes.extend(round);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let server = finish_sampler(server).await;
-    let client = finish_sampler(client).await;
+    let measured = samplers.finish().await;
     let caught_up = outcomes.iter().filter(|o| o.caught_up.is_some()).count();
     let total = clients * rounds;
     let time = Percentiles::of(&times);
@@ -103,9 +100,11 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
                 .then_some(all_caught_up.as_secs_f64() * 1000.0),
             replay_events_per_sec: (!storm).then_some(replay_rate).flatten(),
         }),
+        per_user: None,
         idle: None,
         correctness: correctness(&outcomes, |_| &published.acked, total),
-        server,
-        client,
+        server: measured.server,
+        postgres: measured.postgres,
+        client: measured.client,
     })
 }
