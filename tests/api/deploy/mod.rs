@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod container;
+mod kubernetes;
 mod systemd;
 
 /// A file of the repository, by its path from the root.
