@@ -86,3 +86,18 @@ fn assert_known_variables<'a>(file: &str, names: impl IntoIterator<Item = &'a st
         );
     }
 }
+
+#[test]
+fn license_file_names_the_license_of_the_manifests() {
+    let license = read("LICENSE");
+    for manifest in ["Cargo.toml", "bench/Cargo.toml"] {
+        let declared = read(manifest)
+            .lines()
+            .find_map(|l| l.strip_prefix("license = "))
+            .map(|v| v.trim_matches('"').to_owned());
+        assert_eq!(declared.as_deref(), Some("MIT"), "{manifest}");
+    }
+    assert_eq!(license.lines().next(), Some("MIT License"));
+    assert!(license.contains("Copyright (c) 2026 herald contributors"));
+    assert!(license.contains("THE SOFTWARE IS PROVIDED \"AS IS\""));
+}
