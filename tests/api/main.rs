@@ -11,6 +11,7 @@ mod cluster;
 mod commit;
 mod cors;
 mod delivery;
+mod deploy;
 mod faults;
 mod history;
 mod idempotency;

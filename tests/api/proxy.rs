@@ -1,6 +1,8 @@
 //! `deploy/nginx/nginx.conf`, run by a real nginx in front of two herald
 //! instances: the config passes `nginx -t`, streams pass through unbuffered
-//! with their heartbeats, and a resume through the proxy works.
+//! with their heartbeats, a resume through the proxy works, a stream meant
+//! for a stopped instance is answered by the other one, and no query string
+//! (where a token may travel) reaches nginx's logs.
 //! Needs `nginx` (Debian package `nginx-light`; `.ci/run` installs it).
 
 use std::process::Stdio;
@@ -44,9 +46,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The deploy config with its upstreams pointed at `backends` and its
-/// listener at a free loopback port.
-fn render_config(backends: &[&TestApp], port: u16) -> String {
+/// The deploy config with its upstreams pointed at `backends`, its listener
+/// at a free loopback port and its logs in `dir`.
+fn render_config(backends: &[&TestApp], port: u16, dir: &std::path::Path) -> String {
     let conf = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nginx/nginx.conf"
@@ -56,7 +58,14 @@ fn render_config(backends: &[&TestApp], port: u16) -> String {
     conf.replace("herald-1:8080", &backends[0].addr.to_string())
         .replace("herald-2:8080", &backends[1].addr.to_string())
         .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-        .replace("access_log /dev/stdout;", "access_log off;")
+        .replace(
+            "access_log /dev/stdout",
+            &format!("access_log {}", dir.join("access.log").display()),
+        )
+        .replace(
+            "error_log /dev/stderr",
+            &format!("error_log {}", dir.join("error.log").display()),
+        )
         .replace("worker_processes auto;", "worker_processes 1;")
 }
 
@@ -82,7 +91,7 @@ async fn start_nginx(backends: &[&TestApp]) -> Nginx {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
-    std::fs::write(dir.join("nginx.conf"), render_config(backends, port)).unwrap();
+    std::fs::write(dir.join("nginx.conf"), render_config(backends, port, &dir)).unwrap();
 
     let check = tokio::process::Command::new("nginx")
         .arg("-t")
@@ -176,4 +185,62 @@ async fn deploy_nginx_config_streams_unbuffered_across_two_instances() {
     drop(nginx);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn deploy_nginx_config_sends_streams_past_a_stopped_instance() {
+    // Arrange: nginx in front of A and B; B stops, so its port is closed.
+    let a = spawn_app().await;
+    let b = spawn_on(a.db.clone(), test_config(&a.db.url)).await;
+    let nginx = start_nginx(&[&a, &b]).await;
+    b.stop().await;
+    let client = reqwest::Client::new();
+    // Nothing of the query string may reach nginx's logs: a browser's
+    // EventSource, which cannot set headers, carries its token there
+    // (`access_token=`). The topic stands in for it here.
+    let topic = unique_topic("proxy-query-marker");
+
+    // Act: 20 new streams, as 20 browsers would open them.
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let res = client
+            .get(format!("{}/v1/stream?topic={topic}", nginx.base))
+            .send()
+            .await
+            .unwrap();
+        let content_type = res.headers().get("content-type").cloned();
+        answers.push((res.status().as_u16(), content_type));
+    }
+
+    // Assert: every one was answered as a stream (anything else makes an
+    // EventSource give up for good), none with a 502 from the dead upstream.
+    let others: Vec<_> = answers
+        .iter()
+        .filter(|(status, ct)| {
+            !(*status == 200 && ct.as_ref().is_some_and(|ct| ct == "text/event-stream"))
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "{} of 20 stream requests were not answered 200 text/event-stream: {others:?}",
+        others.len()
+    );
+    // And the logs have each request (written when its stream is over: at
+    // the next heartbeat after the client left), without its query string.
+    let access_log = nginx.dir.join("access.log");
+    wait_for("nginx to log the 20 streams", || async {
+        std::fs::read_to_string(&access_log)
+            .is_ok_and(|log| log.matches("\"GET /v1/stream").count() == 20)
+    })
+    .await;
+    for log in ["access.log", "error.log"] {
+        let text = std::fs::read_to_string(nginx.dir.join(log)).unwrap_or_default();
+        assert!(
+            !text.contains(&topic) && !text.contains("topic="),
+            "{log} carries the query string:\n{text}"
+        );
+    }
+
+    drop(nginx);
+    a.stop().await;
 }
