@@ -112,6 +112,14 @@ impl Streams {
     ) -> Result<StreamBody, ApiError> {
         let mut request = stream_request(head.query(), &head.header_values("last-event-id"))?;
         let identity = self.auth.identify(head)?;
+        // A stream never runs past its token's `exp`: one at or past it
+        // (within the verifier's leeway) would end as soon as it opened.
+        if identity
+            .expires_at
+            .is_some_and(|exp| exp <= time::OffsetDateTime::now_utc())
+        {
+            return Err(ApiError::Unauthorized("the token has expired".into()));
+        }
         request.filters = identity.grants.readable(request.filters)?;
         if self.shutdown.is_cancelled() {
             return Ok(StreamBody::Retry(retry_frame(self.settings.retry)));

@@ -262,13 +262,22 @@ impl HeraldProcess {
     /// Starts herald with the test flags plus `extra`, and waits for its
     /// "herald is serving" line to learn the address.
     pub(crate) async fn start(database_url: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(database_url, extra, &[("RUST_LOG", "info")]).await
+    }
+
+    /// As [`Self::start`], with environment variables of its own (set after
+    /// the environment's `HERALD_*` ones are removed).
+    pub(crate) async fn start_with_env(
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
         command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--database-url", database_url])
             .args(["--heartbeat", "300ms", "--retry", "200ms"])
             .args(extra)
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -279,6 +288,7 @@ impl HeraldProcess {
                 command.env_remove(name);
             }
         }
+        command.envs(env.iter().copied());
         let mut child = command.spawn().expect("start the herald binary");
         let pid = child.id().expect("a running child has a pid");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

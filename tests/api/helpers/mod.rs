@@ -8,10 +8,12 @@
 mod chaos;
 mod problems;
 mod sse;
+mod tokens;
 
 pub use chaos::*;
 pub use problems::*;
 pub use sse::*;
+pub use tokens::*;
 
 use std::future::Future;
 use std::net::SocketAddr;
