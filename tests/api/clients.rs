@@ -11,6 +11,7 @@
 //! httpx-sse`. Screenshots of the console land in `tests/artifacts/`.
 
 mod readme;
+mod readme_tokens;
 mod run;
 
 use std::path::Path;

@@ -19,6 +19,7 @@ mod publish;
 mod start;
 mod tail;
 mod tls;
+mod token;
 
 /// `herald` with no client setting inherited from the environment.
 pub(crate) fn herald() -> Command {
@@ -28,6 +29,10 @@ pub(crate) fn herald() -> Command {
         "HERALD_TAIL_IDLE_TIMEOUT",
         "HERALD_PUBLISH_TIMEOUT",
         "HERALD_CA_CERT",
+        "HERALD_TOKEN",
+        "HERALD_JWT_SECRET",
+        "HERALD_JWT_SECRET_FILE",
+        "HERALD_JWT_AUDIENCE",
         "NO_COLOR",
     ] {
         cmd.env_remove(var);

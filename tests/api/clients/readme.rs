@@ -13,6 +13,7 @@ use crate::helpers::*;
 /// fresh database, so ids start at 1 as the README shows.
 #[tokio::test]
 async fn readme_curl_lines_work_exactly_as_written() {
+    let _port = PORT_8080.lock().await;
     let section = ReadmeCurl::parse();
     let herald = DefaultHerald::start().await;
 
@@ -174,8 +175,26 @@ impl ReadmeCurl {
     }
 }
 
+/// The README's examples name 127.0.0.1:8080: the tests that run them take
+/// turns.
+pub(super) static PORT_8080: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The README section under `heading` (up to the next heading of its level).
+pub(super) fn readme_section(heading: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
+    let rest = &readme[start + 1..];
+    let level = heading.split(' ').next().unwrap();
+    let end = rest[heading.len()..]
+        .find(&format!("\n{level} "))
+        .map_or(rest.len(), |i| i + heading.len());
+    rest[..end].to_owned()
+}
+
 /// The fenced code blocks of Markdown text: (info string, content).
-fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
+pub(super) fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
     let mut blocks = Vec::new();
     let mut open: Option<(String, String)> = None;
     for line in markdown.lines() {
@@ -194,7 +213,7 @@ fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
 }
 
 /// The commands of a `sh` block, a backslash-continued line kept whole.
-fn shell_commands(block: &str) -> Vec<String> {
+pub(super) fn shell_commands(block: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in block.lines() {

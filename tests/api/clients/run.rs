@@ -70,8 +70,21 @@ pub(super) struct Running {
 
 impl Running {
     pub(super) fn spawn(command: &mut Command) -> Self {
+        command.stdin(Stdio::null());
+        Self::start(command)
+    }
+
+    /// As [`Self::spawn`], with standard input to write to (a shell that
+    /// reads commands as a user types them).
+    pub(super) fn spawn_with_stdin(command: &mut Command) -> (Self, tokio::process::ChildStdin) {
+        command.stdin(Stdio::piped());
+        let mut running = Self::start(command);
+        let stdin = running.child.stdin.take().expect("stdin is piped");
+        (running, stdin)
+    }
+
+    fn start(command: &mut Command) -> Self {
         command
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
