@@ -39,6 +39,7 @@ pub struct Instance {
     state: AppState,
     drain: Duration,
     cors: Vec<String>,
+    instance: Option<String>,
     tasks: Vec<JoinHandle<()>>,
     tasks_stop: CancellationToken,
 }
@@ -54,7 +55,13 @@ impl Instance {
         refuse_open_anonymous(&config, &auth)?;
         let limits = Arc::new(Limits::new(&config.limits));
         let metrics = telemetry::metrics_handle();
-        let pool = db::connect(&config.database_url, config.db_pool, config.db_timeout).await?;
+        let pool = db::connect(
+            &config.database_url,
+            config.instance_name.as_deref(),
+            config.db_pool,
+            config.db_timeout,
+        )
+        .await?;
         let (log, committer) = EventLog::start(pool, config.db_timeout);
         let hub = Hub::new(config.ring_size, 0);
         listener::warm(&log, &hub, config.ring_size)
@@ -114,6 +121,7 @@ impl Instance {
             state,
             drain: config.drain,
             cors: config.cors_origins,
+            instance: config.instance_name,
             tasks,
             tasks_stop,
         })
@@ -142,6 +150,7 @@ impl Instance {
             state,
             drain,
             cors,
+            instance,
             tasks,
             tasks_stop,
         } = self;
@@ -149,7 +158,7 @@ impl Instance {
         let pool = state.log.pool().clone();
         // The CORS origins too: a browser whose origin is not listed gives up
         // for good, so a typo there should be easy to spot.
-        tracing::info!(address = %tcp.local_addr()?, cors_origins = ?cors, "herald is serving");
+        tracing::info!(address = %tcp.local_addr()?, instance = instance.as_deref().unwrap_or("herald"), cors_origins = ?cors, "herald is serving");
 
         // Connections are still accepted during the drain window: a load
         // balancer sees `/readyz` fail, and a stream that arrives is told to

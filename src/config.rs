@@ -34,6 +34,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_RETRY", default_value = "3s", value_parser = parse_duration)]
     pub retry: Duration,
 
+    /// This instance's name, for PostgreSQL (`application_name` is
+    /// `herald/<name>` in `pg_stat_activity`) and the logs; `herald` alone
+    /// when unset. A pod or host name is a good one.
+    #[arg(long, env = "HERALD_INSTANCE_NAME", value_name = "NAME")]
+    pub instance_name: Option<String>,
+
     /// Log line format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -28,11 +28,19 @@ const OBJECT_IN_USE: &str = "55006";
 /// A one-line message naming the server, database and user tried.
 pub async fn connect(
     url: &str,
+    instance: Option<&str>,
     pool_size: u32,
     acquire_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
+    // `pg_stat_activity` shows who is who: `herald`, or `herald/<name>`
+    // for an instance given a name.
+    let application = match instance {
+        Some(name) => format!("herald/{name}"),
+        None => "herald".to_owned(),
+    };
     let options = PgConnectOptions::from_str(url)
-        .map_err(|e| anyhow!("DATABASE_URL is not a PostgreSQL URL ({e})"))?;
+        .map_err(|e| anyhow!("DATABASE_URL is not a PostgreSQL URL ({e})"))?
+        .application_name(&application);
     let target = describe(&options);
     let fix = "start PostgreSQL or point --database-url / DATABASE_URL at one";
 

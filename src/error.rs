@@ -60,20 +60,21 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0} is not allowed here")]
     MethodNotAllowed(String),
+    /// The cause is for the log line, never the client.
     #[error("the event log is unavailable; nothing was stored, retry later")]
-    Unavailable,
+    Unavailable(String),
     /// The commit went out and PostgreSQL never answered (README, "Errors").
     #[error(
         "the event log did not confirm in time whether the event was stored; \
          retry with the same Idempotency-Key to store it exactly once"
     )]
-    OutcomeUnknown,
+    OutcomeUnknown(String),
     /// PostgreSQL refused this request's content although it passed
     /// validation; nothing was stored.
     #[error("PostgreSQL refused this event; nothing was stored")]
-    RefusedByLog,
+    RefusedByLog(String),
     #[error("internal error")]
-    Internal,
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -102,9 +103,9 @@ impl ApiError {
             Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RefusedByLog => StatusCode::BAD_REQUEST,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) | Self::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RefusedByLog(_) => StatusCode::BAD_REQUEST,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -130,10 +131,10 @@ impl ApiError {
             Self::Limited { reason, .. } => reason,
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::Unavailable => "database_unavailable",
-            Self::OutcomeUnknown => "outcome_unknown",
-            Self::RefusedByLog => "refused_by_database",
-            Self::Internal => "internal",
+            Self::Unavailable(_) => "database_unavailable",
+            Self::OutcomeUnknown(_) => "outcome_unknown",
+            Self::RefusedByLog(_) => "refused_by_database",
+            Self::Internal(_) => "internal",
         }
     }
 }
@@ -141,23 +142,39 @@ impl ApiError {
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
         match e {
-            LogError::Unavailable(msg) => {
-                tracing::warn!(error = %msg, "event log unavailable");
-                Self::Unavailable
+            LogError::Unavailable(cause) => Self::Unavailable(cause),
+            LogError::Closed => Self::Unavailable("the event log is shutting down".into()),
+            LogError::Unknown(cause) => Self::OutcomeUnknown(cause),
+            LogError::Refused(cause) => Self::RefusedByLog(cause),
+            LogError::Database(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl ApiError {
+    /// What went wrong behind a 5xx (or a refusal by PostgreSQL), for the
+    /// one log line a handler writes; never sent to the client.
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            Self::Unavailable(c)
+            | Self::OutcomeUnknown(c)
+            | Self::RefusedByLog(c)
+            | Self::Internal(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Logs this refusal of a request to `route`: one line, at `warn` for
+    /// what the database did and `error` for a defect, `info` for a
+    /// client's mistake. Never the request's token or body.
+    pub fn log(&self, route: &'static str) {
+        let (status, code) = (self.status().as_u16(), self.code());
+        match (self, self.cause()) {
+            (Self::Internal(_), cause) => {
+                tracing::error!(route, status, code, cause, "request failed");
             }
-            LogError::Closed => Self::Unavailable,
-            LogError::Unknown(msg) => {
-                tracing::warn!(error = %msg, "append outcome unknown");
-                Self::OutcomeUnknown
-            }
-            LogError::Refused(msg) => {
-                tracing::warn!(error = %msg, "PostgreSQL refused an event that passed validation");
-                Self::RefusedByLog
-            }
-            LogError::Database(msg) => {
-                tracing::error!(error = %msg, "event log error");
-                Self::Internal
-            }
+            (_, Some(cause)) => tracing::warn!(route, status, code, cause, "request refused"),
+            (_, None) => tracing::info!(route, status, code, detail = %self, "request refused"),
         }
     }
 }

@@ -117,6 +117,7 @@ impl StoredEvent {
         buf.push_str("\n\n");
         Frame {
             id: self.id,
+            committed: self.time,
             topic: self.topic.clone(),
             bytes: Bytes::from(buf),
             event_line: (event_start, event_end),
@@ -129,6 +130,8 @@ impl StoredEvent {
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub id: i64,
+    /// When the event was committed (for the delivery-lag metric).
+    pub committed: OffsetDateTime,
     pub topic: Topic,
     pub bytes: Bytes,
     /// Byte range of the `event:` line within `bytes`.

@@ -16,7 +16,16 @@ use crate::stream::{bounded_filters, parse_cursor, parse_since};
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
+/// `GET /v1/events`; a refusal is logged once, here.
 pub async fn history(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let answer = history_request(state, req).await;
+    if let Err(refused) = &answer {
+        refused.log("/v1/events");
+    }
+    answer
+}
+
+async fn history_request(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, _) = req.into_parts();
     let (after, filters, limit) = parse_query(parts.uri.query().unwrap_or(""))?;
     let identity = state.streams.auth.identify(&parts)?;

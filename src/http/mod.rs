@@ -65,13 +65,17 @@ pub fn router(state: AppState) -> Router {
         .layer(
             // The span names the route, never the full URI: query strings may
             // carry tokens.
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", MatchedPath::as_str);
-                tracing::info_span!("http", method = %req.method(), route)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", MatchedPath::as_str);
+                    tracing::info_span!("http", method = %req.method(), route)
+                })
+                // Handlers log their own refusals, once; a `/readyz` 503
+                // during a planned drain is not an error at all.
+                .on_failure(()),
         )
         .with_state(state)
 }

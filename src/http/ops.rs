@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use crate::telemetry;
 
 /// Longest `/readyz` waits for PostgreSQL before calling it unreachable.
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,6 +45,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Gauges of what is only worth reading when someone asks.
+    let (frames, oldest) = state.streams.hub.ring_stats();
+    metrics::gauge!(telemetry::RING_FRAMES).set(frames as f64);
+    metrics::gauge!(telemetry::RING_OLDEST).set(oldest as f64);
+    let pool = state.log.pool();
+    let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
+    metrics::gauge!(telemetry::DB_CONNECTIONS, "state" => "in_use").set(size - idle);
+    metrics::gauge!(telemetry::DB_CONNECTIONS, "state" => "idle").set(idle);
+    metrics::gauge!(telemetry::DB_POOL_MAX).set(f64::from(pool.options().get_max_connections()));
     (
         [(
             header::CONTENT_TYPE,

@@ -51,7 +51,25 @@ struct EventIn<'a> {
     key: Option<String>,
 }
 
+/// `POST /v1/events`. A refusal is logged once, here, and counted in
+/// `herald_publish_refused_total` by reason.
 pub async fn publish(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let answer = publish_request(state, req).await;
+    if let Err(refused) = &answer {
+        refused.log("/v1/events");
+        let reason = match refused.status().as_u16() {
+            401 => "unauthorized",
+            403 => "forbidden",
+            429 => "limited",
+            500.. => "unavailable",
+            _ => "invalid",
+        };
+        metrics::counter!(telemetry::PUBLISH_REFUSED, "reason" => reason).increment(1);
+    }
+    answer
+}
+
+async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     // Who asks comes first: a caller without a valid token learns nothing

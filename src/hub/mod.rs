@@ -140,6 +140,12 @@ impl Hub {
         self.lock().ring.floor()
     }
 
+    /// Frames in the ring, and the oldest id among them (the floor's next).
+    pub fn ring_stats(&self) -> (usize, i64) {
+        let s = self.lock();
+        (s.ring.len(), s.ring.floor() + 1)
+    }
+
     /// Subscribes from `cursor` if the ring covers it.
     ///
     /// What the backlog holds is decided under the same lock as the

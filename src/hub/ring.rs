@@ -80,6 +80,11 @@ impl Ring {
         self.floor
     }
 
+    /// Frames held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Appends the newest frame, dropping the oldest if the ring is full.
     pub(super) fn push(&mut self, frame: Arc<Frame>) {
         if self.capacity == 0 {

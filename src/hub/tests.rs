@@ -7,6 +7,7 @@ use crate::event::{Topic, TopicFilter};
 pub(super) fn frame(id: i64, topic: &str) -> Arc<Frame> {
     Arc::new(Frame {
         id,
+        committed: time::OffsetDateTime::UNIX_EPOCH,
         topic: Topic::parse(topic).unwrap(),
         bytes: bytes::Bytes::from(format!("id: {id}\n\n")),
         event_line: (0, 0),

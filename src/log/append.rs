@@ -144,7 +144,7 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
             Err(Failure::NotStored(e)) if group.len() > 1 && !super::is_transient(&e) => {
                 // A row PostgreSQL will not take: find whose, by committing
                 // each request on its own.
-                tracing::warn!(error = %e, requests = group.len(), "append refused; committing its requests one by one");
+                tracing::info!(error = %e, requests = group.len(), "append refused; committing its requests one by one");
                 for job in group {
                     let result = run(&pool, std::slice::from_ref(&job), timeout).await;
                     let _ = job.reply.send(
@@ -156,7 +156,8 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
             }
             Err(failure) => {
                 let err = LogError::from(failure);
-                tracing::warn!(error = %err, requests = group.len(), events = count, "append failed");
+                // Each request logs its own refusal, with this cause.
+                tracing::debug!(error = %err, requests = group.len(), events = count, "append failed");
                 for job in group {
                     let _ = job.reply.send(Err(err.clone()));
                 }
@@ -195,7 +196,7 @@ async fn run(
     if budget < MIN_STATEMENT_TIME {
         return Err(Failure::NotStored(sqlx::Error::PoolTimedOut));
     }
-    let mut conn = match tokio::time::timeout(budget, pool.acquire()).await {
+    let mut conn = match tokio::time::timeout(budget, super::acquire(pool)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(Failure::NotStored(e)),
         Err(_) => return Err(Failure::NotStored(sqlx::Error::PoolTimedOut)),

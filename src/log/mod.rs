@@ -11,12 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::event::{EventType, Filters, IdempotencyKey, StoredEvent, Topic};
+use crate::telemetry;
 
 mod append;
 
@@ -112,6 +114,20 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
+}
+
+/// A pool connection, counted in `herald_db_pool_waiting` while it is
+/// waited for (sqlx does not say how many wait).
+pub(crate) async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            metrics::gauge!(telemetry::DB_WAITING).decrement(1.0);
+        }
+    }
+    metrics::gauge!(telemetry::DB_WAITING).increment(1.0);
+    let _waiting = Waiting;
+    pool.acquire().await
 }
 
 /// What the log holds: the newest id ever assigned and the pruning floor.
@@ -226,7 +242,8 @@ impl EventLog {
     ) -> Result<Vec<StoredEvent>, LogError> {
         let patterns = filters.like_patterns();
         let rows: Vec<Row> = self
-            .bounded(
+            .bounded(async {
+                let mut conn = acquire(&self.pool).await?;
                 sqlx::query_as(
                     "select id, topic, type, data::text, time from events \
                      where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
@@ -235,8 +252,9 @@ impl EventLog {
                 .bind(after)
                 .bind(&patterns)
                 .bind(limit)
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(&mut *conn)
+                .await
+            })
             .await?;
         Ok(rows.into_iter().map(from_row).collect())
     }
@@ -256,7 +274,8 @@ impl EventLog {
     ) -> Result<Vec<StoredEvent>, LogError> {
         let patterns = filters.like_patterns();
         let rows: Vec<Row> = self
-            .bounded(
+            .bounded(async {
+                let mut conn = acquire(&self.pool).await?;
                 sqlx::query_as(
                     "select id, topic, type, data, time from ( \
                        select id, topic, type, data::text as data, time, \
@@ -272,8 +291,9 @@ impl EventLog {
                 .bind(&patterns)
                 .bind(limit)
                 .bind(max_bytes)
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(&mut *conn)
+                .await
+            })
             .await?;
         Ok(rows.into_iter().map(from_row).collect())
     }
@@ -310,15 +330,17 @@ impl EventLog {
     /// [`LogError`] when the query fails.
     pub async fn cursor_at(&self, time: OffsetDateTime) -> Result<i64, LogError> {
         let cursor: i64 = self
-            .bounded(
+            .bounded(async {
+                let mut conn = acquire(&self.pool).await?;
                 sqlx::query_scalar(
                     "select coalesce(\
                        (select id - 1 from events where time >= $1 order by time, id limit 1), \
                        (select last_id from log_head))",
                 )
                 .bind(time)
-                .fetch_one(&self.pool),
-            )
+                .fetch_one(&mut *conn)
+                .await
+            })
             .await?;
         Ok(cursor)
     }
@@ -327,10 +349,12 @@ impl EventLog {
     /// [`LogError`] when the query fails.
     pub async fn head(&self) -> Result<Head, LogError> {
         let (last_id, pruned_through): (i64, i64) = self
-            .bounded(
+            .bounded(async {
+                let mut conn = acquire(&self.pool).await?;
                 sqlx::query_as("select last_id, pruned_through from log_head")
-                    .fetch_one(&self.pool),
-            )
+                    .fetch_one(&mut *conn)
+                    .await
+            })
             .await?;
         Ok(Head {
             last_id,
@@ -340,7 +364,10 @@ impl EventLog {
 
     /// Whether PostgreSQL answers within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        let q = sqlx::query("select 1").execute(&self.pool);
+        let q = async {
+            let mut conn = acquire(&self.pool).await?;
+            sqlx::query("select 1").execute(&mut *conn).await
+        };
         matches!(tokio::time::timeout(timeout, q).await, Ok(Ok(_)))
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::head::Head;
 use crate::error::ApiError;
-use crate::stream::{self, StreamBody, StreamResponse, Streams, Subscription};
+use crate::stream::{self, EndReason, StreamBody, StreamResponse, Streams, Subscription};
 
 /// Most chunks sent in one vectored write.
 const MAX_BATCH: usize = 64;
@@ -134,14 +134,29 @@ async fn write_stream(
                     Some(chunk) => batch.push(chunk),
                     None => return,
                 },
-                () = client_gone(tcp) => return,
+                () = client_gone(tcp) => return sub.end(EndReason::ClientGone),
             }
             continue;
         }
         tokio::select! {
-            written = write_all(tcp, &mut batch, write_timeout) => if written.is_err() { return },
-            () = lagged.cancelled() => return,
+            written = write_all(tcp, &mut batch, write_timeout) => if let Err(e) = written {
+                return sub.end(why_ended(&e));
+            },
+            () = lagged.cancelled() => return sub.end(EndReason::Lagged),
         }
+    }
+}
+
+/// What a failed write says about the stream's end.
+fn why_ended(e: &std::io::Error) -> EndReason {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::TimedOut => EndReason::Stalled,
+        ErrorKind::BrokenPipe
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::WriteZero => EndReason::ClientGone,
+        _ => EndReason::Error,
     }
 }
 

@@ -46,7 +46,7 @@ pub use request::SINCE_FLOOR;
 pub use request::{
     RequestHead, Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request,
 };
-pub use subscription::{Parts, Subscription};
+pub use subscription::{EndReason, Parts, Subscription};
 
 /// The route this module answers.
 pub const PATH: &str = "/v1/stream";

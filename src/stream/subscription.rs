@@ -41,6 +41,8 @@ const REPLAY_PAGE: i64 = 1000;
 /// replaying stream holds one page until its client has taken it, so this
 /// bounds its memory whatever the size of the events.
 pub const REPLAY_PAGE_BYTES: i64 = 256 * 1024;
+/// One live frame in this many is sampled for the delivery-lag histogram.
+const LAG_SAMPLE: u64 = 64;
 /// Wait before retrying a replay query that failed.
 const RETRY_QUERY_AFTER: Duration = Duration::from_secs(1);
 
@@ -160,28 +162,89 @@ pub struct Subscription<L: ReplaySource = EventLog> {
     ping_timer: Pin<Box<Sleep>>,
     end: EndWatch,
     expiry: ExpiryWatch,
-    _gauge: ActiveStream,
+    record: Record,
+    /// Events written before the stream went live (the replay).
+    replayed: u64,
     /// Its place under the stream caps, given back when it ends.
     _slot: Option<StreamSlot>,
     /// Held for the stream's lifetime: the instance waits for these to go.
     _tracked: TaskTrackerToken,
 }
 
-/// Counts the stream in `herald_streams_active` for exactly its lifetime,
-/// however it ends (a client that leaves raises no error).
-struct ActiveStream;
+/// Why a stream ended: the `reason` of `herald_streams_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed the connection (or it broke).
+    ClientGone,
+    /// The hub dropped it: its queue filled.
+    Lagged,
+    /// Its client took no bytes for `--write-timeout`.
+    Stalled,
+    /// The instance stopped and the stream's drain slot came.
+    Drain,
+    /// Its token expired.
+    TokenExpired,
+    /// Writing failed otherwise.
+    Error,
+}
 
-impl ActiveStream {
-    fn new() -> Self {
-        telemetry::streams_active().increment(1.0);
-        metrics::counter!(telemetry::STREAMS_OPENED).increment(1);
-        Self
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ClientGone => "client_gone",
+            Self::Lagged => "lagged",
+            Self::Stalled => "stalled",
+            Self::Drain => "drain",
+            Self::TokenExpired => "token_expired",
+            Self::Error => "error",
+        }
     }
 }
 
-impl Drop for ActiveStream {
+/// A stream's life for the metrics and the log, recorded once at its end,
+/// however it ends (a client that leaves raises no error): counted in
+/// `herald_streams_active` meanwhile, then one `herald_streams_ended_total`
+/// by reason, its lifetime, and one log line at `debug` (stream ends are
+/// routine; the counters carry the aggregate).
+struct Record {
+    opened: Instant,
+    events: u64,
+    reason: Option<EndReason>,
+    lagged: CancellationToken,
+}
+
+impl Record {
+    fn new(lagged: CancellationToken) -> Self {
+        telemetry::streams_active().increment(1.0);
+        metrics::counter!(telemetry::STREAMS_OPENED).increment(1);
+        Self {
+            opened: Instant::now(),
+            events: 0,
+            reason: None,
+            lagged,
+        }
+    }
+}
+
+impl Drop for Record {
     fn drop(&mut self) {
         telemetry::streams_active().decrement(1.0);
+        // Through hyper, a lagging stream ends with its connection before
+        // it learns why: the token says.
+        let reason = self.reason.unwrap_or(if self.lagged.is_cancelled() {
+            EndReason::Lagged
+        } else {
+            EndReason::ClientGone
+        });
+        let lived = self.opened.elapsed();
+        metrics::counter!(telemetry::STREAMS_ENDED, "reason" => reason.label()).increment(1);
+        metrics::histogram!(telemetry::STREAM_SECONDS).record(lived);
+        tracing::debug!(
+            reason = reason.label(),
+            duration_ms = lived.as_millis() as u64,
+            events = self.events,
+            "stream ended"
+        );
     }
 }
 
@@ -233,12 +296,13 @@ impl<L: ReplaySource> Subscription<L> {
                 Start::Now | Start::After(_) => None,
             },
             message_events: request.message_events,
-            lagged,
             cursor: 0,
             read_database: false,
             state: State::Opening,
             out: VecDeque::new(),
-            _gauge: ActiveStream::new(),
+            record: Record::new(lagged.clone()),
+            replayed: 0,
+            lagged,
             _tracked: tracked,
         }
     }
@@ -267,10 +331,9 @@ impl<L: ReplaySource> Subscription<L> {
                 Wake::Frame(Some(frame)) => self.write_event(&frame),
                 // The hub dropped this subscriber: it fell behind. Ending the
                 // stream makes the client resume from its last id.
-                Wake::Frame(None) | Wake::End | Wake::Expiry(Expiry::End) => {
-                    self.state = State::Done;
-                    return None;
-                }
+                Wake::Frame(None) => return self.finish(EndReason::Lagged),
+                Wake::End => return self.finish(EndReason::Drain),
+                Wake::Expiry(Expiry::End) => return self.finish(EndReason::TokenExpired),
                 Wake::Expiry(Expiry::Warn(expires_at)) => {
                     self.out.push_back(event::auth_expiring_frame(expires_at));
                 }
@@ -446,6 +509,9 @@ impl<L: ReplaySource> Subscription<L> {
             &self.lagged,
         ) {
             Attach::Live { backlog, live } => {
+                for frame in backlog {
+                    self.write_event(&frame);
+                }
                 if self.resume.is_some() {
                     let source = if self.read_database {
                         "database"
@@ -453,9 +519,8 @@ impl<L: ReplaySource> Subscription<L> {
                         "ring"
                     };
                     metrics::counter!(telemetry::RESUMES, "source" => source).increment(1);
-                }
-                for frame in backlog {
-                    self.write_event(&frame);
+                    metrics::histogram!(telemetry::REPLAY_EVENTS, "source" => source)
+                        .record(self.replayed as f64);
                 }
                 self.state = State::Live(live);
             }
@@ -497,6 +562,28 @@ impl<L: ReplaySource> Subscription<L> {
             self.out.push_back(frame.bytes.clone());
         }
         telemetry::events_delivered().increment(1);
+        self.record.events += 1;
+        if !matches!(self.state, State::Live(_)) {
+            self.replayed += 1;
+        } else if self.record.events.is_multiple_of(LAG_SAMPLE) {
+            // Commit to write, for a sample of live frames: a histogram
+            // sample per frame would cost more than the frame.
+            let lag = time::OffsetDateTime::now_utc() - frame.committed;
+            metrics::histogram!(telemetry::DELIVERY_LAG).record(lag.as_seconds_f64().max(0.0));
+        }
+    }
+
+    /// Ends the stream for `reason`, unless it already ended for another.
+    /// Writers call this for what only they see (the client went away or
+    /// stopped reading).
+    pub fn end(&mut self, reason: EndReason) {
+        self.record.reason.get_or_insert(reason);
+        self.state = State::Done;
+    }
+
+    fn finish(&mut self, reason: EndReason) -> Option<Bytes> {
+        self.end(reason);
+        None
     }
 
     /// Whether the stream is live (attached to the hub): its frames are

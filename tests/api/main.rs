@@ -16,6 +16,7 @@ mod deploy;
 mod faults;
 mod history;
 mod idempotency;
+mod observability;
 mod ops;
 mod outage;
 mod proxy;

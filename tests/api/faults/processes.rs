@@ -274,7 +274,13 @@ impl HeraldProcess {
     ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
         command
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", "127.0.0.1:0"])
+            // JSON lines unless the test asks for another format.
+            .args(if extra.contains(&"--log-format") {
+                &[][..]
+            } else {
+                &["--log-format", "json"][..]
+            })
             .args(["--database-url", database_url])
             .args(["--heartbeat", "300ms", "--retry", "200ms"])
             .args(extra)
@@ -368,12 +374,20 @@ impl HeraldProcess {
 }
 
 /// The `address` of the JSON line "herald is serving".
+/// The `address` of the line "herald is serving", in JSON or pretty form.
 pub(crate) fn serving_address(line: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    if v["message"] != "herald is serving" {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        if v["message"] != "herald is serving" {
+            return None;
+        }
+        return v["address"].as_str().map(str::to_owned);
+    }
+    if !line.contains("herald is serving") {
         return None;
     }
-    v["address"].as_str().map(str::to_owned)
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("address="))
+        .map(str::to_owned)
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+//! Structured logs (tracing) and the Prometheus metric set.
+//!
+//! Every metric is named, described and, where it can be, set to zero in
+//! `names.rs`, once: `promtool check metrics` refuses a metric without HELP,
+//! and a histogram without buckets would render as a summary. The recorder
+//! is process-wide (the `metrics` facade has one global recorder), so
+//! several apps started by one test binary share it.
+
+mod names;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+
+pub use names::*;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let buckets = [
+                (Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS),
+                (Matcher::Full(APPEND_GROUP_EVENTS.into()), GROUP_BUCKETS),
+                (Matcher::Full(STREAM_SECONDS.into()), LIFETIME_BUCKETS),
+                (Matcher::Full(REPLAY_EVENTS.into()), REPLAY_BUCKETS),
+            ];
+            let mut builder = PrometheusBuilder::new();
+            for (matcher, values) in buckets {
+                builder = builder
+                    .set_buckets_for_metric(matcher, values)
+                    .expect("bucket lists are not empty");
+            }
+            let handle = builder
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            names::describe();
+            names::zero();
+            handle
+        })
+        .clone()
+}
+
+/// Keeps the exporter's histograms from growing unbounded.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+/// The `method` label of a request: the methods HTTP defines, and `other`
+/// for the rest. Any token is a valid method, so taking the label from the
+/// request as sent would give a client one new series per request.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |(_, label)| label)
+}
+
+/// Handles on the hottest counters, resolved once instead of per event.
+pub fn events_delivered() -> &'static Counter {
+    static C: OnceLock<Counter> = OnceLock::new();
+    C.get_or_init(|| metrics::counter!(EVENTS_DELIVERED))
+}
+
+pub fn streams_lagged() -> &'static Counter {
+    static C: OnceLock<Counter> = OnceLock::new();
+    C.get_or_init(|| metrics::counter!(STREAMS_LAGGED))
+}
+
+pub fn streams_active() -> &'static Gauge {
+    static G: OnceLock<Gauge> = OnceLock::new();
+    G.get_or_init(|| metrics::gauge!(STREAMS_ACTIVE))
+}
+
+/// Starts the tracing subscriber: `RUST_LOG` filters (default `info`),
+/// `format` picks human or JSON lines (one object per line). Colour only
+/// when standard error is a terminal: a log file or a journal gets plain
+/// text. Safe to call twice (tests).
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,218 @@
+//! Every metric herald exports: its name, its HELP text, its buckets, and,
+//! for counters and label values known in advance, a zero from the start
+//! (a counter that appears only at its first increment cannot be told
+//! apart from a scrape that failed, and `rate()` misses its first step).
+//! Every label has a bounded set of values.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub const STREAMS_ACTIVE: &str = "herald_streams_active";
+pub const STREAMS_OPENED: &str = "herald_streams_opened_total";
+pub const STREAMS_LAGGED: &str = "herald_streams_lagged_total";
+pub const STREAMS_ENDED: &str = "herald_streams_ended_total";
+pub const STREAM_SECONDS: &str = "herald_stream_duration_seconds";
+pub const EVENTS_PUBLISHED: &str = "herald_events_published_total";
+pub const EVENTS_DELIVERED: &str = "herald_events_delivered_total";
+pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
+pub const PUBLISH_SECONDS: &str = "herald_publish_duration_seconds";
+pub const PUBLISH_REFUSED: &str = "herald_publish_refused_total";
+pub const APPEND_SECONDS: &str = "herald_append_transaction_seconds";
+pub const APPEND_GROUP_EVENTS: &str = "herald_append_group_events";
+pub const RESUMES: &str = "herald_resumes_total";
+pub const REPLAY_EVENTS: &str = "herald_replay_events";
+pub const RESETS: &str = "herald_stream_resets_total";
+pub const LISTENER_RECONNECTS: &str = "herald_listener_reconnects_total";
+pub const LISTENER_ATTACHED: &str = "herald_listener_attached";
+pub const LOG_HEAD: &str = "herald_log_head_id";
+pub const RING_FRAMES: &str = "herald_ring_frames";
+pub const RING_OLDEST: &str = "herald_ring_oldest_id";
+pub const DB_CONNECTIONS: &str = "herald_db_pool_connections";
+pub const DB_POOL_MAX: &str = "herald_db_pool_max_connections";
+pub const DB_WAITING: &str = "herald_db_pool_waiting";
+pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
+pub const LIMITED: &str = "herald_limited_total";
+pub const BUILD_INFO: &str = "herald_build_info";
+
+/// Why a stream ended: the values of `herald_streams_ended_total{reason}`.
+pub const END_REASONS: [&str; 6] = [
+    "client_gone",
+    "lagged",
+    "stalled",
+    "drain",
+    "token_expired",
+    "error",
+];
+/// Where a resume's missed events came from.
+pub const RESUME_SOURCES: [&str; 2] = ["ring", "database"];
+pub const RESET_REASONS: [&str; 2] = ["cursor_too_old", "cursor_ahead"];
+pub const LIMIT_REASONS: [&str; 3] = [
+    "too_many_streams_per_subject",
+    "too_many_streams_per_address",
+    "publish_rate",
+];
+/// Why a publish was refused: the status class it got.
+pub const PUBLISH_REFUSALS: [&str; 5] = [
+    "invalid",
+    "unauthorized",
+    "forbidden",
+    "limited",
+    "unavailable",
+];
+
+pub(super) const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+pub(super) const GROUP_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 4096.0,
+];
+/// Stream lifetimes: a second to a day.
+pub(super) const LIFETIME_BUCKETS: &[f64] =
+    &[1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0];
+/// Events replayed by one resume.
+pub(super) const REPLAY_BUCKETS: &[f64] = &[
+    0.0,
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+];
+
+pub(super) fn describe() {
+    describe_gauge!(STREAMS_ACTIVE, "SSE streams open on this instance.");
+    describe_counter!(STREAMS_OPENED, "SSE streams opened since start.");
+    describe_counter!(
+        STREAMS_LAGGED,
+        "Streams ended because their subscriber fell behind (its queue filled)."
+    );
+    describe_counter!(
+        STREAMS_ENDED,
+        "Streams ended, by reason: client_gone, lagged (fell behind), stalled (took no bytes \
+         for --write-timeout), drain (the instance stopped), token_expired, error."
+    );
+    describe_histogram!(
+        STREAM_SECONDS,
+        Unit::Seconds,
+        "How long streams lived, from the request to their end, in seconds."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events committed to the log by this instance."
+    );
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Event frames written to subscriber streams (one per subscriber per event)."
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "From an event's commit to its frame being written to a live stream, in seconds \
+         (one frame in 64 is sampled)."
+    );
+    describe_histogram!(
+        PUBLISH_SECONDS,
+        Unit::Seconds,
+        "Publish request time from a valid body to the commit, in seconds."
+    );
+    describe_counter!(
+        PUBLISH_REFUSED,
+        "Publish requests refused, by reason: invalid (4xx input), unauthorized, forbidden, \
+         limited (429), unavailable (503)."
+    );
+    describe_histogram!(
+        APPEND_SECONDS,
+        Unit::Seconds,
+        "Duration of one group-commit append transaction, in seconds."
+    );
+    describe_histogram!(
+        APPEND_GROUP_EVENTS,
+        "Events carried by one group-commit append transaction."
+    );
+    describe_counter!(
+        RESUMES,
+        "Streams resumed from a cursor, by where the missed events came from (ring or database)."
+    );
+    describe_histogram!(
+        REPLAY_EVENTS,
+        "Events replayed by one resume before it went live, by source (ring or database)."
+    );
+    describe_counter!(RESETS, "Reset frames sent, by reason.");
+    describe_counter!(
+        LISTENER_RECONNECTS,
+        "Times the LISTEN connection to PostgreSQL was re-established."
+    );
+    describe_gauge!(
+        LISTENER_ATTACHED,
+        "1 while the LISTEN connection to PostgreSQL is up, else 0."
+    );
+    describe_gauge!(
+        LOG_HEAD,
+        "Newest event id this instance has read from the log."
+    );
+    describe_gauge!(RING_FRAMES, "Frames held in the ring of recent events.");
+    describe_gauge!(
+        RING_OLDEST,
+        "Oldest event id the ring holds (resumes after the one before it are served from \
+         memory)."
+    );
+    describe_gauge!(
+        DB_CONNECTIONS,
+        "PostgreSQL pool connections, by state (in_use, idle)."
+    );
+    describe_gauge!(DB_POOL_MAX, "Most connections the PostgreSQL pool opens.");
+    describe_gauge!(
+        DB_WAITING,
+        "Requests waiting for a PostgreSQL pool connection right now."
+    );
+    describe_counter!(
+        LIMITED,
+        "Requests refused with 429 by a cap or rate limit, by reason."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route and status."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and the git commit herald was built from, as labels."
+    );
+}
+
+/// Every counter and labelled series known in advance, at zero.
+pub(super) fn zero() {
+    for name in [
+        STREAMS_OPENED,
+        STREAMS_LAGGED,
+        EVENTS_PUBLISHED,
+        EVENTS_DELIVERED,
+        LISTENER_RECONNECTS,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in END_REASONS {
+        metrics::counter!(STREAMS_ENDED, "reason" => reason).absolute(0);
+    }
+    for source in RESUME_SOURCES {
+        metrics::counter!(RESUMES, "source" => source).absolute(0);
+    }
+    for reason in RESET_REASONS {
+        metrics::counter!(RESETS, "reason" => reason).absolute(0);
+    }
+    for reason in LIMIT_REASONS {
+        metrics::counter!(LIMITED, "reason" => reason).absolute(0);
+    }
+    for reason in PUBLISH_REFUSALS {
+        metrics::counter!(PUBLISH_REFUSED, "reason" => reason).absolute(0);
+    }
+    metrics::gauge!(STREAMS_ACTIVE).set(0.0);
+    metrics::gauge!(LISTENER_ATTACHED).set(0.0);
+    metrics::gauge!(DB_WAITING).set(0.0);
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("HERALD_COMMIT")
+    )
+    .set(1.0);
+}
