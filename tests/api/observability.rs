@@ -211,7 +211,7 @@ async fn streams_are_counted_by_why_they_ended() {
     })
     .await;
 
-    let text = metrics_of(&herald).await;
+    let text = metrics_of(herald).await;
     assert!(
         metric_sum(&text, "herald_stream_duration_seconds_count") >= 2.0,
         "{text}"
