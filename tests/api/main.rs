@@ -13,6 +13,7 @@ mod commit;
 mod cors;
 mod delivery;
 mod deploy;
+mod docs;
 mod faults;
 mod history;
 mod idempotency;
