@@ -16,6 +16,7 @@ use std::time::Duration;
 mod alerts;
 mod container;
 mod kubernetes;
+mod prometheus;
 mod promql;
 mod systemd;
 
