@@ -1,6 +1,7 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (the
 //! database answers, the listener is attached, the instance is not
-//! draining) and `/metrics` (Prometheus text format).
+//! draining) and `/metrics` (Prometheus text format, with `herald_ready`
+//! saying what `/readyz` would answer).
 
 use std::time::Duration;
 
@@ -20,11 +21,36 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// What `/readyz` checks, decided in one place for `/readyz` and for the
+/// `herald_ready` gauge that `/metrics` reports.
+struct Readiness {
+    database: bool,
+    listener: bool,
+    draining: bool,
+}
+
+impl Readiness {
+    async fn of(state: &AppState) -> Self {
+        let draining = state.streams.shutdown.is_cancelled();
+        let listener = state.listener.is_attached();
+        let database = state.log.ping(READY_DB_TIMEOUT).await;
+        let readiness = Self {
+            database,
+            listener,
+            draining,
+        };
+        metrics::gauge!(telemetry::READY).set(if readiness.ready() { 1.0 } else { 0.0 });
+        readiness
+    }
+
+    fn ready(&self) -> bool {
+        self.database && self.listener && !self.draining
+    }
+}
+
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let draining = state.streams.shutdown.is_cancelled();
-    let listener = state.listener.is_attached();
-    let database = state.log.ping(READY_DB_TIMEOUT).await;
-    let ready = database && listener && !draining;
+    let readiness = Readiness::of(&state).await;
+    let ready = readiness.ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -32,9 +58,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "ready": ready,
-        "database": database,
-        "listener": listener,
-        "draining": draining,
+        "database": readiness.database,
+        "listener": readiness.listener,
+        "draining": readiness.draining,
     });
     let mut res = (status, Json(body)).into_response();
     if !ready {
@@ -45,7 +71,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    // Gauges of what is only worth reading when someone asks.
+    // Gauges of what is only worth reading when someone asks. Readiness is
+    // asked here too (one `select 1`, at most READY_DB_TIMEOUT), so that
+    // Prometheus sees what a load balancer would without probing /readyz.
+    Readiness::of(&state).await;
     let (frames, oldest) = state.streams.hub.ring_stats();
     metrics::gauge!(telemetry::RING_FRAMES).set(frames as f64);
     metrics::gauge!(telemetry::RING_OLDEST).set(oldest as f64);

@@ -32,6 +32,7 @@ pub const DB_WAITING: &str = "herald_db_pool_waiting";
 pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
 pub const LIMITED: &str = "herald_limited_total";
 pub const BUILD_INFO: &str = "herald_build_info";
+pub const READY: &str = "herald_ready";
 
 /// Why a stream ended: the values of `herald_streams_ended_total{reason}`.
 pub const END_REASONS: [&str; 6] = [
@@ -175,6 +176,11 @@ pub(super) fn describe() {
         "HTTP requests answered, by method, route and status."
     );
     describe_gauge!(
+        READY,
+        "1 when /readyz would answer 200 (database answers, listener attached, not draining), \
+         else 0; set at each scrape and each /readyz."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version and the git commit herald was built from, as labels."
     );
@@ -209,6 +215,7 @@ pub(super) fn zero() {
     metrics::gauge!(STREAMS_ACTIVE).set(0.0);
     metrics::gauge!(LISTENER_ATTACHED).set(0.0);
     metrics::gauge!(DB_WAITING).set(0.0);
+    metrics::gauge!(READY).set(0.0);
     metrics::gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),

@@ -64,6 +64,7 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         "herald_ring_oldest_id",
         "herald_db_pool_max_connections",
         "herald_db_pool_waiting",
+        "herald_ready",
     ] {
         assert!(found.contains_key(name), "{name} missing:\n{text}");
     }
@@ -131,6 +132,11 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
             .iter()
             .map(|s| (*s).to_owned())
             .collect()
+    );
+    assert_eq!(
+        metric_sum(&text, "herald_ready"),
+        1.0,
+        "ready, as /readyz says"
     );
     let build = &found["herald_build_info"][0];
     assert!(

@@ -5,14 +5,19 @@
 //! correct are checked: tokens on, from a secret file; a stop that lets the
 //! drain finish; probes on the right endpoints; no root. The health-check
 //! commands, plain bash, are run against a real instance. The nginx config
-//! runs in a real nginx in `proxy.rs`.
+//! runs in a real nginx in `proxy.rs`. The alert rules and the dashboard
+//! are checked by promtool and by a real Prometheus scraping a real herald
+//! (`alerts.rs`, `prometheus.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod alerts;
 mod container;
 mod kubernetes;
+mod prometheus;
+mod promql;
 mod systemd;
 
 /// A file of the repository, by its path from the root.
