@@ -18,7 +18,6 @@ use crate::helpers::*;
 
 pub(super) const RULES: &str = "deploy/prometheus/alerts.yml";
 const RULE_TESTS: &str = "deploy/prometheus/alerts_test.yml";
-const RUNBOOKS: &str = "deploy/prometheus/README.md";
 const DASHBOARD: &str = "deploy/grafana/herald.json";
 
 /// The alerts issue #11 asks for.
@@ -111,8 +110,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 
 /// Each alert waits (`for:`), says how bad (`severity`), what happened
 /// (summary, description) and where its runbook is: a section of the
-/// README, whose text waits in `deploy/prometheus/README.md` until it is
-/// folded into the README's "Operations" section.
+/// README's "Operations", "Alerts".
 #[test]
 fn every_alert_says_how_bad_how_long_and_what_to_do() {
     let rules = alert_rules();
@@ -120,8 +118,7 @@ fn every_alert_says_how_bad_how_long_and_what_to_do() {
         rules.keys().map(String::as_str).collect::<BTreeSet<_>>(),
         ALERTS.into_iter().collect()
     );
-    let mut sections = anchors(&read("README.md"));
-    sections.extend(anchors(&read(RUNBOOKS)));
+    let sections = anchors(&read("README.md"));
     for (name, rule) in &rules {
         let wait = duration(
             rule["for"]
