@@ -296,6 +296,31 @@ fn attach_during_publish_hands_over_without_gap_or_duplicate() {
 }
 
 #[test]
+fn a_pruned_floor_stops_ring_resumes_below_it_but_never_passes_the_head() {
+    let hub = Hub::new(8, 0);
+    hub.publish(&[frame(1, "a"), frame(2, "a"), frame(3, "a"), frame(4, "a")]);
+    let cover = |cursor| {
+        matches!(
+            hub.attach(cursor, &Filters::default(), 8, &CancellationToken::new()),
+            Attach::Live { .. }
+        )
+    };
+    assert!(cover(1));
+
+    hub.prune_floor(2);
+    assert_eq!(hub.ring_floor(), 2);
+    assert!(!cover(1));
+    assert!(cover(2));
+
+    // Pruned past what the hub has read: that is the listener's to notice.
+    hub.prune_floor(9);
+    assert_eq!(hub.ring_floor(), 4);
+    // A later eviction never lowers the floor.
+    hub.publish(&[frame(5, "a")]);
+    assert_eq!(hub.ring_floor(), 4);
+}
+
+#[test]
 fn a_cut_ends_every_subscriber_and_restarts_the_ring_above_the_gap() {
     let hub = Hub::new(8, 0);
     hub.publish(&[frame(1, "a"), frame(2, "b")]);
