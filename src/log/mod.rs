@@ -21,10 +21,12 @@ use crate::event::{EventType, Filters, IdempotencyKey, StoredEvent, Topic};
 use crate::telemetry;
 
 mod append;
+mod prune;
 
 use append::{AppendJob, Claim, committer};
 
 pub use append::ANSWER_MARGIN;
+pub use prune::{PRUNE_LOCK, Policy, Pruner, Round};
 
 /// The channel every append transaction notifies with its last id.
 pub const NOTIFY_CHANNEL: &str = "herald_events";
