@@ -87,7 +87,11 @@ impl Instance {
         let retention = Retention {
             log: log.clone(),
             hub: hub.clone(),
-            policy: Policy::new(config.retention, config.retention_count),
+            policy: Policy::new(
+                config.retention,
+                config.retention_count,
+                config.idempotency_window,
+            ),
         };
         let tasks = vec![
             committer,

@@ -110,6 +110,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_RETENTION_COUNT", default_value_t = 0)]
     pub retention_count: u64,
 
+    /// An idempotency key is honoured for at least this long after its
+    /// event's commit, even if retention prunes the event sooner (the key
+    /// and its event are kept aside until then).
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
     /// Browser origins (such as `https://app.example.com`) that may publish
     /// and subscribe from their pages, with cookies; comma-separated. Empty
     /// means same-origin only. A wildcard is refused: with credentials it

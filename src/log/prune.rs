@@ -18,6 +18,12 @@
 //! 410). The floor is also where the next round starts, so a round cut
 //! short (a crash, a lost connection) leaves nothing behind.
 //!
+//! **Keys outlive their events.** A batch that deletes a keyed event younger
+//! than the key window copies it to `idempotency_keys` in the same
+//! statement, and each round deletes the copies older than the window, so
+//! an idempotency key is honoured for at least the window whatever the
+//! retention (`migrations/0005_idempotency_window.sql`).
+//!
 //! **Never stalls a publish.** A `DELETE` takes ROW EXCLUSIVE on `events`,
 //! which does not conflict with the committer's `INSERT`, and row locks on
 //! old rows nobody else touches. The `log_head` row, which the committer
@@ -40,9 +46,12 @@ use crate::telemetry;
 /// unlikely to meet another application's key in the same database).
 pub const PRUNE_LOCK: i64 = 0x6865_7261_6c64_7072;
 
-/// Events deleted per transaction. Measured (`BENCHMARKS.md`, retention): a
-/// batch of 5,000 takes a few tens of milliseconds and writes a few MB of
-/// WAL, small enough that publishes sharing the disk do not notice it.
+/// Events deleted per transaction: small enough that one batch is a short
+/// transaction (a few MB of WAL at herald's usual event sizes) whose row
+/// lock on `log_head` lasts one `UPDATE` and a commit, large enough that a
+/// million events take 200 transactions, not thousands. The effect on
+/// publish latency is what the `retention` benchmark measures
+/// (`BENCHMARKS.md`).
 pub const PRUNE_BATCH: i64 = 5_000;
 
 /// Shortest time between rounds; `--retention 2s` still removes an event
@@ -59,14 +68,18 @@ pub struct Policy {
     pub max_age: Option<Duration>,
     /// At most this many of the newest events are kept; `None` is no cap.
     pub max_count: Option<u64>,
+    /// How long after its event's commit an idempotency key is honoured,
+    /// at least, even if the event is pruned sooner.
+    pub key_window: Duration,
 }
 
 impl Policy {
     /// `0` means "no limit" for either setting.
-    pub fn new(retention: Duration, count: u64) -> Self {
+    pub fn new(retention: Duration, count: u64, key_window: Duration) -> Self {
         Self {
             max_age: (!retention.is_zero()).then_some(retention),
             max_count: (count > 0).then_some(count),
+            key_window,
         }
     }
 
@@ -176,16 +189,18 @@ async fn prune(
         }
         let upto = target.min(head.pruned_through + PRUNE_BATCH);
         let started = Instant::now();
-        let n = delete_batch(conn, head.pruned_through, upto).await?;
+        let n = delete_batch(conn, head.pruned_through, upto, policy.key_window).await?;
         tracing::debug!(upto, deleted = n, took = ?started.elapsed(), "pruned a batch");
         metrics::counter!(telemetry::RETENTION_PRUNED).increment(n);
         deleted += n;
         head.pruned_through = upto;
     }
-    if deleted > 0 {
+    let keys = expire_keys(conn, policy.key_window, stop).await?;
+    if deleted > 0 || keys > 0 {
         tracing::info!(
             pruned_through = head.pruned_through,
             deleted,
+            expired_keys = keys,
             "retention pruned the log"
         );
     }
@@ -224,23 +239,68 @@ async fn target(conn: &mut PgConnection, policy: Policy) -> Result<(Head, i64), 
     ))
 }
 
-/// One transaction: the events in `(floor, upto]` go, then the floor moves
+/// One transaction: the events in `(floor, upto]` go (the keyed ones
+/// younger than `key_window` to `idempotency_keys`), then the floor moves
 /// to `upto` (the `log_head` row lock is held from that `UPDATE` to the
 /// commit, nothing longer). Returns the number of events deleted.
-async fn delete_batch(conn: &mut PgConnection, floor: i64, upto: i64) -> Result<u64, sqlx::Error> {
+async fn delete_batch(
+    conn: &mut PgConnection,
+    floor: i64,
+    upto: i64,
+    key_window: Duration,
+) -> Result<u64, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    let deleted = sqlx::query("delete from events where id > $1 and id <= $2")
-        .bind(floor)
-        .bind(upto)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let deleted: i64 = sqlx::query_scalar(
+        "with gone as ( \
+           delete from events where id > $1 and id <= $2 \
+           returning id, topic, type, data, key, key_index, time \
+         ), kept as ( \
+           insert into idempotency_keys (id, topic, type, data, key, key_index, time) \
+           select id, topic, type, data, key, key_index, time from gone \
+           where key is not null \
+             and time >= clock_timestamp() - make_interval(secs => $3) \
+         ) \
+         select count(*) from gone",
+    )
+    .bind(floor)
+    .bind(upto)
+    .bind(key_window.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
     sqlx::query("update log_head set pruned_through = $1 where pruned_through < $1")
         .bind(upto)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(deleted)
+    Ok(u64::try_from(deleted).unwrap_or(0))
+}
+
+/// Deletes the keys of pruned events older than `key_window`, in batches
+/// of [`PRUNE_BATCH`] (each its own statement, oldest first). Returns how
+/// many went.
+async fn expire_keys(
+    conn: &mut PgConnection,
+    key_window: Duration,
+    stop: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
+    let mut expired = 0;
+    loop {
+        let n = sqlx::query(
+            "delete from idempotency_keys where id in ( \
+               select id from idempotency_keys \
+               where time < clock_timestamp() - make_interval(secs => $1) \
+               order by time limit $2)",
+        )
+        .bind(key_window.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        expired += n;
+        if n < PRUNE_BATCH.unsigned_abs() || stop.is_cancelled() {
+            return Ok(expired);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,24 +309,41 @@ mod tests {
 
     #[test]
     fn zero_keeps_everything_and_the_interval_follows_the_retention() {
-        let keep = Policy::new(Duration::ZERO, 0);
+        let day = Duration::from_secs(86_400);
+        let keep = Policy::new(Duration::ZERO, 0, day);
         assert!(!keep.prunes());
         assert_eq!(keep.interval(), MAX_INTERVAL);
 
-        let week = Policy::new(Duration::from_secs(7 * 86_400), 0);
+        let week = Policy::new(Duration::from_secs(7 * 86_400), 0, day);
         assert!(week.prunes());
         assert_eq!(week.interval(), MAX_INTERVAL);
 
-        let demo = Policy::new(Duration::from_secs(2), 0);
+        let demo = Policy::new(Duration::from_secs(2), 0, day);
         assert_eq!(demo.interval(), MIN_INTERVAL);
         assert_eq!(
-            Policy::new(Duration::from_secs(100), 0).interval(),
+            Policy::new(Duration::from_secs(100), 0, day).interval(),
             Duration::from_secs(10)
         );
 
-        let capped = Policy::new(Duration::ZERO, 1000);
+        let capped = Policy::new(Duration::ZERO, 1000, day);
         assert!(capped.prunes());
         assert_eq!(capped.max_age, None);
         assert_eq!(capped.max_count, Some(1000));
+    }
+
+    #[test]
+    fn the_defaults_keep_a_week_and_keys_a_day_and_zero_parses() {
+        use clap::Parser;
+        let c = crate::Config::defaults();
+        assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.retention_count, 0);
+        assert_eq!(c.idempotency_window, Duration::from_secs(86_400));
+
+        let c = crate::Config::parse_from(["herald", "--retention", "0"]);
+        assert!(!Policy::new(c.retention, c.retention_count, c.idempotency_window).prunes());
+        let c = crate::Config::parse_from(["herald", "--retention", "2s", "--retention-count=9"]);
+        let p = Policy::new(c.retention, c.retention_count, c.idempotency_window);
+        assert_eq!(p.max_age, Some(Duration::from_secs(2)));
+        assert_eq!(p.max_count, Some(9));
     }
 }

@@ -145,13 +145,89 @@ async fn two_second_retention_prunes_a_handful_of_events_within_a_minute() {
     // Other tests' instances share the process's metrics: lower bounds.
     assert!(metric_sum(&metrics, PRUNED) >= before + 3.0);
     assert!(metric_sum(&metrics, LAST_PRUNE) > 0.0);
-    // Ids never go back, and a key is honoured only while its event is held.
+    // The keyed event is gone from the log, but its key is honoured for the
+    // key window (24 h by default): a repeat gets the original, stores nothing.
+    let kept: i64 = sqlx::query_scalar("select count(*) from idempotency_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
     let again = app
-        .publish_with_key(&json!({"topic": topic, "data": "keyed"}), "k-retention")
+        .publish_with_key(&json!({"topic": topic, "data": "again"}), "k-retention")
         .await;
-    assert_eq!(again.status(), 201);
+    assert_eq!(again.status(), 200);
     let body: Value = again.json().await.unwrap();
-    assert_eq!(body["id"], "4");
+    assert_eq!(body["id"], "1");
+    assert_eq!(body["data"], "keyed");
+    // Ids never go back, even with every event pruned.
+    assert_eq!(app.publish_ok(&topic, json!("next")).await, 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_is_forgotten_after_its_window_once_its_event_is_pruned() {
+    // Retention 2 s, key window 1 s: when its event is pruned, the key is
+    // already past its window, so it is not kept aside.
+    let app = spawn_app_with(|c| {
+        c.retention = Duration::from_secs(2);
+        c.idempotency_window = Duration::from_secs(1);
+    })
+    .await;
+    let topic = unique_topic("window");
+    let first = app
+        .publish_with_key(&json!({"topic": topic}), "k-window")
+        .await;
+    assert_eq!(first.status(), 201);
+    let db = pool(&app.db).await;
+    wait_pruned_through(&db, 1).await;
+
+    let again = app
+        .publish_with_key(&json!({"topic": topic}), "k-window")
+        .await;
+    assert_eq!(again.status(), 201, "a new event under the forgotten key");
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["id"], "2");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn kept_keys_expire_after_their_window() {
+    // A count cap prunes within a round (1 s), while the key is well inside
+    // its window of 5 s; the copy goes once the window has passed.
+    let app = spawn_app_with(|c| {
+        c.retention = Duration::from_secs(2);
+        c.retention_count = 1;
+        c.idempotency_window = Duration::from_secs(5);
+    })
+    .await;
+    let topic = unique_topic("expiry");
+    let keyed = app
+        .publish_with_key(&json!({"topic": topic}), "k-expiry")
+        .await;
+    assert_eq!(keyed.status(), 201);
+    app.publish_ok(&topic, json!("pushes the keyed one out"))
+        .await;
+    let db = pool(&app.db).await;
+    wait_pruned_through(&db, 1).await;
+    let kept = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from idempotency_keys")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    // Pruned by the count cap within a second or so, so kept aside...
+    assert_eq!(kept().await, 1);
+    let again = app
+        .publish_with_key(&json!({"topic": topic}), "k-expiry")
+        .await;
+    assert_eq!(again.status(), 200);
+
+    // ...until its window has passed.
+    wait_for("the kept key to expire", || async { kept().await == 0 }).await;
+    let after = app
+        .publish_with_key(&json!({"topic": topic}), "k-expiry")
+        .await;
+    assert_eq!(after.status(), 201);
     app.stop().await;
 }
 
