@@ -65,6 +65,9 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         "herald_db_pool_max_connections",
         "herald_db_pool_waiting",
         "herald_ready",
+        "herald_retention_oldest_id",
+        "herald_retention_last_prune_timestamp_seconds",
+        "herald_retention_pruned_events_total",
     ] {
         assert!(found.contains_key(name), "{name} missing:\n{text}");
     }
