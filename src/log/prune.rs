@@ -121,10 +121,15 @@ impl Pruner {
     /// `options` are the pool's: the same server, and the same
     /// `statement_timeout` and `lock_timeout` (`--db-timeout`).
     pub fn new(options: &PgConnectOptions, policy: Policy) -> Self {
+        // Visible as such in `pg_stat_activity`: the pool's name (`herald`,
+        // or `herald/<instance>`) and ` pruner`.
+        let name = format!(
+            "{} pruner",
+            options.get_application_name().unwrap_or("herald")
+        );
         let options = options
             .clone()
-            // Visible as such in `pg_stat_activity`.
-            .application_name("herald pruner")
+            .application_name(&name)
             // A lost delete only means its events are deleted again by the
             // next round (the floor moved in the same transaction is lost
             // with it, and WAL is replayed in order): no reason to make
