@@ -1,5 +1,6 @@
 //! Putting the pieces together: connect, warm the ring, bind (port 0 in
-//! tests), start the committer and listener, serve, and stop cleanly.
+//! tests), start the committer, listener and retention task, serve, and
+//! stop cleanly.
 //!
 //! Stopping: `/readyz` fails at once; open streams end spread over the drain
 //! window (each in its own slot, so clients do not all reconnect in the same
@@ -26,7 +27,8 @@ use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits};
 use crate::hub::Hub;
 use crate::listener::{self, Listener, ListenerStatus};
-use crate::log::EventLog;
+use crate::log::{EventLog, Policy};
+use crate::retention::Retention;
 use crate::stream::{StreamSettings, Streams};
 use crate::{db, server, telemetry};
 
@@ -82,9 +84,19 @@ impl Instance {
             poll_interval: config.poll_interval,
             probe_after: config.listener_probe,
         };
+        let retention = Retention {
+            log: log.clone(),
+            hub: hub.clone(),
+            policy: Policy::new(
+                config.retention,
+                config.retention_count,
+                config.idempotency_window,
+            ),
+        };
         let tasks = vec![
             committer,
             tokio::spawn(tail.run(tasks_stop.clone())),
+            tokio::spawn(retention.run(tasks_stop.clone())),
             telemetry::spawn_upkeep(metrics.clone()),
             tokio::spawn(limits_upkeep(limits.clone())),
         ];

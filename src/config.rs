@@ -99,6 +99,23 @@ pub struct Config {
     #[arg(long, env = "HERALD_DB_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub db_timeout: Duration,
 
+    /// Events older than this are pruned from the log (`7d`, `12h`, `2s`);
+    /// `0` keeps them, whatever their age. Checked every tenth of it,
+    /// between once a second and once every 30 s.
+    #[arg(long, env = "HERALD_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Most events the log keeps: older ones beyond this many are pruned
+    /// too, whatever their age. `0` means no cap.
+    #[arg(long, env = "HERALD_RETENTION_COUNT", default_value_t = 0)]
+    pub retention_count: u64,
+
+    /// An idempotency key is honoured for at least this long after its
+    /// event's commit, even if retention prunes the event sooner (the key
+    /// and its event are kept aside until then).
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
     /// Browser origins (such as `https://app.example.com`) that may publish
     /// and subscribe from their pages, with cookies; comma-separated. Empty
     /// means same-origin only. A wildcard is refused: with credentials it

@@ -73,6 +73,16 @@ pub enum ApiError {
     /// validation; nothing was stored.
     #[error("PostgreSQL refused this event; nothing was stored")]
     RefusedByLog(String),
+    /// A history cursor below the pruning floor: the events after it that
+    /// retention removed cannot be returned (the stream's reset frame
+    /// `cursor_too_old`, as an HTTP answer).
+    #[error(
+        "after={after} is older than the oldest event the log still holds ({oldest_id}): \
+         the events up to {pruned_through} were removed by retention; refetch your state, \
+         then page on from a recent id",
+        pruned_through = oldest_id - 1
+    )]
+    CursorTooOld { after: i64, oldest_id: i64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -85,6 +95,10 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     code: &'static str,
+    /// `cursor_too_old`: the oldest id the log still holds, a string as ids
+    /// are in envelopes and reset frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oldest_id: Option<String>,
 }
 
 impl ApiError {
@@ -105,6 +119,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) | Self::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RefusedByLog(_) => StatusCode::BAD_REQUEST,
+            Self::CursorTooOld { .. } => StatusCode::GONE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,6 +149,7 @@ impl ApiError {
             Self::Unavailable(_) => "database_unavailable",
             Self::OutcomeUnknown(_) => "outcome_unknown",
             Self::RefusedByLog(_) => "refused_by_database",
+            Self::CursorTooOld { .. } => "cursor_too_old",
             Self::Internal(_) => "internal",
         }
     }
@@ -191,6 +207,10 @@ impl ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             code: self.code(),
+            oldest_id: match self {
+                Self::CursorTooOld { oldest_id, .. } => Some(oldest_id.to_string()),
+                _ => None,
+            },
         };
         let mut headers = vec![(
             header::CONTENT_TYPE,

@@ -11,6 +11,8 @@
 //! - `event`: topics, types, filters, data rules, the envelope, SSE frames.
 //! - `log`: the PostgreSQL event log; group commit in id = commit order.
 //! - `listener`: LISTEN/NOTIFY wake-ups, reading the log after a cursor.
+//! - `retention`: pruning old events, one instance at a time; the ring
+//!   follows the log's floor.
 //! - `hub`: in-process fan-out by topic index, the ring of recent frames.
 //! - `auth`: who asks and may they: tokens, grants, caps and rates.
 //! - `error`: refusals as `application/problem+json`.
@@ -36,6 +38,7 @@ mod http;
 mod hub;
 mod listener;
 mod log;
+mod retention;
 mod server;
 pub mod signal;
 mod stream;
@@ -43,3 +46,5 @@ pub mod telemetry;
 
 pub use app::{Instance, run};
 pub use config::Config;
+/// The advisory lock key that makes one instance prune at a time.
+pub use retention::PRUNE_LOCK;

@@ -178,16 +178,29 @@ impl Listener {
     }
 
     /// Reads every committed event after the hub's head and publishes it.
+    /// If retention pruned events the hub never had (this instance fell
+    /// behind by more than the retention), the hub's streams are cut
+    /// rather than passed over the gap.
     pub async fn catch_up(&self) {
         loop {
             let cursor = self.hub.head();
-            let page = match self.log.read_after(cursor, &Filters::default(), PAGE).await {
-                Ok(page) => page,
+            let read = match self.log.read_after(cursor, &Filters::default(), PAGE).await {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::debug!(error = %e, "catch-up read failed; retrying on the next tick");
                     return;
                 }
             };
+            if read.passed_over(cursor) {
+                tracing::warn!(
+                    cursor,
+                    pruned_through = read.head.pruned_through,
+                    "retention pruned events this instance had not read; ending its streams \
+                     so that their clients resume (and are reset)"
+                );
+                self.hub.cut(read.head.pruned_through);
+            }
+            let page = read.events;
             let Some(last) = page.last() else { return };
             metrics::gauge!(telemetry::LOG_HEAD).set(last.id as f64);
             let full = page.len() as i64 == PAGE;

@@ -144,9 +144,15 @@ pub struct Workload {
     #[arg(long)]
     pub storm_clients: Option<usize>,
     /// peruser-storm: events published before anyone subscribes, to fill
-    /// the ring and the log (default 65536, herald's ring).
+    /// the ring and the log (default 65536, herald's ring). retention:
+    /// events written straight into the log before herald starts (default
+    /// 10000000).
     #[arg(long)]
     pub fill: Option<u64>,
+    /// retention: the oldest events of the log, which the prune removes
+    /// (default 1000000).
+    #[arg(long)]
+    pub prune: Option<u64>,
     /// peruser-storm: how long events flow before the storm clients are
     /// cut off.
     #[arg(long, value_parser = parse_duration)]
@@ -262,6 +268,9 @@ impl Workload {
         }
         if let Some(v) = self.fill {
             base.fill = v;
+        }
+        if let Some(v) = self.prune {
+            base.prune = v;
         }
         if let Some(v) = self.storm_after {
             base.storm_after = v;

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use herald_bench::report::Report;
-use herald_bench::scenario::Processes;
+use herald_bench::scenario::{Processes, retention};
 use herald_bench::servers::{self, Spawned};
 use herald_bench::table;
-use herald_bench::{Kind, target};
+use herald_bench::{Kind, Scenario, target};
 
 use cli::{Cli, Command, CompareArgs, Output, RunArgs, ServerArgs};
 
@@ -82,6 +82,21 @@ async fn execute(command: Command) -> anyhow::Result<bool> {
 
 async fn run_one(args: &RunArgs) -> anyhow::Result<Vec<Report>> {
     let params = args.workload.params(args.scenario);
+    if args.scenario == Scenario::Retention {
+        // It fills the log before herald reads it, so it starts its
+        // herald instances itself.
+        anyhow::ensure!(
+            args.spawn && args.target == Kind::Herald,
+            "the retention scenario starts its own herald: run --spawn --target herald"
+        );
+        let launcher = retention::SpawnHerald(args.servers.options());
+        let mut reports = Vec::new();
+        for p in params {
+            eprintln!("herald: {}", p.describe(args.scenario));
+            reports.push(retention::run(&launcher, &args.servers.database_admin_url, p).await?);
+        }
+        return Ok(reports);
+    }
     let (addr, pid, spawned) = if args.spawn {
         eprintln!("starting {}", args.target);
         let s = servers::spawn(args.target, &args.servers.options()).await?;

@@ -23,6 +23,8 @@ pub struct Report {
     pub idle: Option<IdleStats>,
     /// `peruser`, `peruser-storm`.
     pub per_user: Option<PerUserStats>,
+    /// `retention`; `publish` is then the publishers during the prune.
+    pub retention: Option<RetentionStats>,
     pub correctness: Correctness,
     /// The server's process tree, when its pid is known.
     pub server: Option<Resources>,
@@ -108,6 +110,54 @@ pub struct StormStats {
     pub during_ms: f64,
 }
 
+/// `retention`: a prune under publish load, against a baseline without.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionStats {
+    /// Events in the log before the run.
+    pub fill: u64,
+    /// `log_head.pruned_through` at the end.
+    pub pruned_through: i64,
+    /// `herald_retention_pruned_events_total` of the pruning herald.
+    pub pruned_metric: Option<f64>,
+    /// From the floor's first move to it reaching `--prune`.
+    pub prune_s: f64,
+    pub baseline_s: f64,
+    /// From the pruning herald's launch to the floor reaching `--prune`:
+    /// the window of `Report::publish` and `replay_wait_prune`.
+    pub prune_window_s: f64,
+    /// The publishers without a prune.
+    pub baseline: PublishStats,
+    /// Publish p99 during the prune over the baseline's (issue 11 asks for
+    /// at most 1.5).
+    pub publish_p99_ratio: Option<f64>,
+    pub replay_clients: usize,
+    pub replays_baseline: u64,
+    pub replays_prune: u64,
+    /// Replays the prune overtook, which ended in a reset.
+    pub replay_resets_prune: u64,
+    pub replay_errors: u64,
+    pub replay_first_error: Option<String>,
+    /// Request to first frame, and between frames, of every replay.
+    pub replay_wait_baseline: Option<Percentiles>,
+    pub replay_wait_prune: Option<Percentiles>,
+    pub before: TableSizes,
+    pub after: TableSizes,
+    /// After a plain `VACUUM` following the run.
+    pub vacuumed: TableSizes,
+    pub vacuum_s: f64,
+}
+
+/// The `events` table: `pg_total_relation_size`, `pg_relation_size`,
+/// `pg_indexes_size`, and the statistics' live and dead rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSizes {
+    pub total_bytes: i64,
+    pub table_bytes: i64,
+    pub index_bytes: i64,
+    pub live_rows: i64,
+    pub dead_rows: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CatchUpStats {
     pub clients: usize,
@@ -151,5 +201,9 @@ impl Report {
                 .as_ref()
                 .and_then(|u| u.storm.as_ref())
                 .is_none_or(|s| s.caught_up == s.clients)
+            && self
+                .retention
+                .as_ref()
+                .is_none_or(|r| r.baseline.errors == 0 && r.replay_errors == 0)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{PerUserStats, Report};
+use crate::report::{PerUserStats, Report, RetentionStats, TableSizes};
 use crate::stats::Percentiles;
 
 fn pct(p: Option<&Percentiles>) -> String {
@@ -77,6 +77,9 @@ impl Report {
         }
         if let Some(u) = &self.per_user {
             u.rows(&mut row);
+        }
+        if let Some(r) = &self.retention {
+            r.rows(&mut row);
         }
         if let Some(c) = &self.catch_up {
             row(
@@ -265,4 +268,81 @@ pub fn render(reports: &[&Report]) -> String {
         }
     }
     out
+}
+
+fn sizes(s: &TableSizes) -> String {
+    let mib = |b: i64| format!("{:.0}", b as f64 / (1024.0 * 1024.0));
+    format!(
+        "{} / {} / {} ({} live, {} dead)",
+        mib(s.total_bytes),
+        mib(s.table_bytes),
+        mib(s.index_bytes),
+        s.live_rows,
+        s.dead_rows
+    )
+}
+
+impl RetentionStats {
+    /// The publish rows above are the prune window's; these add the
+    /// baseline beside them, the replays and the sizes.
+    fn rows(&self, row: &mut impl FnMut(&str, String)) {
+        let b = &self.baseline;
+        row(
+            "baseline: events acked / errors",
+            format!("{} / {}", b.events_acked, b.errors),
+        );
+        row("baseline publish rate (events/s)", rate(b.events_per_sec));
+        row(
+            "baseline publish ms p50/p90/p99/p99.9/max",
+            pct(b.latency.as_ref()),
+        );
+        if let Some(ratio) = self.publish_p99_ratio {
+            row("publish p99 prune / baseline", format!("{ratio:.2}"));
+        }
+        row(
+            "windows: baseline / prune (s)",
+            format!("{:.1} / {:.1}", self.baseline_s, self.prune_window_s),
+        );
+        row(
+            "pruned through / took (s) / events/s",
+            format!(
+                "{} / {:.1} / {}",
+                self.pruned_through,
+                self.prune_s,
+                rate(self.pruned_through as f64 / self.prune_s.max(1e-9))
+            ),
+        );
+        row(
+            "herald_retention_pruned_events_total",
+            self.pruned_metric
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+        );
+        row(
+            "replays baseline / prune (resets) / errors",
+            format!(
+                "{} / {} ({}) / {}",
+                self.replays_baseline,
+                self.replays_prune,
+                self.replay_resets_prune,
+                self.replay_errors
+            ),
+        );
+        row(
+            "replay wait ms p50/p90/p99/p99.9/max baseline",
+            pct(self.replay_wait_baseline.as_ref()),
+        );
+        row(
+            "replay wait ms p50/p90/p99/p99.9/max prune",
+            pct(self.replay_wait_prune.as_ref()),
+        );
+        row(
+            "events MiB total / table / indexes: before",
+            sizes(&self.before),
+        );
+        row("... after the prune", sizes(&self.after));
+        row(
+            &format!("... after VACUUM ({:.1} s)", self.vacuum_s),
+            sizes(&self.vacuumed),
+        );
+    }
 }

@@ -31,6 +31,10 @@ pub enum Scenario {
     #[value(name = "peruser-storm")]
     #[serde(rename = "peruser-storm")]
     PerUserStorm,
+    /// A prune of --prune events from a log of --fill, under publishers at
+    /// --rate, against a baseline of --duration without (herald only; it
+    /// starts its own herald instances: `run --spawn`).
+    Retention,
 }
 
 /// What the wildcard subscribers of the per-user scenarios subscribe to on
@@ -55,6 +59,7 @@ impl fmt::Display for Scenario {
             Self::Storm => "storm",
             Self::PerUser => "peruser",
             Self::PerUserStorm => "peruser-storm",
+            Self::Retention => "retention",
         })
     }
 }
@@ -96,7 +101,10 @@ pub struct Params {
     pub storm_clients: usize,
     /// `peruser-storm`: events published before anyone subscribes, to fill
     /// the server's ring (herald's default holds 65,536) and log.
+    /// `retention`: events written into the log before herald starts.
     pub fill: u64,
+    /// `retention`: the oldest events of the log, which the prune removes.
+    pub prune: u64,
     /// `peruser-storm`: how long events flow before the storm clients are
     /// cut off.
     #[serde(serialize_with = "secs")]
@@ -151,6 +159,7 @@ impl Params {
             wildcard_filter: WildcardFilter::All,
             storm_clients: 0,
             fill: 0,
+            prune: 0,
             storm_after: Duration::from_secs(3),
             storm_away: Duration::from_secs(1),
             missed: 0,
@@ -203,6 +212,19 @@ impl Params {
                 fill: 65_536,
                 ..base
             },
+            // Issue 11: a prune of a million events from a log of ten
+            // million under 5,000 events/s; `duration` is the baseline,
+            // `settle` the warm-up before it.
+            Scenario::Retention => Self {
+                subscribers: 0,
+                publishers: 64,
+                rate: Some(5000.0),
+                duration: Some(Duration::from_secs(30)),
+                settle: Duration::from_secs(5),
+                fill: 10_000_000,
+                prune: 1_000_000,
+                ..base
+            },
         }
     }
 
@@ -243,6 +265,10 @@ impl Params {
             Scenario::Storm => format!(
                 "scenario storm: {} clients resuming at once, {} missed events each",
                 self.subscribers, self.missed
+            ),
+            Scenario::Retention => format!(
+                "scenario retention: prune of {} events from a log of {}, {} publishers {rate}, batch {}, baseline {length}",
+                self.prune, self.fill, self.publishers, self.batch
             ),
             Scenario::PerUser | Scenario::PerUserStorm => {
                 let mut s = format!(

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use clap::Parser;
 use herald::{Config, Instance};
 use herald_bench::scenario::Processes;
+use herald_bench::scenario::retention::{BoxFuture, Launcher, Started};
 use herald_bench::{
     Kind, Params, Report, Scenario, Target, postgres, procfs, scenario, servers, target,
 };
@@ -156,6 +158,15 @@ fn tiny(s: Scenario) -> Params {
             storm_away: Duration::from_millis(200),
             ..base
         },
+        // Not in ALL: it starts its own herald instances (see below).
+        Scenario::Retention => Params {
+            publishers: 4,
+            rate: Some(500.0),
+            duration: Some(Duration::from_millis(500)),
+            fill: 20_000,
+            prune: 5_000,
+            ..base
+        },
     }
 }
 
@@ -287,4 +298,60 @@ async fn postgresql_is_measured_from_its_postmaster() {
         usage.processes > 1,
         "backends and auxiliary processes: {usage:?}"
     );
+}
+
+/// herald instances in this process, as the retention scenario asks for
+/// them: its flags parsed as the binary parses them, on port 0.
+struct InProcess;
+
+impl Launcher for InProcess {
+    fn start(
+        &self,
+        database_url: String,
+        flags: Vec<String>,
+    ) -> BoxFuture<'_, anyhow::Result<Started>> {
+        Box::pin(async move {
+            let mut config =
+                Config::try_parse_from(std::iter::once("herald".to_owned()).chain(flags))?;
+            config.listen = "127.0.0.1:0".parse()?;
+            config.database_url = database_url;
+            config.drain = Duration::from_millis(100);
+            config.poll_interval = Duration::from_millis(200);
+            let server = Instance::build(config).await?;
+            let addr = server.local_addr();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let running = tokio::spawn(server.run_until(async {
+                let _ = stopped.await;
+            }));
+            Ok(Started::new(
+                addr,
+                Box::pin(async move {
+                    let _ = stop.send(());
+                    running.await??;
+                    Ok(())
+                }),
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_scenario_prunes_under_load_and_reports_sizes() {
+    let params = tiny(Scenario::Retention);
+    let (fill, prune) = (params.fill, params.prune);
+
+    let report = herald_bench::scenario::retention::run(&InProcess, &admin_url(), params)
+        .await
+        .expect("the retention scenario runs");
+
+    let r = report.retention.as_ref().expect("retention figures");
+    let table = herald_bench::table::render(&[&report]);
+    assert!(report.is_clean(), "{table}");
+    assert!(r.pruned_through >= i64::try_from(prune).unwrap(), "{table}");
+    assert!(r.baseline.events_acked > 0 && report.publish.as_ref().unwrap().events_acked > 0);
+    assert!(r.replays_baseline > 0, "replays ran: {table}");
+    assert!(r.before.live_rows > 0 || r.before.total_bytes > 0);
+    assert!(r.before.total_bytes >= r.before.table_bytes + r.before.index_bytes);
+    assert_eq!(report.params.fill, fill);
+    assert!(table.contains("replay wait ms"), "{table}");
 }

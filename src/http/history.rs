@@ -2,7 +2,9 @@
 //! `after`): the log as JSON, for clients
 //! that sync over plain HTTP and for snapshot-plus-delta recovery. The events
 //! and their envelopes are exactly those the stream sends, oldest first; to
-//! page on, pass the last id as the next `after`.
+//! page on, pass the last id as the next `after`. An `after` below the
+//! retention floor is answered `410 cursor_too_old`, the counterpart of the
+//! stream's reset frame.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -30,19 +32,37 @@ async fn history_request(state: AppState, req: Request) -> Result<Response, ApiE
     let (after, filters, limit) = parse_query(parts.uri.query().unwrap_or(""))?;
     let identity = state.streams.auth.identify(&parts)?;
     let filters = identity.grants.readable(filters)?;
-    let after = match after {
-        After::Id(id) => id,
-        After::Since(time) => state.log.cursor_at(time).await?,
+    let read = match after {
+        After::Id(id) => {
+            let read = state.log.read_after(id, &filters, limit).await?;
+            // Events after `id` may have been pruned: say so rather than
+            // answer as if there were none (README, "Retention").
+            if read.passed_over(id) {
+                return Err(ApiError::CursorTooOld {
+                    after: id,
+                    oldest_id: read.head.pruned_through + 1,
+                });
+            }
+            read
+        }
+        // No cursor, or a time: whatever the log holds from there, which
+        // starts at its oldest event when the rest was pruned.
+        After::Start => state.log.read_after(0, &filters, limit).await?,
+        After::Since(time) => {
+            let cursor = state.log.cursor_at(time).await?;
+            state.log.read_after(cursor, &filters, limit).await?
+        }
     };
-    let events = state.log.read_after(after, &filters, limit).await?;
     Ok(json_response(
         StatusCode::OK,
-        StoredEvent::envelopes_json(&events),
+        StoredEvent::envelopes_json(&read.events),
     ))
 }
 
 pub(super) enum After {
     Id(i64),
+    /// Neither `after` nor `since`: from the oldest event held.
+    Start,
     Since(time::OffsetDateTime),
 }
 
@@ -83,7 +103,7 @@ pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError
         }
         (Some(id), None) => After::Id(id),
         (None, Some(time)) => After::Since(time),
-        (None, None) => After::Id(0),
+        (None, None) => After::Start,
     };
     Ok((after, filters, limit))
 }

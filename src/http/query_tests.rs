@@ -78,6 +78,7 @@ proptest! {
                 prop_assert!((1..=history::MAX_LIMIT).contains(&limit));
                 match after {
                     After::Id(id) => prop_assert!(id >= 0),
+                    After::Start => {}
                     After::Since(time) => prop_assert!(time >= SINCE_FLOOR),
                 }
             }

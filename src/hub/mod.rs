@@ -146,6 +146,35 @@ impl Hub {
         (s.ring.len(), s.ring.floor() + 1)
     }
 
+    /// The log pruned every event at or below `through` (retention): a
+    /// resume from below it is no longer served from the ring but goes to
+    /// the log, which answers with a reset. Never above the hub's head:
+    /// events this hub has not read yet are the listener's to notice
+    /// ([`Self::cut`]).
+    pub fn prune_floor(&self, through: i64) {
+        let mut s = self.lock();
+        let floor = through.min(s.head);
+        s.ring.raise_floor(floor);
+    }
+
+    /// The log pruned events this hub never had (the listener fell behind
+    /// by more than the retention): no stream can go on from here without
+    /// a gap. Every subscriber is dropped, so its client resumes from its
+    /// last id and is told (a reset), and the ring starts again above
+    /// `through`.
+    pub fn cut(&self, through: i64) {
+        let dropped: Vec<Subscriber> = {
+            let mut s = self.lock();
+            s.ring.clear(through);
+            s.head = s.head.max(through);
+            let ids: Vec<SubscriberId> = s.subscribers.keys().copied().collect();
+            ids.into_iter().filter_map(|id| s.remove(id)).collect()
+        };
+        for sub in dropped {
+            sub.lagged.cancel();
+        }
+    }
+
     /// Subscribes from `cursor` if the ring covers it.
     ///
     /// What the backlog holds is decided under the same lock as the

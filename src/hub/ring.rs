@@ -85,10 +85,16 @@ impl Ring {
         self.len
     }
 
+    /// Serves no resume from below `floor` any more (the log pruned the
+    /// events up to it); the frames leave memory as they would anyway.
+    pub(super) fn raise_floor(&mut self, floor: i64) {
+        self.floor = self.floor.max(floor);
+    }
+
     /// Appends the newest frame, dropping the oldest if the ring is full.
     pub(super) fn push(&mut self, frame: Arc<Frame>) {
         if self.capacity == 0 {
-            self.floor = frame.id;
+            self.floor = self.floor.max(frame.id);
             return;
         }
         if self.len == self.capacity {
@@ -119,7 +125,7 @@ impl Ring {
             self.gone = 0;
         }
         self.len -= 1;
-        self.floor = old.id;
+        self.floor = self.floor.max(old.id);
         if let Some(frames) = self.by_topic.get_mut(&old.topic) {
             debug_assert_eq!(frames.front().map(|f| f.id), Some(old.id));
             frames.pop_front();

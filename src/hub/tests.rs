@@ -294,3 +294,51 @@ fn attach_during_publish_hands_over_without_gap_or_duplicate() {
         assert_eq!(seen, expected, "from {cursor} with {f:?}");
     }
 }
+
+#[test]
+fn a_pruned_floor_stops_ring_resumes_below_it_but_never_passes_the_head() {
+    let hub = Hub::new(8, 0);
+    hub.publish(&[frame(1, "a"), frame(2, "a"), frame(3, "a"), frame(4, "a")]);
+    let cover = |cursor| {
+        matches!(
+            hub.attach(cursor, &Filters::default(), 8, &CancellationToken::new()),
+            Attach::Live { .. }
+        )
+    };
+    assert!(cover(1));
+
+    hub.prune_floor(2);
+    assert_eq!(hub.ring_floor(), 2);
+    assert!(!cover(1));
+    assert!(cover(2));
+
+    // Pruned past what the hub has read: that is the listener's to notice.
+    hub.prune_floor(9);
+    assert_eq!(hub.ring_floor(), 4);
+    // A later eviction never lowers the floor.
+    hub.publish(&[frame(5, "a")]);
+    assert_eq!(hub.ring_floor(), 4);
+}
+
+#[test]
+fn a_cut_ends_every_subscriber_and_restarts_the_ring_above_the_gap() {
+    let hub = Hub::new(8, 0);
+    hub.publish(&[frame(1, "a"), frame(2, "b")]);
+    let lagged = CancellationToken::new();
+    let Attach::Live { mut live, .. } = hub.attach(2, &Filters::default(), 8, &lagged) else {
+        panic!("covered");
+    };
+
+    hub.cut(10);
+
+    assert_eq!(hub.subscribers(), 0);
+    assert!(lagged.is_cancelled());
+    assert!(live.queue.try_recv().is_err());
+    assert_eq!(hub.head(), 10);
+    assert_eq!(hub.ring_floor(), 10);
+    hub.publish(&[frame(11, "a")]);
+    assert!(matches!(
+        hub.attach(10, &Filters::default(), 8, &CancellationToken::new()),
+        Attach::Live { backlog, .. } if ids(&backlog) == vec![11]
+    ));
+}

@@ -411,7 +411,9 @@ async fn append_keyed(
     Ok(out)
 }
 
-/// The stored events whose keys this group repeats.
+/// The stored events whose keys this group repeats: in the log, or, for
+/// events retention pruned within the key window, in `idempotency_keys`
+/// (`migrations/0005_idempotency_window.sql`).
 async fn existing_keys(
     tx: &mut sqlx::PgConnection,
     batches: &[&[NewEvent]],
@@ -433,6 +435,9 @@ async fn existing_keys(
         .collect();
     let rows: Vec<KeyedRow> = sqlx::query_as(
         "select id, topic, type, data::text, time, key, key_index from events \
+         where key = any($1) \
+         union all \
+         select id, topic, type, data::text, time, key, key_index from idempotency_keys \
          where key = any($1)",
     )
     .bind(&keys)

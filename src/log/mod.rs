@@ -21,10 +21,12 @@ use crate::event::{EventType, Filters, IdempotencyKey, StoredEvent, Topic};
 use crate::telemetry;
 
 mod append;
+mod prune;
 
 use append::{AppendJob, Claim, committer};
 
 pub use append::ANSWER_MARGIN;
+pub use prune::{PRUNE_LOCK, Policy, Pruner, Round};
 
 /// The channel every append transaction notifies with its last id.
 pub const NOTIFY_CHANNEL: &str = "herald_events";
@@ -131,10 +133,30 @@ pub(crate) async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, s
 }
 
 /// What the log holds: the newest id ever assigned and the pruning floor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Head {
     pub last_id: i64,
+    /// Every event at or below this id has been pruned (retention); the
+    /// oldest event the log may still hold is the next one.
     pub pruned_through: i64,
+}
+
+/// Events read after a cursor, with the log's head as the same snapshot
+/// saw it. Retention moves `pruned_through` in the transaction that deletes
+/// the events below it (see `prune`), so a read whose cursor is below the
+/// floor it returns may have had events taken from under it: its caller
+/// must say so (a reset, a 410) rather than pass over them.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub events: Vec<StoredEvent>,
+    pub head: Head,
+}
+
+impl Read {
+    /// Whether events after `cursor` may have been pruned before this read.
+    pub fn passed_over(&self, cursor: i64) -> bool {
+        cursor < self.head.pruned_through
+    }
 }
 
 /// Handle to the event log; cheap to clone.
@@ -148,6 +170,32 @@ pub struct EventLog {
 
 /// An event row as the queries here select it.
 type Row = (i64, String, String, String, OffsetDateTime);
+
+/// The log's head and, unless no event matched, an event row: what a read
+/// with its head selects (`log_head left join lateral (…)`).
+type HeadRow = (
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<OffsetDateTime>,
+);
+
+fn read_from_rows(rows: Vec<HeadRow>) -> Read {
+    let head = rows.first().map_or_else(Head::default, |r| Head {
+        last_id: r.0,
+        pruned_through: r.1,
+    });
+    let events = rows
+        .into_iter()
+        .filter_map(|(_, _, id, topic, ty, data, time)| {
+            Some(from_row((id?, topic?, ty?, data?, time?)))
+        })
+        .collect();
+    Read { events, head }
+}
 
 fn from_row((id, topic, event_type, data, time): Row) -> StoredEvent {
     StoredEvent {
@@ -230,7 +278,8 @@ impl EventLog {
         }
     }
 
-    /// Events with an id above `after` that match `filters`, oldest first.
+    /// Events with an id above `after` that match `filters`, oldest first,
+    /// and the head as of the same snapshot.
     ///
     /// # Errors
     /// [`LogError`] when the query fails.
@@ -239,15 +288,20 @@ impl EventLog {
         after: i64,
         filters: &Filters,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, LogError> {
+    ) -> Result<Read, LogError> {
         let patterns = filters.like_patterns();
-        let rows: Vec<Row> = self
+        // One statement, so one snapshot for the events and the floor.
+        let rows: Vec<HeadRow> = self
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
                 sqlx::query_as(
-                    "select id, topic, type, data::text, time from events \
-                     where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
-                     order by id limit $3",
+                    "select h.last_id, h.pruned_through, e.id, e.topic, e.type, e.data, e.time \
+                     from log_head h left join lateral ( \
+                       select id, topic, type, data::text as data, time from events \
+                       where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
+                       order by id limit $3 \
+                     ) e on true \
+                     order by e.id",
                 )
                 .bind(after)
                 .bind(&patterns)
@@ -256,7 +310,7 @@ impl EventLog {
                 .await
             })
             .await?;
-        Ok(rows.into_iter().map(from_row).collect())
+        Ok(read_from_rows(rows))
     }
 
     /// As [`Self::read_after`], but stopping before the page's `data` would
@@ -271,21 +325,24 @@ impl EventLog {
         filters: &Filters,
         limit: i64,
         max_bytes: i64,
-    ) -> Result<Vec<StoredEvent>, LogError> {
+    ) -> Result<Read, LogError> {
         let patterns = filters.like_patterns();
-        let rows: Vec<Row> = self
+        let rows: Vec<HeadRow> = self
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
                 sqlx::query_as(
-                    "select id, topic, type, data, time from ( \
-                       select id, topic, type, data::text as data, time, \
-                         sum(octet_length(data::text)) over (order by id) as upto \
-                       from events \
-                       where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
-                       order by id limit $3 \
-                     ) page \
-                     where upto - octet_length(data) < $4 \
-                     order by id",
+                    "select h.last_id, h.pruned_through, p.id, p.topic, p.type, p.data, p.time \
+                     from log_head h left join lateral ( \
+                       select id, topic, type, data, time from ( \
+                         select id, topic, type, data::text as data, time, \
+                           sum(octet_length(data::text)) over (order by id) as upto \
+                         from events \
+                         where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
+                         order by id limit $3 \
+                       ) page \
+                       where upto - octet_length(data) < $4 \
+                     ) p on true \
+                     order by p.id",
                 )
                 .bind(after)
                 .bind(&patterns)
@@ -295,7 +352,7 @@ impl EventLog {
                 .await
             })
             .await?;
-        Ok(rows.into_iter().map(from_row).collect())
+        Ok(read_from_rows(rows))
     }
 
     /// The most recent `count` events of every topic, oldest first (to warm
@@ -324,7 +381,8 @@ impl EventLog {
     /// The cursor just before the first event committed at or after `time`
     /// (the log's newest id when there is none), so that reading after it
     /// gives every event since `time`. Ids follow commit time, and `time`
-    /// is indexed.
+    /// is indexed. Never below the pruning floor: a time older than what
+    /// the log keeps starts at the oldest event it holds.
     ///
     /// # Errors
     /// [`LogError`] when the query fails.
@@ -333,9 +391,9 @@ impl EventLog {
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
                 sqlx::query_scalar(
-                    "select coalesce(\
+                    "select greatest(coalesce(\
                        (select id - 1 from events where time >= $1 order by time, id limit 1), \
-                       (select last_id from log_head))",
+                       h.last_id), h.pruned_through) from log_head h",
                 )
                 .bind(time)
                 .fetch_one(&mut *conn)

@@ -4,6 +4,7 @@
 //! and events committed while the replay runs are neither lost nor doubled.
 //! (The same paths against PostgreSQL are in `tests/api/resume.rs`.)
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use crate::log::{Head, LogError};
 #[derive(Clone)]
 struct MemoryLog {
     events: Arc<Mutex<Vec<StoredEvent>>>,
-    pruned_through: i64,
+    pruned_through: Arc<AtomicI64>,
     page_size: usize,
     pages_read: Arc<Mutex<usize>>,
     #[allow(clippy::type_complexity)]
@@ -34,7 +35,7 @@ impl MemoryLog {
     fn new(page_size: usize) -> Self {
         Self {
             events: Arc::default(),
-            pruned_through: 0,
+            pruned_through: Arc::default(),
             page_size,
             pages_read: Arc::default(),
             before_page: Arc::new(|_| {}),
@@ -43,6 +44,21 @@ impl MemoryLog {
 
     fn last_id(&self) -> i64 {
         self.events.lock().unwrap().last().map_or(0, |e| e.id)
+    }
+
+    /// Deletes the events up to `through` and moves the floor, at once, as
+    /// retention's batches do.
+    fn prune_through(&self, through: i64) {
+        let mut events = self.events.lock().unwrap();
+        events.retain(|e| e.id > through);
+        self.pruned_through.store(through, Ordering::SeqCst);
+    }
+
+    fn head_now(&self) -> Head {
+        Head {
+            last_id: self.last_id(),
+            pruned_through: self.pruned_through.load(Ordering::SeqCst),
+        }
     }
 
     /// Commits an event of `topic` and hands it to `hub`, as the listener
@@ -64,10 +80,7 @@ impl MemoryLog {
 
 impl ReplaySource for MemoryLog {
     fn head(&self) -> BoxFuture<'static, Result<Head, LogError>> {
-        let head = Head {
-            last_id: self.last_id(),
-            pruned_through: self.pruned_through,
-        };
+        let head = self.head_now();
         Box::pin(async move { Ok(head) })
     }
 
@@ -92,7 +105,14 @@ impl ReplaySource for MemoryLog {
             .collect();
         let complete = matching.len() <= self.page_size;
         let events = matching.into_iter().take(self.page_size).collect();
-        Box::pin(async move { Ok(Page { events, complete }) })
+        let head = self.head_now();
+        Box::pin(async move {
+            Ok(Page {
+                events,
+                complete,
+                head,
+            })
+        })
     }
 }
 
@@ -213,11 +233,11 @@ async fn a_cursor_inside_the_ring_reads_no_page() {
 #[tokio::test]
 async fn a_cursor_below_the_pruning_floor_gets_a_reset_then_live() {
     let hub = Hub::new(4, 0);
-    let mut log = MemoryLog::new(5);
+    let log = MemoryLog::new(5);
     for _ in 0..20 {
         log.commit(&hub, "mine");
     }
-    log.pruned_through = 10;
+    log.prune_through(10);
     let mut sub = subscribe(&hub, &log, "mine", Start::After(3));
 
     // After `retry:`, the reset frame, with the id the stream goes on from.
@@ -236,4 +256,74 @@ async fn a_cursor_below_the_pruning_floor_gets_a_reset_then_live() {
     assert!(text.contains("\"reason\":\"cursor_too_old\""), "{text}");
     let live = log.commit(&hub, "mine");
     assert_eq!(ids_through(&mut sub, live).await, [live]);
+}
+
+/// Reads chunks until one holds `needle`; returns everything read.
+async fn text_through(sub: &mut Subscription<MemoryLog>, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), sub.next_chunk())
+            .await
+            .expect("the subscription goes on")
+            .expect("the stream is open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_prune_that_overtakes_a_replay_resets_it_instead_of_skipping() {
+    // Pages of 5 from id 0; after the second page the log prunes through
+    // 30, ahead of the replay's cursor (10).
+    let hub = Hub::new(4, 0);
+    let mut log = MemoryLog::new(5);
+    for _ in 0..50 {
+        log.commit(&hub, "mine");
+    }
+    let hook_log = log.clone();
+    log.before_page = Arc::new(move |n| {
+        if n == 3 {
+            hook_log.prune_through(30);
+        }
+    });
+    let mut sub = subscribe(&hub, &log, "mine", Start::After(0));
+
+    let text = text_through(&mut sub, "event: reset").await;
+    let ids: Vec<i64> = text
+        .split("\n\n")
+        .filter(|f| f.contains("event: message"))
+        .map(|f| {
+            f.strip_prefix("id: ")
+                .unwrap()
+                .split('\n')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<i64>>(), "{text}");
+    assert!(text.contains("id: 50\nevent: reset\n"), "{text}");
+    assert!(text.contains("\"reason\":\"cursor_too_old\""), "{text}");
+    assert!(text.contains("\"last_event_id\":\"10\""), "{text}");
+    assert!(text.contains("\"oldest_id\":\"31\""), "{text}");
+    let live = log.commit(&hub, "mine");
+    assert_eq!(ids_through(&mut sub, live).await, [live]);
+}
+
+#[tokio::test]
+async fn a_since_start_below_the_floor_begins_at_the_oldest_event_held() {
+    let hub = Hub::new(4, 0);
+    let log = MemoryLog::new(5);
+    for _ in 0..20 {
+        log.commit(&hub, "mine");
+    }
+    log.prune_through(12);
+    // The in-memory log maps every time to cursor 0, below the floor.
+    let mut sub = subscribe(&hub, &log, "mine", Start::Since(OffsetDateTime::UNIX_EPOCH));
+
+    assert_eq!(
+        ids_through(&mut sub, 20).await,
+        (13..=20).collect::<Vec<i64>>()
+    );
 }

@@ -62,6 +62,9 @@ pub struct Page {
     pub events: Vec<StoredEvent>,
     /// No matching event after these in the snapshot the page was read in.
     pub complete: bool,
+    /// The log's head in that snapshot: a cursor below its pruning floor
+    /// may have had events pruned from under it.
+    pub head: Head,
 }
 
 impl ReplaySource for EventLog {
@@ -78,14 +81,18 @@ impl ReplaySource for EventLog {
     fn page(&self, after: i64, filters: Filters) -> BoxFuture<'static, Result<Page, LogError>> {
         let log = self.clone();
         Box::pin(async move {
-            let events = log
+            let read = log
                 .read_page(after, &filters, REPLAY_PAGE, REPLAY_PAGE_BYTES)
                 .await?;
-            let bytes: usize = events.iter().map(|e| e.data.len()).sum();
+            let bytes: usize = read.events.iter().map(|e| e.data.len()).sum();
             // Short on both counts: the query found nothing more.
             let complete =
-                (events.len() as i64) < REPLAY_PAGE && (bytes as i64) < REPLAY_PAGE_BYTES;
-            Ok(Page { events, complete })
+                (read.events.len() as i64) < REPLAY_PAGE && (bytes as i64) < REPLAY_PAGE_BYTES;
+            Ok(Page {
+                events: read.events,
+                complete,
+                head: read.head,
+            })
         })
     }
 }
@@ -147,6 +154,10 @@ pub struct Subscription<L: ReplaySource = EventLog> {
     resume: Option<i64>,
     /// A start time still to be turned into a cursor.
     since: Option<OffsetDateTime>,
+    /// The cursor came from `since=` and nothing has been written yet: a
+    /// pruning floor above it moves the start to the oldest event held
+    /// (what `since=` asks for), rather than resetting.
+    from_since: bool,
     message_events: bool,
     /// Cancelled by the hub if this subscriber falls behind; its writer
     /// then ends the stream (or, through hyper, the connection).
@@ -295,6 +306,7 @@ impl<L: ReplaySource> Subscription<L> {
                 Start::Since(time) => Some(time),
                 Start::Now | Start::After(_) => None,
             },
+            from_since: matches!(request.start, Start::Since(_)),
             message_events: request.message_events,
             cursor: 0,
             read_database: false,
@@ -476,29 +488,39 @@ impl<L: ReplaySource> Subscription<L> {
 
     fn on_head(&mut self, head: Head) {
         let resume = self.resume.unwrap_or(0);
-        let reset = if resume > head.last_id {
-            Some(ResetReason::CursorAhead)
+        if resume > head.last_id {
+            self.reset(ResetReason::CursorAhead, resume, head);
         } else if resume < head.pruned_through {
-            Some(ResetReason::CursorTooOld)
+            self.below_floor(resume, head);
         } else {
-            None
-        };
-        match reset {
-            Some(reason) => {
-                metrics::counter!(telemetry::RESETS, "reason" => reason_label(reason)).increment(1);
-                self.out.push_back(event::reset_frame(
-                    reason,
-                    resume,
-                    head.pruned_through + 1,
-                    head.last_id,
-                ));
-                // The client refetches its state; live events go on from now.
-                self.resume = None;
-                self.cursor = head.last_id;
-            }
-            None => self.cursor = resume,
+            self.cursor = resume;
         }
         self.attach_or_replay();
+    }
+
+    /// Events after `cursor` were pruned (or may have been, before the read
+    /// that saw `head`): a `since=` start that has written nothing begins
+    /// at the oldest event held; anything else is reset.
+    fn below_floor(&mut self, cursor: i64, head: Head) {
+        if self.from_since {
+            self.cursor = head.pruned_through;
+        } else {
+            self.reset(ResetReason::CursorTooOld, cursor, head);
+        }
+    }
+
+    /// One `event: reset` frame; the client refetches its state, and live
+    /// events go on from the log's newest id.
+    fn reset(&mut self, reason: ResetReason, cursor: i64, head: Head) {
+        metrics::counter!(telemetry::RESETS, "reason" => reason_label(reason)).increment(1);
+        self.out.push_back(event::reset_frame(
+            reason,
+            cursor,
+            head.pruned_through + 1,
+            head.last_id,
+        ));
+        self.resume = None;
+        self.cursor = head.last_id;
     }
 
     fn attach_or_replay(&mut self) {
@@ -539,6 +561,16 @@ impl<L: ReplaySource> Subscription<L> {
     }
 
     fn on_page(&mut self, page: &Page, hub_head: i64) {
+        if page.head.pruned_through > self.cursor {
+            // Retention pruned events this replay had not reached: going on
+            // would pass over them in silence.
+            self.below_floor(self.cursor, page.head);
+            self.attach_or_replay();
+            return;
+        }
+        // The start is settled: from here a floor passing the cursor is a
+        // gap, whatever the start was.
+        self.from_since = false;
         let complete = page.complete;
         for ev in &page.events {
             self.write_event(&ev.to_frame());
@@ -556,6 +588,7 @@ impl<L: ReplaySource> Subscription<L> {
             return;
         }
         self.cursor = frame.id;
+        self.from_since = false;
         if self.message_events {
             self.out.extend(frame.without_event_line());
         } else {

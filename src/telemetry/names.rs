@@ -33,6 +33,9 @@ pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
 pub const LIMITED: &str = "herald_limited_total";
 pub const BUILD_INFO: &str = "herald_build_info";
 pub const READY: &str = "herald_ready";
+pub const RETENTION_OLDEST_ID: &str = "herald_retention_oldest_id";
+pub const RETENTION_LAST_PRUNE: &str = "herald_retention_last_prune_timestamp_seconds";
+pub const RETENTION_PRUNED: &str = "herald_retention_pruned_events_total";
 
 /// Why a stream ended: the values of `herald_streams_ended_total{reason}`.
 pub const END_REASONS: [&str; 6] = [
@@ -181,6 +184,21 @@ pub(super) fn describe() {
          else 0; set at each scrape and each /readyz."
     );
     describe_gauge!(
+        RETENTION_OLDEST_ID,
+        "Oldest event id the log may still hold: everything below was pruned by retention."
+    );
+    describe_gauge!(
+        RETENTION_LAST_PRUNE,
+        Unit::Seconds,
+        "Unix time of the last prune pass this instance completed, whether or not anything \
+         was due; 0 before the first (and on an instance that keeps everything, or while \
+         another instance holds the prune lock)."
+    );
+    describe_counter!(
+        RETENTION_PRUNED,
+        "Events this instance deleted from the log for retention."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version and the git commit herald was built from, as labels."
     );
@@ -194,6 +212,7 @@ pub(super) fn zero() {
         EVENTS_PUBLISHED,
         EVENTS_DELIVERED,
         LISTENER_RECONNECTS,
+        RETENTION_PRUNED,
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -216,6 +235,10 @@ pub(super) fn zero() {
     metrics::gauge!(LISTENER_ATTACHED).set(0.0);
     metrics::gauge!(DB_WAITING).set(0.0);
     metrics::gauge!(READY).set(0.0);
+    // Retention gauges exist from the start, so the "retention not running"
+    // alert has a series to watch (0: no pass yet).
+    metrics::gauge!(RETENTION_OLDEST_ID).set(0.0);
+    metrics::gauge!(RETENTION_LAST_PRUNE).set(0.0);
     metrics::gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),

@@ -25,6 +25,7 @@ mod publish;
 mod refusals;
 mod resets;
 mod resume;
+mod retention;
 mod since;
 mod stream;
 mod writers;

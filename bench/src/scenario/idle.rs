@@ -85,6 +85,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         }),
         catch_up: None,
         per_user: None,
+        retention: None,
         idle,
         correctness,
         server: measured.server,

@@ -83,6 +83,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         publish: Some(published.stats),
         catch_up: None,
         per_user: None,
+        retention: None,
         idle: None,
         server: measured.server,
         postgres: measured.postgres,

@@ -8,7 +8,10 @@
 //! - `peruser`: every subscriber on a topic of its own, events spread over
 //!   the topics, optionally a few subscribers on every topic;
 //! - `peruser-storm`: as `peruser`, with the ring filled first and a
-//!   reconnect storm of per-user clients while events flow.
+//!   reconnect storm of per-user clients while events flow;
+//! - `retention`: a prune of a million events under publish load; it
+//!   starts its own herald instances, so it is run through
+//!   [`retention::run`], not [`run`].
 //!
 //! Every scenario first waits until all its subscribers are live (each has
 //! received a sync event), so measured events are never published into a
@@ -25,6 +28,7 @@ mod peruser;
 mod peruser_storm;
 mod publishing;
 mod resume;
+pub mod retention;
 
 use std::sync::Arc;
 
@@ -71,5 +75,8 @@ pub async fn run(
         Scenario::Storm => resume::run(&ctx, true).await,
         Scenario::PerUser => peruser::run(&ctx, false).await,
         Scenario::PerUserStorm => peruser::run(&ctx, true).await,
+        Scenario::Retention => anyhow::bail!(
+            "the retention scenario starts its own herald: herald-bench run --spawn --scenario retention"
+        ),
     }
 }

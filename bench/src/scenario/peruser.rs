@@ -117,6 +117,7 @@ pub(super) async fn run(ctx: &Ctx, with_storm: bool) -> anyhow::Result<Report> {
             wildcard_latency,
             storm,
         }),
+        retention: None,
         correctness,
         publish: Some(published.stats),
         catch_up: None,

@@ -101,6 +101,7 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
             replay_events_per_sec: (!storm).then_some(replay_rate).flatten(),
         }),
         per_user: None,
+        retention: None,
         idle: None,
         correctness: correctness(&outcomes, |_| &published.acked, total),
         server: measured.server,
