@@ -13,6 +13,7 @@
 mod readme;
 mod readme_tokens;
 mod run;
+mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
