@@ -10,6 +10,7 @@
 //! `chromium`, `npm ci` in `tests/browser`, and `pip install httpx
 //! httpx-sse`. Screenshots of the console land in `tests/artifacts/`.
 
+mod console_tokens;
 mod readme;
 mod readme_tokens;
 mod run;

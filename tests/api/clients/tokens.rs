@@ -25,7 +25,7 @@ use super::run::{Running, node};
 use crate::helpers::*;
 
 /// The HS256 secret of every herald in these tests.
-const SECRET: &str = "browser-and-tokens-test-secret";
+pub(super) const SECRET: &str = "browser-and-tokens-test-secret";
 /// How long before `exp` a stream is warned.
 const WARNING: Duration = Duration::from_secs(1);
 /// The life of a browser's token in the refresh test: short, so three
@@ -34,14 +34,14 @@ const WARNING: Duration = Duration::from_secs(1);
 const BROWSER_TOKEN_LIFE: Duration = Duration::from_secs(3);
 /// The topic alice reads, and the grant that lets her.
 const INBOX: &str = "user:alice:inbox";
-const ALICE_READS: &[&str] = &["user:{sub}:*"];
+pub(super) const ALICE_READS: &[&str] = &["user:{sub}:*"];
 /// What the README's snippet names herald; the test page puts the test
 /// herald's address in its place.
 const README_HERALD: &str = "https://herald.example.com";
 
 /// herald with tokens required: HS256 with [`SECRET`], warned [`WARNING`]
 /// before `exp`, no leeway (a token is expired the second after its `exp`).
-fn with_tokens(c: &mut Config) {
+pub(super) fn with_tokens(c: &mut Config) {
     c.auth.jwt_secret = Some(SECRET.parse().unwrap());
     c.auth.token_expiry_warning = WARNING;
     c.auth.jwt_leeway = Duration::ZERO;
@@ -55,7 +55,12 @@ fn unix_now() -> u64 {
 }
 
 /// A token for `sub`, valid for `life`, with herald's grants claim.
-fn mint(sub: &str, life: Duration, subscribe: &[&str], publish: &[&str]) -> (String, u64) {
+pub(super) fn mint(
+    sub: &str,
+    life: Duration,
+    subscribe: &[&str],
+    publish: &[&str],
+) -> (String, u64) {
     let exp = unix_now() + life.as_secs();
     let claims = json!({
         "sub": sub,
@@ -72,7 +77,7 @@ fn mint(sub: &str, life: Duration, subscribe: &[&str], publish: &[&str]) -> (Str
 }
 
 /// A backend's token: publishes anywhere, for an hour.
-fn backend_token() -> String {
+pub(super) fn backend_token() -> String {
     mint("backend", Duration::from_secs(3600), &[], &["*"]).0
 }
 
