@@ -10,9 +10,11 @@
 //! `chromium`, `npm ci` in `tests/browser`, and `pip install httpx
 //! httpx-sse`. Screenshots of the console land in `tests/artifacts/`.
 
+mod console_tokens;
 mod readme;
 mod readme_tokens;
 mod run;
+mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 // exits 0 when every assertion held and non-zero with the reason otherwise.
 
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -76,6 +77,15 @@ export async function publish(base, body, headers = {}) {
   const text = await res.text();
   if (res.status !== 201) throw new Error(`publish answered ${res.status}: ${text}`);
   return JSON.parse(text);
+}
+
+/// A JWT signed with HS256 and `secret`, for a herald started with that
+/// `--jwt-secret`: for a token that must be fresh when a page connects
+/// (one minted before Chromium starts may already be close to its `exp`).
+export function hs256Token(secret, claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
 }
 
 /// A unique topic for one run.

@@ -80,6 +80,7 @@ function showResult(node, text, bad = false) {
   node.className = bad ? "result bad" : "result";
   node.textContent = text;
   delete node.dataset.unreachable;
+  delete node.dataset.expiring;
 }
 
 function showUnreachable(node, err) {
@@ -93,11 +94,23 @@ function reached() {
   document.querySelectorAll("[data-unreachable]").forEach((node) => showResult(node, ""));
 }
 
+// A refusal of `action` ("read incident:*", "publish to ops") in words:
+// 401 means no valid token came with the request (the browser's cookie is
+// missing, expired or not herald's), 403 that the token does not grant it.
+// herald's `why` says which. Other statuses are the caller's to word.
+function authRefusal(status, action, why) {
+  if (status === 401) return `Sign in to ${action}: ${why}`;
+  if (status === 403) return `Not allowed to ${action}: ${why}`;
+  return null;
+}
+
 // An EventSource gives up on any answer but `200 text/event-stream` and
 // cannot read it (WHATWG HTML, "fail the connection"). herald's answer is
 // an RFC 9457 problem with the reason in `detail`: ask the same URL again
-// with fetch to read it.
-async function explainRefusal(es, url) {
+// with fetch to read it. A 401 for a stream that had been open means its
+// token ran out (herald ends a stream at its token's `exp`) and nothing
+// renewed the cookie before the browser reconnected.
+async function explainRefusal(es, url, what, opened) {
   const result = $("sub-result");
   const abort = new AbortController();
   let res;
@@ -123,8 +136,14 @@ async function explainRefusal(es, url) {
     // Not a problem document (a proxy's page, say): the status is all.
   }
   if (source !== es) return;
+  if (res.status === 401 && opened) {
+    setState("expired", "session expired");
+    showResult(result, "Your session expired; sign in again.", true);
+    return;
+  }
   setState("refused", "refused");
-  showResult(result, `herald refused this subscription (${res.status}): ${why}`, true);
+  const words = authRefusal(res.status, `read ${what}`, why);
+  showResult(result, words ?? `herald refused this subscription (${res.status}): ${why}`, true);
 }
 
 function resetReason(info) {
@@ -161,6 +180,7 @@ function connect() {
   let reconnected = null;
   es.onopen = () => {
     reached();
+    document.querySelectorAll("[data-expiring]").forEach((node) => showResult(node, ""));
     reconnected = null;
     if (!opened) {
       opened = true;
@@ -189,6 +209,15 @@ function connect() {
     setState("reset", "reset");
     showNotice(`reset: ${resetReason(info)}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
   });
+  // herald warns before the token expires; the stream ends then. Whoever
+  // embeds the console may renew the cookie meanwhile: the reconnect then
+  // carries it and this line goes. If not, the reconnect is refused.
+  es.addEventListener("auth-expiring", (e) => {
+    const at = new Date(JSON.parse(e.data).expires_at).toLocaleTimeString();
+    const result = $("sub-result");
+    showResult(result, `Your session expires at ${at}.`);
+    result.dataset.expiring = "";
+  });
   es.onerror = () => {
     clearTimeout(settling);
     if (source !== es) return;
@@ -196,7 +225,7 @@ function connect() {
       setState("closed", "closed");
       $("connect").disabled = false;
       $("disconnect").disabled = true;
-      explainRefusal(es, url);
+      explainRefusal(es, url, topics.length ? topics.join(", ") : "any topic", opened);
     } else {
       setState("reconnecting", "reconnecting…");
     }
@@ -243,7 +272,8 @@ async function publish(event) {
   if (res.ok) {
     showResult(result, `Stored as #${answer.id} at ${answer.time}`);
   } else {
-    showResult(result, `${res.status}: ${answer.detail || answer.title || res.statusText}`, true);
+    const why = answer.detail || answer.title || res.statusText;
+    showResult(result, authRefusal(res.status, `publish to ${body.topic}`, why) ?? `${res.status}: ${why}`, true);
   }
 }
 
