@@ -139,6 +139,17 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err("the token is too long");
         }
+        // The header first: jsonwebtoken reports a header it cannot read
+        // (`"alg": "none"`, an algorithm it does not know, not JSON) as the
+        // same JSON error as claims herald cannot read.
+        if let Err(e) = jsonwebtoken::decode_header(token) {
+            return Err(match e.kind() {
+                ErrorKind::Json(_) => {
+                    "the token's header is malformed or names an algorithm herald does not accept"
+                }
+                _ => "the token is malformed",
+            });
+        }
         // jsonwebtoken checks the signature before the claims: an error
         // other than the signature's comes from the key that signed it.
         for key in &self.keys {
@@ -209,4 +220,78 @@ pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
         &EncodingKey::from_secret(secret).context("cannot use the secret")?,
     )
     .context("cannot sign the token")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"s3cret";
+
+    fn verifier() -> Verifier {
+        let config = AuthConfig {
+            jwt_secret_file: None,
+            jwt_secret: Some("s3cret".parse().unwrap()),
+            jwt_previous_secret_file: None,
+            jwt_previous_secret: None,
+            jwt_public_key_file: None,
+            jwt_algorithm: None,
+            jwt_audience: Some("herald".to_owned()),
+            jwt_leeway: Duration::from_secs(5),
+            token_expiry_warning: Duration::from_secs(60),
+            auth_cookie: "herald_token".to_owned(),
+            allow_anonymous: false,
+        };
+        Verifier::from_config(&config).unwrap().expect("a key")
+    }
+
+    fn in_ten_minutes() -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp() + 600
+    }
+
+    fn sign(claims: &Value) -> String {
+        let key = EncodingKey::from_secret(SECRET).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+    }
+
+    /// Base64url without padding, as JWT parts are written.
+    fn base64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_header_herald_cannot_read_is_refused_for_its_header() {
+        let valid = sign(&json!({"aud": "herald", "exp": in_ten_minutes()}));
+        let payload = valid.split('.').nth(1).unwrap();
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"HS1024"}"#,
+            "not json",
+        ] {
+            let token = format!("{}.{payload}.", base64url(header.as_bytes()));
+            let why = verifier().verify(&token).unwrap_err();
+            assert!(why.contains("header"), "{header}: {why}");
+        }
+        assert_eq!(
+            verifier().verify("a.b.c").unwrap_err(),
+            "the token is malformed"
+        );
+    }
 }
