@@ -17,14 +17,27 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// The claims herald reads (`exp`, `nbf` and `aud` are checked by
 /// jsonwebtoken; the rest of a token is ignored).
+///
+/// jsonwebtoken reads these before it validates the token, so they must
+/// take every form its validation does: anything they refused would be
+/// refused as "claims herald cannot read" instead of for its real reason
+/// (a missing `exp`), or refused when valid (an `aud` array).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// Seconds since the epoch. Required, but jsonwebtoken says so when it
+    /// is missing (hence the default, never seen in a verified token); a
+    /// NumericDate may have a fraction (RFC 7519 §2).
+    #[serde(default, deserialize_with = "numeric_date")]
     pub exp: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written by `herald token`; jsonwebtoken checks it, herald never
+    /// reads it.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written by `herald token`; jsonwebtoken checks it (a string or an
+    /// array of strings, RFC 7519 §4.1.3), herald never reads it.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
     /// What the bearer may do: `{"subscribe": [...], "publish": [...]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +176,14 @@ impl Verifier {
     }
 }
 
+/// A NumericDate as whole seconds. Anything but a number reads as 0:
+/// jsonwebtoken refuses it, saying why.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let seconds = serde_json::Value::deserialize(d)?.as_f64().unwrap_or(0.0);
+    // `as` saturates; jsonwebtoken refuses dates out of its range.
+    Ok(seconds.floor() as i64)
+}
+
 fn algorithm_of(alg: JwtAlgorithm) -> Algorithm {
     match alg {
         JwtAlgorithm::Hs256 => Algorithm::HS256,
@@ -292,6 +313,27 @@ mod tests {
         assert_eq!(
             verifier().verify("a.b.c").unwrap_err(),
             "the token is malformed"
+        );
+    }
+
+    #[test]
+    fn a_token_without_exp_is_refused_saying_so() {
+        let why = verifier().verify(&sign(&json!({"aud": "herald"})));
+        assert_eq!(why.unwrap_err(), "the token has no exp claim");
+    }
+
+    /// RFC 7519: `aud` may be an array naming several audiences, and a
+    /// NumericDate may have a fraction.
+    #[test]
+    fn an_audience_array_and_a_fractional_exp_are_read() {
+        let exp = in_ten_minutes();
+        let token = sign(&json!({"aud": ["other", "herald"], "exp": exp as f64 + 0.5}));
+        let claims = verifier().verify(&token).expect("a valid token");
+        assert_eq!(claims.exp, exp);
+        let elsewhere = sign(&json!({"aud": ["other", "a-third"], "exp": exp}));
+        assert_eq!(
+            verifier().verify(&elsewhere).unwrap_err(),
+            "the token is meant for another audience"
         );
     }
 }
