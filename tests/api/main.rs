@@ -16,6 +16,7 @@ mod deploy;
 mod docs;
 mod faults;
 mod history;
+mod hostile;
 mod idempotency;
 mod observability;
 mod ops;
