@@ -27,6 +27,7 @@ mod refusals;
 mod resets;
 mod resume;
 mod retention;
+mod roundtrip;
 mod since;
 mod stream;
 mod writers;
