@@ -17,14 +17,27 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// The claims herald reads (`exp`, `nbf` and `aud` are checked by
 /// jsonwebtoken; the rest of a token is ignored).
+///
+/// jsonwebtoken reads these before it validates the token, so they must
+/// take every form its validation does: anything they refused would be
+/// refused as "claims herald cannot read" instead of for its real reason
+/// (a missing `exp`), or refused when valid (an `aud` array).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// Seconds since the epoch. Required, but jsonwebtoken says so when it
+    /// is missing (hence the default, never seen in a verified token); a
+    /// NumericDate may have a fraction (RFC 7519 §2).
+    #[serde(default, deserialize_with = "numeric_date")]
     pub exp: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written by `herald token`; jsonwebtoken checks it, herald never
+    /// reads it.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written by `herald token`; jsonwebtoken checks it (a string or an
+    /// array of strings, RFC 7519 §4.1.3), herald never reads it.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
     /// What the bearer may do: `{"subscribe": [...], "publish": [...]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +152,17 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err("the token is too long");
         }
+        // The header first: jsonwebtoken reports a header it cannot read
+        // (`"alg": "none"`, an algorithm it does not know, not JSON) as the
+        // same JSON error as claims herald cannot read.
+        if let Err(e) = jsonwebtoken::decode_header(token) {
+            return Err(match e.kind() {
+                ErrorKind::Json(_) => {
+                    "the token's header is malformed or names an algorithm herald does not accept"
+                }
+                _ => "the token is malformed",
+            });
+        }
         // jsonwebtoken checks the signature before the claims: an error
         // other than the signature's comes from the key that signed it.
         for key in &self.keys {
@@ -150,6 +174,14 @@ impl Verifier {
         }
         Err(describe(&ErrorKind::InvalidSignature))
     }
+}
+
+/// A NumericDate as whole seconds. Anything but a number reads as 0:
+/// jsonwebtoken refuses it, saying why.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let seconds = serde_json::Value::deserialize(d)?.as_f64().unwrap_or(0.0);
+    // `as` saturates; jsonwebtoken refuses dates out of its range.
+    Ok(seconds.floor() as i64)
 }
 
 fn algorithm_of(alg: JwtAlgorithm) -> Algorithm {
@@ -209,4 +241,99 @@ pub fn mint(secret: &[u8], claims: &Claims) -> anyhow::Result<String> {
         &EncodingKey::from_secret(secret).context("cannot use the secret")?,
     )
     .context("cannot sign the token")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"s3cret";
+
+    fn verifier() -> Verifier {
+        let config = AuthConfig {
+            jwt_secret_file: None,
+            jwt_secret: Some("s3cret".parse().unwrap()),
+            jwt_previous_secret_file: None,
+            jwt_previous_secret: None,
+            jwt_public_key_file: None,
+            jwt_algorithm: None,
+            jwt_audience: Some("herald".to_owned()),
+            jwt_leeway: Duration::from_secs(5),
+            token_expiry_warning: Duration::from_secs(60),
+            auth_cookie: "herald_token".to_owned(),
+            allow_anonymous: false,
+        };
+        Verifier::from_config(&config).unwrap().expect("a key")
+    }
+
+    fn in_ten_minutes() -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp() + 600
+    }
+
+    fn sign(claims: &Value) -> String {
+        let key = EncodingKey::from_secret(SECRET).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+    }
+
+    /// Base64url without padding, as JWT parts are written.
+    fn base64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_header_herald_cannot_read_is_refused_for_its_header() {
+        let valid = sign(&json!({"aud": "herald", "exp": in_ten_minutes()}));
+        let payload = valid.split('.').nth(1).unwrap();
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"HS1024"}"#,
+            "not json",
+        ] {
+            let token = format!("{}.{payload}.", base64url(header.as_bytes()));
+            let why = verifier().verify(&token).unwrap_err();
+            assert!(why.contains("header"), "{header}: {why}");
+        }
+        assert_eq!(
+            verifier().verify("a.b.c").unwrap_err(),
+            "the token is malformed"
+        );
+    }
+
+    #[test]
+    fn a_token_without_exp_is_refused_saying_so() {
+        let why = verifier().verify(&sign(&json!({"aud": "herald"})));
+        assert_eq!(why.unwrap_err(), "the token has no exp claim");
+    }
+
+    /// RFC 7519: `aud` may be an array naming several audiences, and a
+    /// NumericDate may have a fraction.
+    #[test]
+    fn an_audience_array_and_a_fractional_exp_are_read() {
+        let exp = in_ten_minutes();
+        let token = sign(&json!({"aud": ["other", "herald"], "exp": exp as f64 + 0.5}));
+        let claims = verifier().verify(&token).expect("a valid token");
+        assert_eq!(claims.exp, exp);
+        let elsewhere = sign(&json!({"aud": ["other", "a-third"], "exp": exp}));
+        assert_eq!(
+            verifier().verify(&elsewhere).unwrap_err(),
+            "the token is meant for another audience"
+        );
+    }
 }

@@ -11,7 +11,8 @@
 //!   the target, too many headers, too long), is answered here, with the
 //!   same problem+json as every other refusal, and the connection closed.
 //! - Everything else, including HTTP/2, goes to hyper and the axum router,
-//!   with the bytes already read put back in front. A connection whose
+//!   with the bytes already read put back in front; a head there over the
+//!   same limit gets the same 431 ([`refuse_large_head`]). A connection whose
 //!   stream falls behind is cut ([`ConnectionCut`]), and so is one whose
 //!   client takes no bytes for `--write-timeout` ([`Prefixed`]).
 
@@ -46,6 +47,15 @@ use head::{Head, Parsed};
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (431 beyond).
 const MAX_HEAD: usize = 16 * 1024;
+/// The HTTP/2 header list h2 lets through to herald, far above
+/// [`MAX_HEAD`] so that herald refuses a large head itself, with the same
+/// problem+json 431 as over HTTP/1 ([`refuse_large_head`]). At hyper's
+/// default, 16 KiB, h2 answered a larger head with a bare 431 (no body),
+/// and one over four times that (a 100 KB token) with a GOAWAY that ended
+/// the connection and every stream on it (a proxy multiplexes many users'
+/// streams on one). h2 still ends a connection whose head exceeds about
+/// 160 KiB here (ten CONTINUATION frames), its flood protection.
+const H2_MAX_HEADER_LIST: u32 = 128 * 1024;
 
 /// Cancelled to end a connection served by hyper: its stream fell behind
 /// (the hub cancels it). Through hyper a stream cannot be ended by itself
@@ -72,7 +82,9 @@ pub async fn serve(
 ) {
     // Turn every route into its service once, not per connection (what
     // `axum::serve` would do, at a few KiB each).
-    let router = router.with_state(());
+    let router = router
+        .layer(axum::middleware::from_fn(refuse_large_head))
+        .with_state(());
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -165,6 +177,7 @@ async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watche
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().max_header_list_size(H2_MAX_HEADER_LIST);
     // The router as one service per connection (an Arc clone), telling
     // every request how to end its connection.
     let service = TowerToHyperService::new(router.map_request({
@@ -182,6 +195,34 @@ async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watche
         },
         () = cut.cancelled() => tracing::debug!("connection cut: its stream fell behind"),
     }
+}
+
+/// Refuses a head over [`MAX_HEAD`] that reached hyper, as [`handle`] does
+/// the first head of an HTTP/1 connection: an HTTP/2 request (up to
+/// [`H2_MAX_HEADER_LIST`]), or a later request on a kept-alive HTTP/1
+/// connection.
+async fn refuse_large_head(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if head_size(&req) > MAX_HEAD {
+        let refusal = ApiError::HeadTooLarge(format!("a request head over {MAX_HEAD} bytes"));
+        return axum::response::IntoResponse::into_response(refusal);
+    }
+    next.run(req).await
+}
+
+/// The size of `req`'s head as HTTP/1.1 would write it.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    // "GET /target HTTP/1.1\r\n", the headers ("name: value\r\n"), "\r\n".
+    let line = req.method().as_str().len() + 1 + target + 11;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
 }
 
 /// A socket with bytes already read from it put back in front, that gives

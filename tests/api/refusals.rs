@@ -366,3 +366,32 @@ async fn body_that_trickles_in_is_refused_with_408_at_the_body_timeout() {
     assert_nothing_stored(&app).await;
     app.stop().await;
 }
+
+/// Over HTTP/2 a head over 16 KiB is refused by herald as over HTTP/1, a
+/// 431 problem+json, and the connection's stream goes on. Before, h2
+/// answered a head over 16 KiB with a bare 431 (no body), and one over
+/// 64 KiB (a 100 KB token) with a GOAWAY that ended the connection and
+/// every stream on it.
+#[tokio::test]
+async fn a_large_head_over_http2_is_refused_with_431_and_spares_the_connection() {
+    let app = spawn_app().await.over(Writer::Http2);
+    let topic = unique_topic("h2-head");
+    let mut sse = app.stream(&format!("topic={topic}"), None).await;
+    sse.next_frame().await.unwrap();
+
+    for size in [17 * 1024, 100_000] {
+        let res = app
+            .client
+            .get(app.url("/v1/events"))
+            .header("x-pad", "a".repeat(size))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("a {size}-byte header: {e:?}"));
+        assert_problem(res, 431, "head_too_large", "request head").await;
+    }
+
+    // The stream on the same connection carries what comes next.
+    let id = app.publish_ok(&topic, json!("after")).await;
+    assert_eq!(sse.next_event().await.unwrap().id_num(), id);
+    app.stop().await;
+}
