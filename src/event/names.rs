@@ -239,13 +239,48 @@ impl Filters {
                 .any(|f| matches!(f, TopicFilter::Prefix(p) if p.is_empty()))
     }
 
-    /// `LIKE` patterns for the log query; empty when every topic matches.
-    pub fn like_patterns(&self) -> Vec<String> {
+    /// The filters as the log query takes them (`log::read_after`): the
+    /// exact topics no prefix already covers (each found through the
+    /// `(topic, id)` index, so a per-user topic is read without reading
+    /// anyone else's events), and the prefixes as `LIKE` patterns (read in
+    /// id order with a filter). Both empty when every topic matches.
+    pub fn log_selection(&self) -> LogSelection {
+        let mut selection = LogSelection::default();
         if self.is_all() {
-            Vec::new()
-        } else {
-            self.0.iter().map(TopicFilter::like_pattern).collect()
+            return selection;
         }
+        for f in &self.0 {
+            match f {
+                TopicFilter::Exact(t) => {
+                    let covered = self
+                        .0
+                        .iter()
+                        .any(|p| matches!(p, TopicFilter::Prefix(_)) && p.matches(t.as_str()));
+                    if !covered && !selection.exact.iter().any(|e| e == t.as_str()) {
+                        selection.exact.push(t.as_str().to_owned());
+                    }
+                }
+                TopicFilter::Prefix(_) => selection.prefixes.push(f.like_pattern()),
+            }
+        }
+        selection
+    }
+}
+
+/// [`Filters::log_selection`]: what the log query reads. Every event it
+/// returns matches exactly one part, so none comes twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSelection {
+    /// Exact topics, each not matched by any of `prefixes`.
+    pub exact: Vec<String>,
+    /// `LIKE` patterns of the prefix filters.
+    pub prefixes: Vec<String>,
+}
+
+impl LogSelection {
+    /// Every topic: neither part restricts the read.
+    pub fn is_all(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
     }
 }
 
@@ -308,6 +343,22 @@ mod tests {
         for bad in ["", "**", "a*b", ":*", "a::*", "a b*"] {
             assert!(TopicFilter::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn log_selection_reads_each_event_through_one_part() {
+        let filters =
+            |fs: &[&str]| Filters::new(fs.iter().map(|f| TopicFilter::parse(f).unwrap()).collect());
+        let sel = filters(&["user:1", "user:2", "team:*", "team:a", "user:1"]).log_selection();
+        assert_eq!(
+            sel.exact,
+            ["user:1", "user:2"],
+            "team:a is in team:*, user:1 once"
+        );
+        assert_eq!(sel.prefixes, ["team:%"]);
+        assert!(!sel.is_all());
+        assert!(filters(&["*", "user:1"]).log_selection().is_all());
+        assert!(Filters::default().log_selection().is_all());
     }
 
     #[test]

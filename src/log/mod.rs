@@ -207,6 +207,36 @@ fn from_row((id, topic, event_type, data, time): Row) -> StoredEvent {
     }
 }
 
+/// The events after `$1` that a reader's filters match, oldest first, at
+/// most `$3`, with `data` as text: the parts of
+/// [`crate::event::LogSelection`]. Each exact topic (`$2`) is read through
+/// the `events_topic_id` index, `(topic, id)`: a per-user topic's replay
+/// reads its own events, not every event since its cursor filtered down
+/// to a few (which, for a rare topic far behind, was most of the log, and
+/// with a few clients replaying took PostgreSQL's CPU from the publishers).
+/// Prefixes (`$5`, `LIKE` patterns) and every topic (`$4`) are read in id
+/// order through the primary key, which stops at `$3` rows; its condition
+/// `$4 or cardinality($5) > 0` involves no column, so PostgreSQL decides it
+/// once and skips that scan altogether when there are only exact topics.
+macro_rules! matching {
+    () => {
+        "select id, topic, type, data, time from ( \
+           (select x.id, x.topic, x.type, x.data, x.time \
+              from unnest($2::text[]) as t(topic) \
+              cross join lateral ( \
+                select id, topic, type, data::text as data, time from events \
+                where events.topic = t.topic and events.id > $1 \
+                order by events.id limit $3 \
+              ) x) \
+           union all \
+           (select id, topic, type, data::text, time from events \
+              where ($4 or cardinality($5::text[]) > 0) and id > $1 \
+                and ($4 or topic like any($5)) \
+              order by id limit $3) \
+         ) m0 order by id limit $3"
+    };
+}
+
 impl EventLog {
     /// Starts the committer task; it ends when every handle is dropped.
     /// `timeout` (`--db-timeout`) bounds every request's wait for the
@@ -289,23 +319,22 @@ impl EventLog {
         filters: &Filters,
         limit: i64,
     ) -> Result<Read, LogError> {
-        let patterns = filters.like_patterns();
+        let sel = filters.log_selection();
         // One statement, so one snapshot for the events and the floor.
         let rows: Vec<HeadRow> = self
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
-                sqlx::query_as(
+                sqlx::query_as(concat!(
                     "select h.last_id, h.pruned_through, e.id, e.topic, e.type, e.data, e.time \
-                     from log_head h left join lateral ( \
-                       select id, topic, type, data::text as data, time from events \
-                       where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
-                       order by id limit $3 \
-                     ) e on true \
-                     order by e.id",
-                )
+                     from log_head h left join lateral (",
+                    matching!(),
+                    ") e on true order by e.id"
+                ))
                 .bind(after)
-                .bind(&patterns)
+                .bind(&sel.exact)
                 .bind(limit)
+                .bind(sel.is_all())
+                .bind(&sel.prefixes)
                 .fetch_all(&mut *conn)
                 .await
             })
@@ -326,27 +355,29 @@ impl EventLog {
         limit: i64,
         max_bytes: i64,
     ) -> Result<Read, LogError> {
-        let patterns = filters.like_patterns();
+        let sel = filters.log_selection();
         let rows: Vec<HeadRow> = self
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
-                sqlx::query_as(
+                sqlx::query_as(concat!(
                     "select h.last_id, h.pruned_through, p.id, p.topic, p.type, p.data, p.time \
                      from log_head h left join lateral ( \
                        select id, topic, type, data, time from ( \
-                         select id, topic, type, data::text as data, time, \
-                           sum(octet_length(data::text)) over (order by id) as upto \
-                         from events \
-                         where id > $1 and (cardinality($2::text[]) = 0 or topic like any($2)) \
-                         order by id limit $3 \
+                         select id, topic, type, data, time, \
+                           sum(octet_length(data)) over (order by id) as upto \
+                         from (",
+                    matching!(),
+                    ") m \
                        ) page \
-                       where upto - octet_length(data) < $4 \
+                       where upto - octet_length(data) < $6 \
                      ) p on true \
-                     order by p.id",
-                )
+                     order by p.id"
+                ))
                 .bind(after)
-                .bind(&patterns)
+                .bind(&sel.exact)
                 .bind(limit)
+                .bind(sel.is_all())
+                .bind(&sel.prefixes)
                 .bind(max_bytes)
                 .fetch_all(&mut *conn)
                 .await

@@ -188,6 +188,37 @@ async fn several_topic_filters_match_any_of_them() {
     app.stop().await;
 }
 
+/// Exact topics are read through the topic index and prefixes in id
+/// order: an event that an exact filter and a prefix both match comes
+/// once, the parts merge in id order, and the limit holds over them all.
+#[tokio::test]
+async fn exact_and_prefix_filters_merge_in_order_without_duplicates() {
+    let app = spawn_app().await;
+    let team = unique_topic("merge-team");
+    let (u1, u2) = (unique_topic("merge-u1"), unique_topic("merge-u2"));
+    let ids = app
+        .publish_batch_ok(vec![
+            json!({"topic": u1}),
+            json!({"topic": format!("{team}:a")}),
+            json!({"topic": u2}),
+            json!({"topic": format!("{team}:b")}),
+            json!({"topic": u1}),
+            json!({"topic": unique_topic("merge-other")}),
+            json!({"topic": format!("{team}:a")}),
+        ])
+        .await;
+    let query = format!("topic={team}:*&topic={team}:a&topic={u1}&topic={u1}");
+
+    let got = history_ids(&app, &query).await;
+    assert_eq!(got, [ids[0], ids[1], ids[3], ids[4], ids[6]]);
+
+    let first = history_ids(&app, &format!("{query}&limit=3")).await;
+    assert_eq!(first, [ids[0], ids[1], ids[3]]);
+    let rest = history_ids(&app, &format!("{query}&after={}", ids[3])).await;
+    assert_eq!(rest, [ids[4], ids[6]]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn limit_caps_the_number_of_events_oldest_first() {
     let app = spawn_app().await;
