@@ -6,9 +6,10 @@
 //! flags, is [`crate::cli::Cli`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use clap::{Args, Parser, ValueEnum};
 
 /// The local PostgreSQL, as installed on a fresh machine of this kind.
@@ -130,12 +131,11 @@ pub struct Config {
     pub limits: LimitConfig,
 }
 
-/// Who may read and publish: JWT verification (DESIGN.md, "Configuration").
-/// With no key configured herald runs anonymous, and then only on a
-/// loopback address unless `--allow-anonymous` says so on purpose.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Tokens")]
-pub struct AuthConfig {
+/// The HS256 secret, from a file or as a value. The server verifies tokens
+/// with it and `herald token` signs them with it, so both read it from the
+/// same flags and variables.
+#[derive(Debug, Clone, Default, Args)]
+pub struct JwtSecret {
     /// File holding the HS256 secret tokens are signed with (trailing
     /// newlines are ignored).
     #[arg(long, env = "HERALD_JWT_SECRET_FILE", value_name = "FILE")]
@@ -150,6 +150,61 @@ pub struct AuthConfig {
         value_name = "SECRET"
     )]
     pub jwt_secret: Option<Secret>,
+}
+
+/// A secret from its flag or its file (`None` when neither is given).
+///
+/// # Errors
+/// Both given, or a file that cannot be read or is empty.
+fn read_secret(value: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("give the secret or its file, not both"),
+        (Some(secret), None) => Ok(Some(secret.expose().to_owned())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+            if secret.is_empty() {
+                bail!("{} is empty", path.display());
+            }
+            Ok(Some(secret))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl AuthConfig {
+    /// The previous HS256 secret, still accepted during a rotation.
+    ///
+    /// # Errors
+    /// As [`JwtSecret::read`].
+    pub fn previous_secret(&self) -> anyhow::Result<Option<String>> {
+        read_secret(
+            self.jwt_previous_secret.as_ref(),
+            self.jwt_previous_secret_file.as_deref(),
+        )
+    }
+}
+
+impl JwtSecret {
+    /// The secret, from the value or the file (not both); `None` when
+    /// neither is given.
+    ///
+    /// # Errors
+    /// Both given, or a file that cannot be read or is empty.
+    pub fn read(&self) -> anyhow::Result<Option<String>> {
+        read_secret(self.jwt_secret.as_ref(), self.jwt_secret_file.as_deref())
+    }
+}
+
+/// Who may read and publish: JWT verification (DESIGN.md, "Configuration").
+/// With no key configured herald runs anonymous, and then only on a
+/// loopback address unless `--allow-anonymous` says so on purpose.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Tokens")]
+pub struct AuthConfig {
+    #[command(flatten)]
+    pub secret: JwtSecret,
 
     /// File holding the previous HS256 secret, still accepted while tokens
     /// signed with it live out their time (rotation).

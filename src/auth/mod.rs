@@ -32,7 +32,7 @@ use crate::stream::RequestHead;
 
 pub use grants::Grants;
 pub use limits::{Limits, StreamSlot};
-pub use token::{Claims, HeraldClaim, mint, secret_opt as secret_from};
+pub use token::{Claims, HeraldClaim, mint};
 
 /// The query parameter a token may travel in.
 pub const QUERY_PARAMETER: &str = "access_token";

@@ -2,14 +2,12 @@
 //! configuration names (never the algorithm a token claims), and minted for
 //! development by `herald token`.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthConfig, JwtAlgorithm, Secret};
+use crate::config::{AuthConfig, JwtAlgorithm};
 
 /// Longest token read. A JWT carrying a few grants is well under 2 KiB;
 /// this only keeps a huge one from costing a signature check.
@@ -70,16 +68,13 @@ impl Verifier {
     /// A key file that cannot be read or parsed, or a key that does not go
     /// with the algorithm.
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Option<Self>> {
-        let secret = secret_opt(
-            config.jwt_secret.as_ref(),
-            config.jwt_secret_file.as_deref(),
-        )
-        .context("--jwt-secret-file / --jwt-secret")?;
-        let previous = secret_opt(
-            config.jwt_previous_secret.as_ref(),
-            config.jwt_previous_secret_file.as_deref(),
-        )
-        .context("--jwt-previous-secret-file / --jwt-previous-secret")?;
+        let secret = config
+            .secret
+            .read()
+            .context("--jwt-secret-file / --jwt-secret")?;
+        let previous = config
+            .previous_secret()
+            .context("--jwt-previous-secret-file / --jwt-previous-secret")?;
         let public = config.jwt_public_key_file.as_deref();
         let algorithm = match (config.jwt_algorithm, secret.is_some(), public.is_some()) {
             (_, true, true) => bail!("give a JWT secret (HS256) or a public key file, not both"),
@@ -209,27 +204,6 @@ fn describe(kind: &ErrorKind) -> &'static str {
     }
 }
 
-/// A secret from its flag or its file (`None` when neither is given).
-///
-/// # Errors
-/// Both given, or a file that cannot be read or is empty.
-pub fn secret_opt(value: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
-    match (value, file) {
-        (Some(_), Some(_)) => bail!("give the secret or its file, not both"),
-        (Some(secret), None) => Ok(Some(secret.expose().to_owned())),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let secret = text.trim_end_matches(['\n', '\r']).to_owned();
-            if secret.is_empty() {
-                bail!("{} is empty", path.display());
-            }
-            Ok(Some(secret))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// Signs `claims` with an HS256 secret (for `herald token` and tests).
 ///
 /// # Errors
@@ -251,13 +225,16 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::config::JwtSecret;
 
     const SECRET: &[u8] = b"s3cret";
 
     fn verifier() -> Verifier {
         let config = AuthConfig {
-            jwt_secret_file: None,
-            jwt_secret: Some("s3cret".parse().unwrap()),
+            secret: JwtSecret {
+                jwt_secret_file: None,
+                jwt_secret: Some("s3cret".parse().unwrap()),
+            },
             jwt_previous_secret_file: None,
             jwt_previous_secret: None,
             jwt_public_key_file: None,

@@ -12,7 +12,7 @@ use reqwest::Url;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::{Config, Secret, parse_duration};
+use crate::config::{Config, JwtSecret, Secret, parse_duration};
 
 /// Where the terminal client looks for herald: the server's default address.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -106,18 +106,8 @@ pub struct TokenArgs {
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
     pub audience: Option<String>,
 
-    /// File holding the HS256 secret.
-    #[arg(long, env = "HERALD_JWT_SECRET_FILE", value_name = "FILE")]
-    pub jwt_secret_file: Option<PathBuf>,
-
-    /// The HS256 secret itself.
-    #[arg(
-        long,
-        env = "HERALD_JWT_SECRET",
-        hide_env_values = true,
-        value_name = "SECRET"
-    )]
-    pub jwt_secret: Option<Secret>,
+    #[command(flatten)]
+    pub secret: JwtSecret,
 }
 
 /// `herald tail [TOPIC…]`.

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::args::TokenArgs;
 use super::{EXIT_USAGE, notice};
-use crate::auth::{Claims, HeraldClaim, mint, secret_from};
+use crate::auth::{Claims, HeraldClaim, mint};
 
 pub fn run(args: &TokenArgs) -> ExitCode {
     match token(args) {
@@ -25,13 +25,12 @@ pub fn run(args: &TokenArgs) -> ExitCode {
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<String> {
-    let secret = secret_from(args.jwt_secret.as_ref(), args.jwt_secret_file.as_deref())?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no secret to sign with: set --jwt-secret-file (HERALD_JWT_SECRET_FILE) or \
+    let secret = args.secret.read()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no secret to sign with: set --jwt-secret-file (HERALD_JWT_SECRET_FILE) or \
                  --jwt-secret"
-            )
-        })?;
+        )
+    })?;
     let exp = OffsetDateTime::now_utc() + args.ttl;
     let claims = Claims {
         sub: Some(args.subject.clone()),

@@ -219,7 +219,7 @@ async fn a_publish_without_a_token_is_401_and_stores_nothing() {
 #[tokio::test]
 async fn the_previous_secret_verifies_during_rotation() {
     let app = spawn_app_with(|c| {
-        c.auth.jwt_secret = Some("the-new-secret".parse().unwrap());
+        c.auth.secret.jwt_secret = Some("the-new-secret".parse().unwrap());
         c.auth.jwt_previous_secret = Some(SECRET.parse().unwrap());
     })
     .await;

@@ -42,7 +42,7 @@ const README_HERALD: &str = "https://herald.example.com";
 /// herald with tokens required: HS256 with [`SECRET`], warned [`WARNING`]
 /// before `exp`, no leeway (a token is expired the second after its `exp`).
 pub(super) fn with_tokens(c: &mut Config) {
-    c.auth.jwt_secret = Some(SECRET.parse().unwrap());
+    c.auth.secret.jwt_secret = Some(SECRET.parse().unwrap());
     c.auth.token_expiry_warning = WARNING;
     c.auth.jwt_leeway = Duration::ZERO;
 }

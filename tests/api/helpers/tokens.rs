@@ -40,7 +40,7 @@ pub fn backend_token() -> String {
 /// herald on a fresh database with tokens required (HS256, [`SECRET`]).
 pub async fn spawn_app_with_tokens(adjust: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_with(|c| {
-        c.auth.jwt_secret = Some(SECRET.parse().unwrap());
+        c.auth.secret.jwt_secret = Some(SECRET.parse().unwrap());
         adjust(c);
     })
     .await

@@ -34,7 +34,7 @@ impl Key {
         c.auth.jwt_audience = Some(AUDIENCE.to_owned());
         let algorithm = match self {
             Self::Hs256 => {
-                c.auth.jwt_secret = Some(SECRET.parse().unwrap());
+                c.auth.secret.jwt_secret = Some(SECRET.parse().unwrap());
                 c.auth.jwt_previous_secret = Some(PREVIOUS_SECRET.parse().unwrap());
                 return;
             }
