@@ -267,6 +267,18 @@ impl Filters {
     }
 }
 
+#[cfg(test)]
+impl Filters {
+    /// Filters from their text, for tests; panics on an invalid one.
+    pub fn of(list: &[&str]) -> Self {
+        Self::new(
+            list.iter()
+                .map(|f| TopicFilter::parse(f).unwrap())
+                .collect(),
+        )
+    }
+}
+
 /// [`Filters::log_selection`]: what the log query reads. Every event it
 /// returns matches exactly one part, so none comes twice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -347,9 +359,7 @@ mod tests {
 
     #[test]
     fn log_selection_reads_each_event_through_one_part() {
-        let filters =
-            |fs: &[&str]| Filters::new(fs.iter().map(|f| TopicFilter::parse(f).unwrap()).collect());
-        let sel = filters(&["user:1", "user:2", "team:*", "team:a", "user:1"]).log_selection();
+        let sel = Filters::of(&["user:1", "user:2", "team:*", "team:a", "user:1"]).log_selection();
         assert_eq!(
             sel.exact,
             ["user:1", "user:2"],
@@ -357,7 +367,7 @@ mod tests {
         );
         assert_eq!(sel.prefixes, ["team:%"]);
         assert!(!sel.is_all());
-        assert!(filters(&["*", "user:1"]).log_selection().is_all());
+        assert!(Filters::of(&["*", "user:1"]).log_selection().is_all());
         assert!(Filters::default().log_selection().is_all());
     }
 

@@ -223,14 +223,6 @@ impl Trie {
 mod tests {
     use super::*;
 
-    fn filters(list: &[&str]) -> Filters {
-        Filters::new(
-            list.iter()
-                .map(|f| TopicFilter::parse(f).unwrap())
-                .collect(),
-        )
-    }
-
     fn matches(index: &Index, topic: &str) -> Vec<SubscriberId> {
         let mut found = Vec::new();
         index.for_each_match(&Topic::parse(topic).unwrap(), |id| found.push(id));
@@ -241,11 +233,11 @@ mod tests {
     #[test]
     fn finds_exact_prefix_and_all_subscribers_once_per_matching_filter() {
         let mut index = Index::default();
-        index.insert(1, &filters(&["user:42"]));
-        index.insert(2, &filters(&["user:*"]));
-        index.insert(3, &filters(&["inc*"]));
-        index.insert(4, &filters(&[]));
-        index.insert(5, &filters(&["user:42", "user:4*"]));
+        index.insert(1, &Filters::of(&["user:42"]));
+        index.insert(2, &Filters::of(&["user:*"]));
+        index.insert(3, &Filters::of(&["inc*"]));
+        index.insert(4, &Filters::of(&[]));
+        index.insert(5, &Filters::of(&["user:42", "user:4*"]));
         assert_eq!(matches(&index, "user:42"), vec![1, 2, 4, 5, 5]);
         assert_eq!(matches(&index, "user:7"), vec![2, 4]);
         // A prefix need not end at a segment boundary.
@@ -256,7 +248,7 @@ mod tests {
     #[test]
     fn prefix_equal_to_the_whole_topic_matches() {
         let mut index = Index::default();
-        index.insert(1, &filters(&["ops*"]));
+        index.insert(1, &Filters::of(&["ops*"]));
         assert_eq!(matches(&index, "ops"), vec![1]);
         assert_eq!(matches(&index, "op"), Vec::<SubscriberId>::new());
     }
@@ -265,12 +257,12 @@ mod tests {
     fn removing_every_subscriber_empties_the_index() {
         let mut index = Index::default();
         let sets = [
-            filters(&["user:1"]),
-            filters(&["user:1", "user:*"]),
-            filters(&["user:*", "user:*"]),
-            filters(&["u*", "user:12*", "tenant/acme/*"]),
-            filters(&["*"]),
-            filters(&[]),
+            Filters::of(&["user:1"]),
+            Filters::of(&["user:1", "user:*"]),
+            Filters::of(&["user:*", "user:*"]),
+            Filters::of(&["u*", "user:12*", "tenant/acme/*"]),
+            Filters::of(&["*"]),
+            Filters::of(&[]),
         ];
         for (id, f) in sets.iter().enumerate() {
             index.insert(id as u64, f);
@@ -287,12 +279,12 @@ mod tests {
     #[test]
     fn removing_one_prefix_keeps_the_longer_and_shorter_ones() {
         let mut index = Index::default();
-        index.insert(1, &filters(&["ab*"]));
-        index.insert(2, &filters(&["abcd*"]));
-        index.insert(3, &filters(&["abc*"]));
-        index.remove(3, &filters(&["abc*"]));
+        index.insert(1, &Filters::of(&["ab*"]));
+        index.insert(2, &Filters::of(&["abcd*"]));
+        index.insert(3, &Filters::of(&["abc*"]));
+        index.remove(3, &Filters::of(&["abc*"]));
         assert_eq!(matches(&index, "abcde"), vec![1, 2]);
-        index.remove(2, &filters(&["abcd*"]));
+        index.remove(2, &Filters::of(&["abcd*"]));
         assert_eq!(matches(&index, "abcde"), vec![1]);
         // The root and `a`, `b` remain; `c`, `d` were pruned.
         assert_eq!(index.size(), 2 + 1);

@@ -238,14 +238,6 @@ mod tests {
         frames.iter().map(|f| f.id).collect()
     }
 
-    fn filters(list: &[&str]) -> Filters {
-        Filters::new(
-            list.iter()
-                .map(|f| TopicFilter::parse(f).unwrap())
-                .collect(),
-        )
-    }
-
     fn after(ring: &Ring, cursor: i64, f: &Filters) -> Vec<i64> {
         let backlog = ring.after(cursor, f, &mut Work::default());
         ids(&backlog.into_frames(cursor, f))
@@ -263,10 +255,10 @@ mod tests {
         let all = after(&ring, floor, &Filters::default());
         assert_eq!(all, ((floor + 1)..=total).collect::<Vec<_>>());
         let even: Vec<i64> = ((floor + 1)..=total).filter(|id| id % 2 == 0).collect();
-        assert_eq!(after(&ring, floor, &filters(&["even"])), even);
-        assert_eq!(after(&ring, floor, &filters(&["ev*"])), even);
+        assert_eq!(after(&ring, floor, &Filters::of(&["even"])), even);
+        assert_eq!(after(&ring, floor, &Filters::of(&["ev*"])), even);
         assert_eq!(
-            after(&ring, total - 2, &filters(&["odd", "even"])),
+            after(&ring, total - 2, &Filters::of(&["odd", "even"])),
             vec![total - 1, total]
         );
     }
@@ -283,11 +275,11 @@ mod tests {
         }
         assert_eq!(ring.topics(), 1);
         assert_eq!(
-            after(&ring, 100, &filters(&["ops"])),
+            after(&ring, 100, &Filters::of(&["ops"])),
             vec![101, 102, 103, 104]
         );
         assert_eq!(
-            after(&ring, 100, &filters(&["user:100"])),
+            after(&ring, 100, &Filters::of(&["user:100"])),
             Vec::<i64>::new()
         );
     }

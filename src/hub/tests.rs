@@ -66,14 +66,6 @@ fn dropping_registration_detaches() {
     assert_eq!(hub.subscribers(), 0);
 }
 
-fn filters(list: &[&str]) -> Filters {
-    Filters::new(
-        list.iter()
-            .map(|f| TopicFilter::parse(f).unwrap())
-            .collect(),
-    )
-}
-
 fn live(attached: Attach) -> (Vec<Arc<Frame>>, Registration) {
     match attached {
         Attach::Live { backlog, live } => (backlog, live),
@@ -90,7 +82,7 @@ fn publish_to_one_user_among_10000_visits_one_subscriber() {
     let hub = Hub::new(16, 0);
     let token = CancellationToken::new();
     let mut regs: Vec<Registration> = (0..10_000)
-        .map(|i| live(hub.attach(0, &filters(&[&format!("user:{i}")]), 4, &token)).1)
+        .map(|i| live(hub.attach(0, &Filters::of(&[&format!("user:{i}")]), 4, &token)).1)
         .collect();
     let before = hub.work().candidates;
     hub.publish(&[frame(1, "user:4242")]);
@@ -99,8 +91,8 @@ fn publish_to_one_user_among_10000_visits_one_subscriber() {
     assert!(regs.iter_mut().all(|r| r.queue.try_recv().is_err()));
 
     // Prefix and all-topics subscribers add what they match, no more.
-    let _ops = live(hub.attach(1, &filters(&["ops:*"]), 4, &token));
-    let _users = live(hub.attach(1, &filters(&["user:42*"]), 4, &token));
+    let _ops = live(hub.attach(1, &Filters::of(&["ops:*"]), 4, &token));
+    let _users = live(hub.attach(1, &Filters::of(&["user:42*"]), 4, &token));
     let _all = live(hub.attach(1, &Filters::default(), 4, &token));
     let before = hub.work().candidates;
     hub.publish(&[frame(2, "user:4242")]);
@@ -110,7 +102,7 @@ fn publish_to_one_user_among_10000_visits_one_subscriber() {
 #[test]
 fn overlapping_filters_get_each_event_once() {
     let hub = Hub::new(16, 0);
-    let both = filters(&["user:1", "user:*", "us*", "user:1*", "user:1"]);
+    let both = Filters::of(&["user:1", "user:*", "us*", "user:1*", "user:1"]);
     let (_, mut reg) = live(hub.attach(0, &both, 8, &CancellationToken::new()));
     hub.publish(&[frame(1, "user:1"), frame(2, "user:2"), frame(3, "ops")]);
     assert_eq!(drain(&mut reg), vec![1, 2]);
@@ -136,13 +128,13 @@ fn exact_resume_examines_only_its_topics_frames() {
     let token = CancellationToken::new();
     let mine: Vec<i64> = (101..=65_636).filter(|id| id % 1000 == 7).collect();
     let before = hub.work().frames;
-    let (backlog, _reg) = live(hub.attach(100, &filters(&["user:7"]), 8, &token));
+    let (backlog, _reg) = live(hub.attach(100, &Filters::of(&["user:7"]), 8, &token));
     assert_eq!(ids(&backlog), mine);
     assert_eq!(hub.work().frames - before, mine.len() as u64);
     assert_eq!(mine.len(), 65);
 
     let before = hub.work().frames;
-    let two = filters(&["user:8", "user:7"]);
+    let two = Filters::of(&["user:8", "user:7"]);
     let (backlog, _reg) = live(hub.attach(60_000, &two, 8, &token));
     let expected: Vec<i64> = (60_001..=65_636)
         .filter(|id| matches!(id % 1000, 7 | 8))
@@ -164,7 +156,7 @@ fn prefix_resume_holds_the_lock_for_blocks_not_frames() {
         "{locked}"
     );
 
-    let (backlog, _reg) = live(hub.attach(100, &filters(&["user:99*"]), 8, &token));
+    let (backlog, _reg) = live(hub.attach(100, &Filters::of(&["user:99*"]), 8, &token));
     let expected: Vec<i64> = (101..=65_636)
         .filter(|id| id % 1000 == 99 || id % 1000 / 10 == 99)
         .collect();
@@ -177,7 +169,7 @@ fn hot_topic_resume_holds_the_lock_for_blocks_not_frames() {
     let frames: Vec<_> = (1..=65_536).map(|id| frame(id, "ops")).collect();
     hub.publish(&frames);
     let before = hub.work().frames;
-    let ops = filters(&["ops"]);
+    let ops = Filters::of(&["ops"]);
     let (backlog, _reg) = live(hub.attach(0, &ops, 8, &CancellationToken::new()));
     assert_eq!(backlog.len(), 65_536);
     let locked = hub.work().frames - before;
@@ -191,7 +183,7 @@ fn hot_topic_resume_holds_the_lock_for_blocks_not_frames() {
 fn lagging_subscriber_leaves_every_index() {
     let hub = Hub::new(8, 0);
     let lagged = CancellationToken::new();
-    let f = filters(&["user:1", "user:*", "u*"]);
+    let f = Filters::of(&["user:1", "user:*", "u*"]);
     let (_, mut reg) = live(hub.attach(0, &f, 1, &lagged));
     hub.publish(&[frame(1, "user:1"), frame(2, "user:1")]);
     assert!(lagged.is_cancelled());
@@ -218,9 +210,9 @@ fn subscribers_leaving_under_load_leave_no_index_entry() {
         let user = format!("user:{i}");
         let prefix = format!("user:{}*", i % 30);
         let f = match i % 4 {
-            0 => filters(&[&user]),
-            1 => filters(&[&prefix]),
-            2 => filters(&[&user, &prefix, "user:*"]),
+            0 => Filters::of(&[&user]),
+            1 => Filters::of(&[&prefix]),
+            2 => Filters::of(&[&user, &prefix, "user:*"]),
             _ => Filters::default(),
         };
         let lagged = CancellationToken::new();
@@ -263,8 +255,8 @@ fn attach_during_publish_hands_over_without_gap_or_duplicate() {
                         std::thread::yield_now();
                     }
                     let f = match i % 3 {
-                        0 => filters(&[&format!("user:{}", (t * 100 + i) % 100)]),
-                        1 => filters(&[&format!("user:{}*", i % 10)]),
+                        0 => Filters::of(&[&format!("user:{}", (t * 100 + i) % 100)]),
+                        1 => Filters::of(&[&format!("user:{}*", i % 10)]),
                         _ => Filters::default(),
                     };
                     let cursor = (hub.head() - 1_000).max(hub.ring_floor());
