@@ -12,19 +12,6 @@ use serde_json::{Value, json};
 use crate::faults::HeraldProcess;
 use crate::helpers::*;
 
-async fn metrics_of(herald: &HeraldProcess) -> String {
-    herald
-        .api
-        .client
-        .get(herald.api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Every sample's labels, by metric name.
 fn samples(text: &str) -> BTreeMap<String, Vec<String>> {
     let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -50,7 +37,7 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
     let herald = HeraldProcess::start(&db.url, &[]).await;
     herald.api.wait_ready().await;
 
-    let text = metrics_of(&herald).await;
+    let text = herald.api.metrics().await;
     let found = samples(&text);
     for name in [
         "herald_streams_active",
@@ -180,7 +167,7 @@ async fn streams_are_counted_by_why_they_ended() {
     assert_eq!(res.status(), 201);
     let herald = &herald;
     let ended = |reason: &'static str| async move {
-        let text = metrics_of(herald).await;
+        let text = herald.api.metrics().await;
         text.lines()
             .find(|l| {
                 l.starts_with(&format!(
@@ -220,7 +207,7 @@ async fn streams_are_counted_by_why_they_ended() {
     })
     .await;
 
-    let text = metrics_of(herald).await;
+    let text = herald.api.metrics().await;
     assert!(
         metric_sum(&text, "herald_stream_duration_seconds_count") >= 2.0,
         "{text}"

@@ -255,16 +255,7 @@ async fn a_replaying_stream_that_stops_reading_is_cut() {
     tcp.write_all(request.as_bytes()).await.unwrap();
 
     let active = || async {
-        let text = herald
-            .api
-            .client
-            .get(herald.api.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = herald.api.metrics().await;
         (
             metric_sum(&text, "herald_streams_opened_total"),
             metric_sum(&text, "herald_streams_active"),

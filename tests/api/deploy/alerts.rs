@@ -275,7 +275,7 @@ async fn exercise(herald: &HeraldProcess) {
     assert_eq!(resumed.events(70).await.len(), 70);
     drop((live, resumed));
     wait_for("every histogram to have observed", || async {
-        let text = metrics_text(herald).await;
+        let text = herald.api.metrics().await;
         [
             "herald_publish_duration_seconds_count",
             "herald_delivery_lag_seconds_count",
@@ -288,11 +288,6 @@ async fn exercise(herald: &HeraldProcess) {
     .await;
 }
 
-async fn metrics_text(herald: &HeraldProcess) -> String {
-    let res = herald.api.client.get(herald.api.url("/metrics")).send();
-    res.await.unwrap().text().await.unwrap()
-}
-
 /// Every metric a rule or a panel selects is one a running herald exports
 /// (a histogram through its series), and every metric herald exports has
 /// a panel.
@@ -302,7 +297,7 @@ async fn alerts_and_panels_read_only_metrics_herald_exports() {
     let herald = HeraldProcess::start(&db.url, &[]).await;
     herald.api.wait_ready().await;
     exercise(&herald).await;
-    let text = metrics_text(&herald).await;
+    let text = herald.api.metrics().await;
     let types = exported_types(&text);
     assert!(types.contains_key("herald_build_info"), "{text}");
 

@@ -195,6 +195,12 @@ impl Api {
         stored_id(res).await
     }
 
+    /// The `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        let res = self.client.get(self.url("/metrics")).send();
+        res.await.expect("metrics request").text().await.unwrap()
+    }
+
     /// `/readyz` status and body; `None` if the instance does not answer.
     pub(crate) async fn readyz(&self) -> Option<(u16, Value)> {
         let res = self
