@@ -27,7 +27,7 @@ use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits};
 use crate::hub::Hub;
 use crate::listener::{self, Listener, ListenerStatus};
-use crate::log::{EventLog, Policy};
+use crate::log::{EventLog, Kept, Policy};
 use crate::retention::Retention;
 use crate::stream::{StreamSettings, Streams};
 use crate::{db, server, telemetry};
@@ -83,6 +83,7 @@ impl Instance {
             status: status.clone(),
             poll_interval: config.poll_interval,
             probe_after: config.listener_probe,
+            kept: Kept::for_reads(),
         };
         let retention = Retention {
             log: log.clone(),
@@ -209,10 +210,19 @@ impl Instance {
             }
         }
         tasks_stop.cancel();
-        for task in tasks {
+        for task in &tasks {
             task.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+        // The committer and the listener keep a connection each
+        // (`log/kept.rs`): the pool closes once their tasks have ended and
+        // dropped them.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            for task in tasks {
+                let _ = task.await;
+            }
+            pool.close().await;
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     }

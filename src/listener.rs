@@ -17,9 +17,9 @@ use sqlx::postgres::PgListener;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Filters, Frame};
+use crate::event::Frame;
 use crate::hub::Hub;
-use crate::log::{EventLog, LogError, NOTIFY_CHANNEL};
+use crate::log::{EventLog, Kept, LogError, NOTIFY_CHANNEL};
 use crate::telemetry;
 
 /// Rows read per query while catching up.
@@ -48,6 +48,8 @@ pub struct Listener {
     pub status: Arc<ListenerStatus>,
     pub poll_interval: Duration,
     pub probe_after: Duration,
+    /// The connection its reads keep between commits (`log/kept.rs`).
+    pub kept: Kept,
 }
 
 /// Loads the newest `ring_size` events into the hub so that resumes right
@@ -68,7 +70,7 @@ pub async fn warm(log: &EventLog, hub: &Hub, ring_size: usize) -> Result<(), Log
 
 impl Listener {
     /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let probe_payload = format!("probe:{}", std::process::id());
         let mut first = true;
         while !shutdown.is_cancelled() {
@@ -118,7 +120,12 @@ impl Listener {
 
     /// Reads the log on every notification and tick until the connection is
     /// lost or found dead, or `shutdown`.
-    async fn follow(&self, mut listener: PgListener, probe: &str, shutdown: &CancellationToken) {
+    async fn follow(
+        &mut self,
+        mut listener: PgListener,
+        probe: &str,
+        shutdown: &CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut heard = Instant::now();
@@ -181,10 +188,10 @@ impl Listener {
     /// If retention pruned events the hub never had (this instance fell
     /// behind by more than the retention), the hub's streams are cut
     /// rather than passed over the gap.
-    pub async fn catch_up(&self) {
+    pub async fn catch_up(&mut self) {
         loop {
             let cursor = self.hub.head();
-            let read = match self.log.read_after(cursor, &Filters::default(), PAGE).await {
+            let read = match self.log.read_all_after(&mut self.kept, cursor, PAGE).await {
                 Ok(read) => read,
                 Err(e) => {
                     tracing::debug!(error = %e, "catch-up read failed; retrying on the next tick");

@@ -44,7 +44,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Appended, LogError, NOTIFY_CHANNEL, NewEvent, from_row};
+use super::{Appended, Kept, LogError, NOTIFY_CHANNEL, NewEvent, from_row};
 use crate::event::{IdempotencyKey, StoredEvent};
 use crate::telemetry;
 
@@ -117,6 +117,8 @@ impl From<Failure> for LogError {
 /// transaction, then answers each. `timeout` is `--db-timeout`, which every
 /// pool connection also has as its `statement_timeout`.
 pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, timeout: Duration) {
+    // One task commits, so one connection does (see `kept.rs`).
+    let mut kept = Kept::for_appends();
     while let Some(first) = rx.recv().await {
         let mut group = Vec::new();
         let mut count = 0;
@@ -132,7 +134,7 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
             continue;
         }
         let started = std::time::Instant::now();
-        let result = run(&pool, &group, timeout).await;
+        let result = run(&pool, &mut kept, &group, timeout).await;
         metrics::histogram!(telemetry::APPEND_SECONDS).record(started.elapsed());
         metrics::histogram!(telemetry::APPEND_GROUP_EVENTS).record(count as f64);
         match result {
@@ -146,7 +148,7 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
                 // each request on its own.
                 tracing::info!(error = %e, requests = group.len(), "append refused; committing its requests one by one");
                 for job in group {
-                    let result = run(&pool, std::slice::from_ref(&job), timeout).await;
+                    let result = run(&pool, &mut kept, std::slice::from_ref(&job), timeout).await;
                     let _ = job.reply.send(
                         result
                             .map(|mut per_job| per_job.remove(0))
@@ -185,6 +187,7 @@ fn take(job: AppendJob, group: &mut Vec<AppendJob>, count: &mut usize, now: Inst
 /// Commits one group within the time its most pressed request has left.
 async fn run(
     pool: &PgPool,
+    kept: &mut Kept,
     group: &[AppendJob],
     timeout: Duration,
 ) -> Result<Vec<Vec<Appended>>, Failure> {
@@ -196,7 +199,7 @@ async fn run(
     if budget < MIN_STATEMENT_TIME {
         return Err(Failure::NotStored(sqlx::Error::PoolTimedOut));
     }
-    let mut conn = match tokio::time::timeout(budget, super::acquire(pool)).await {
+    let mut conn = match tokio::time::timeout(budget, kept.take(pool)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(Failure::NotStored(e)),
         Err(_) => return Err(Failure::NotStored(sqlx::Error::PoolTimedOut)),
@@ -204,7 +207,8 @@ async fn run(
     // The server must give up in time for its answer to reach the
     // publisher: the connection's own statement_timeout (`timeout`) when the
     // group has not waited long, a shorter one set for this group otherwise.
-    let server_limit = if timeout <= budget + ANSWER_MARGIN / 2 {
+    let shortened = timeout > budget + ANSWER_MARGIN / 2;
+    let server_limit = if !shortened {
         timeout
     } else {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -228,7 +232,13 @@ async fn run(
     let result = tokio::time::timeout(guard, append_group(&mut conn, &batches, &commit_sent)).await;
     let sent = commit_sent.load(Ordering::Acquire);
     match result {
-        Ok(Ok(appended)) => Ok(appended),
+        Ok(Ok(appended)) => {
+            // Unless it carries this group's shorter timeouts.
+            if !shortened {
+                kept.keep(conn);
+            }
+            Ok(appended)
+        }
         Ok(Err(e)) if sent && is_connection_loss(&e) => {
             conn.close_on_drop();
             Err(Failure::Unknown(e.to_string()))

@@ -12,20 +12,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::event::{EventType, Filters, IdempotencyKey, StoredEvent, Topic};
+use crate::event::{EventType, Filters, IdempotencyKey, LogSelection, StoredEvent, Topic};
 use crate::telemetry;
 
 mod append;
+mod kept;
 mod prune;
 
 use append::{AppendJob, Claim, committer};
 
 pub use append::ANSWER_MARGIN;
+pub use kept::Kept;
 pub use prune::{PRUNE_LOCK, Policy, Pruner, Round};
 
 /// The channel every append transaction notifies with its last id.
@@ -237,6 +239,28 @@ macro_rules! matching {
     };
 }
 
+/// One statement, so one snapshot for the events and the floor.
+async fn select_after(
+    conn: &mut PgConnection,
+    after: i64,
+    sel: &LogSelection,
+    limit: i64,
+) -> Result<Vec<HeadRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select h.last_id, h.pruned_through, e.id, e.topic, e.type, e.data, e.time \
+         from log_head h left join lateral (",
+        matching!(),
+        ") e on true order by e.id"
+    ))
+    .bind(after)
+    .bind(&sel.exact)
+    .bind(limit)
+    .bind(sel.is_all())
+    .bind(&sel.prefixes)
+    .fetch_all(conn)
+    .await
+}
+
 impl EventLog {
     /// Starts the committer task; it ends when every handle is dropped.
     /// `timeout` (`--db-timeout`) bounds every request's wait for the
@@ -320,23 +344,33 @@ impl EventLog {
         limit: i64,
     ) -> Result<Read, LogError> {
         let sel = filters.log_selection();
-        // One statement, so one snapshot for the events and the floor.
-        let rows: Vec<HeadRow> = self
+        let rows = self
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
-                sqlx::query_as(concat!(
-                    "select h.last_id, h.pruned_through, e.id, e.topic, e.type, e.data, e.time \
-                     from log_head h left join lateral (",
-                    matching!(),
-                    ") e on true order by e.id"
-                ))
-                .bind(after)
-                .bind(&sel.exact)
-                .bind(limit)
-                .bind(sel.is_all())
-                .bind(&sel.prefixes)
-                .fetch_all(&mut *conn)
-                .await
+                select_after(&mut conn, after, &sel, limit).await
+            })
+            .await?;
+        Ok(read_from_rows(rows))
+    }
+
+    /// As [`Self::read_after`] for every topic, on the connection `kept`
+    /// keeps between calls: the listener's catch-up, a read per commit.
+    ///
+    /// # Errors
+    /// [`LogError`] when the query fails.
+    pub async fn read_all_after(
+        &self,
+        kept: &mut Kept,
+        after: i64,
+        limit: i64,
+    ) -> Result<Read, LogError> {
+        let sel = Filters::default().log_selection();
+        let rows = self
+            .bounded(async {
+                let mut conn = kept.take(&self.pool).await?;
+                let rows = select_after(&mut conn, after, &sel, limit).await?;
+                kept.keep(conn);
+                Ok(rows)
             })
             .await?;
         Ok(read_from_rows(rows))

@@ -1,0 +1,149 @@
+//! A connection that one loop keeps from one statement to the next.
+//!
+//! sqlx tests a connection each time the pool hands it out (a ping, with
+//! `test_before_acquire` on by default) and each time it is given back (a
+//! ping it always sends): two round trips to PostgreSQL around every
+//! statement. The committer and the listener's catch-up each run a
+//! statement per commit, so with the pool alone two thirds of herald's
+//! messages to PostgreSQL were pings, each waking a backend process. Those
+//! two loops keep their connection instead:
+//! - the committer tests it before every append ([`Kept::for_appends`]):
+//!   a database that went away between two appends is then found before
+//!   anything is sent, and the publisher hears "nothing was stored" rather
+//!   than "outcome unknown";
+//! - the listener's reads are safe to repeat, so its connection is tested
+//!   only after [`IDLE_TEST`] without use ([`Kept::for_reads`]); a read
+//!   that fails is retried on the next notification or tick.
+//!
+//! A kept connection is out of the pool for the pool's other users (a
+//! pool has at least 2 connections, `db::connect`), and it is kept only
+//! after a statement that succeeded: after an error, a timeout or a
+//! cancelled statement the connection goes back through the pool's own
+//! release (which pings it and rolls back what is left), or is closed by
+//! whoever marked it `close_on_drop`.
+
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgPool, Postgres};
+use tokio::time::Instant;
+
+use super::acquire;
+
+/// How long a reader's kept connection may sit unused before it is
+/// pinged again, as the pool would ping it.
+pub const IDLE_TEST: Duration = Duration::from_secs(1);
+
+pub struct Kept {
+    idle: Option<(PoolConnection<Postgres>, Instant)>,
+    /// A kept connection unused for this long is pinged before use.
+    test_after: Duration,
+}
+
+impl Kept {
+    /// Tested before every use: for statements whose outcome must be
+    /// known to be "not stored" when the database has gone.
+    pub fn for_appends() -> Self {
+        Self {
+            idle: None,
+            test_after: Duration::ZERO,
+        }
+    }
+
+    /// Tested after [`IDLE_TEST`] without use: for reads.
+    pub fn for_reads() -> Self {
+        Self {
+            idle: None,
+            test_after: IDLE_TEST,
+        }
+    }
+}
+
+impl Kept {
+    /// The connection kept after the last statement, or one from the pool.
+    ///
+    /// # Errors
+    /// The pool's, when it has no connection to give.
+    pub async fn take(&mut self, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        if let Some((mut conn, since)) = self.idle.take() {
+            if since.elapsed() < self.test_after {
+                return Ok(conn);
+            }
+            match conn.ping().await {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "kept connection failed its test; taking another");
+                    conn.close_on_drop();
+                }
+            }
+        }
+        acquire(pool).await
+    }
+
+    /// Keeps `conn` for the next statement. Only for a connection whose
+    /// last statement succeeded.
+    pub fn keep(&mut self, conn: PoolConnection<Postgres>) {
+        self.idle = Some((conn, Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::PgConnection;
+
+    use super::*;
+
+    /// A pool on the test PostgreSQL's admin database: `Kept` needs no
+    /// schema.
+    async fn pool() -> PgPool {
+        let url = std::env::var("HERALD_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        PgPool::connect(&url)
+            .await
+            .expect("PostgreSQL must be running for the tests (see README)")
+    }
+
+    async fn backend(conn: &mut PgConnection) -> i32 {
+        sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+            .expect("pg_backend_pid")
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_serves_the_next_statement_outside_the_pool() {
+        let pool = pool().await;
+        let mut kept = Kept::for_reads();
+        let mut conn = kept.take(&pool).await.expect("a connection");
+        let first = backend(&mut conn).await;
+        kept.keep(conn);
+        assert_eq!(pool.num_idle(), 0, "kept, not given back to the pool");
+        let mut conn = kept.take(&pool).await.expect("the kept connection");
+        assert_eq!(backend(&mut conn).await, first);
+        drop(conn);
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_died_while_idle_is_replaced_before_use() {
+        let pool = pool().await;
+        let mut kept = Kept::for_appends();
+        let mut conn = kept.take(&pool).await.expect("a connection");
+        let first = backend(&mut conn).await;
+        kept.keep(conn);
+
+        // Ended by the server while nobody used it, as a restart would.
+        let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1, 5000)")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .expect("pg_terminate_backend");
+        assert!(ended, "the backend exited within the wait");
+
+        let mut conn = kept.take(&pool).await.expect("a live connection");
+        let second = backend(&mut conn).await;
+        assert_ne!(second, first, "the dead connection was replaced");
+        drop(conn);
+        pool.close().await;
+    }
+}
