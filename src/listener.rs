@@ -1,5 +1,8 @@
 //! The log tail: LISTEN/NOTIFY wakes it, then it reads every row after its
 //! cursor and hands the frames to the hub (DESIGN.md, "One delivery path").
+//! An append's notification carries the events it committed; when they
+//! are the next ones after the cursor, the listener takes them from the
+//! notification instead of reading them back (`log/notice.rs`).
 //!
 //! A notification is only a wake-up. The listener also reads on a timer, so a
 //! notification lost on a dead connection delays delivery by at most
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::Frame;
 use crate::hub::Hub;
-use crate::log::{EventLog, Kept, LogError, NOTIFY_CHANNEL};
+use crate::log::{EventLog, Kept, LogError, NOTIFY_CHANNEL, Notice};
 use crate::telemetry;
 
 /// Rows read per query while catching up.
@@ -135,13 +138,16 @@ impl Listener {
         loop {
             tokio::select! {
                 n = listener.try_recv() => match n {
-                    Ok(Some(_)) => {
+                    Ok(Some(first)) => {
                         heard = Instant::now();
                         probed = None;
-                        // Many commits may have notified while we read: one
-                        // read after the cursor covers them all.
-                        while listener.next_buffered().is_some() {}
-                        self.catch_up().await;
+                        // In commit order, with the ones that came while we
+                        // were busy: each continues the cursor or sends us to
+                        // the log, after which the rest are mostly behind it.
+                        self.take(first.payload()).await;
+                        while let Some(next) = listener.next_buffered() {
+                            self.take(next.payload()).await;
+                        }
                     }
                     Ok(None) => {
                         // sqlx reconnected underneath: notifications may have
@@ -184,6 +190,34 @@ impl Listener {
         }
     }
 
+    /// One notification: the events it carries when they continue the
+    /// hub's head (`log/notice.rs`); a read of the log when something may
+    /// lie between, or when it carries none.
+    async fn take(&mut self, payload: &str) {
+        let head = self.hub.head();
+        match Notice::parse(payload) {
+            Notice::Events { after, events } if after <= head => {
+                let frames: Vec<Arc<Frame>> = events
+                    .iter()
+                    .filter(|e| e.id > head)
+                    .map(|e| Arc::new(e.to_frame()))
+                    .collect();
+                self.deliver(&frames, "notification");
+            }
+            Notice::Hint { last } if last <= head => {}
+            Notice::Events { .. } | Notice::Hint { .. } | Notice::Other => self.catch_up().await,
+        }
+    }
+
+    /// Hands the next frames of the log to the hub.
+    fn deliver(&self, frames: &[Arc<Frame>], source: &'static str) {
+        let Some(last) = frames.last() else { return };
+        metrics::gauge!(telemetry::LOG_HEAD).set(last.id as f64);
+        metrics::counter!(telemetry::LISTENER_EVENTS, "source" => source)
+            .increment(frames.len() as u64);
+        self.hub.publish(frames);
+    }
+
     /// Reads every committed event after the hub's head and publishes it.
     /// If retention pruned events the hub never had (this instance fell
     /// behind by more than the retention), the hub's streams are cut
@@ -208,11 +242,12 @@ impl Listener {
                 self.hub.cut(read.head.pruned_through);
             }
             let page = read.events;
-            let Some(last) = page.last() else { return };
-            metrics::gauge!(telemetry::LOG_HEAD).set(last.id as f64);
+            if page.is_empty() {
+                return;
+            }
             let full = page.len() as i64 == PAGE;
             let frames: Vec<Arc<Frame>> = page.iter().map(|e| Arc::new(e.to_frame())).collect();
-            self.hub.publish(&frames);
+            self.deliver(&frames, "log");
             if !full {
                 return;
             }

@@ -44,7 +44,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Appended, Kept, LogError, NOTIFY_CHANNEL, NewEvent, from_row};
+use super::{Appended, Kept, LogError, NOTIFY_CHANNEL, NewEvent, from_row, notice};
 use crate::event::{IdempotencyKey, StoredEvent};
 use crate::telemetry;
 
@@ -307,13 +307,17 @@ async fn append_plain(
            update log_head set last_id = head.last_id + $4, last_time = head.now from head \
          ) \
          select head.last_id, head.now from head, \
-           lateral (select pg_notify($5, (head.last_id + $4)::text)) as notified",
+           lateral (select pg_notify($5, case when $6::text is null \
+             then (head.last_id + $4)::text \
+             else head.last_id || ' ' || (extract(epoch from head.now) * 1000000)::bigint \
+               || ' ' || $6 end)) as notified",
     )
     .bind(&rows.topics)
     .bind(&rows.types)
     .bind(&rows.data)
     .bind(n)
     .bind(NOTIFY_CHANNEL)
+    .bind(notice::body(batches.iter().flat_map(|b| b.iter())))
     .fetch_one(conn)
     .await?;
 

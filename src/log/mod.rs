@@ -22,12 +22,14 @@ use crate::telemetry;
 
 mod append;
 mod kept;
+mod notice;
 mod prune;
 
 use append::{AppendJob, Claim, committer};
 
 pub use append::ANSWER_MARGIN;
 pub use kept::Kept;
+pub use notice::Notice;
 pub use prune::{PRUNE_LOCK, Policy, Pruner, Round};
 
 /// The channel every append transaction notifies with its last id.

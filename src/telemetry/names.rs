@@ -23,6 +23,7 @@ pub const REPLAY_EVENTS: &str = "herald_replay_events";
 pub const RESETS: &str = "herald_stream_resets_total";
 pub const LISTENER_RECONNECTS: &str = "herald_listener_reconnects_total";
 pub const LISTENER_ATTACHED: &str = "herald_listener_attached";
+pub const LISTENER_EVENTS: &str = "herald_listener_events_total";
 pub const LOG_HEAD: &str = "herald_log_head_id";
 pub const RING_FRAMES: &str = "herald_ring_frames";
 pub const RING_OLDEST: &str = "herald_ring_oldest_id";
@@ -48,6 +49,8 @@ pub const END_REASONS: [&str; 6] = [
 ];
 /// Where a resume's missed events came from.
 pub const RESUME_SOURCES: [&str; 2] = ["ring", "database"];
+/// Where the listener took events from (`log/notice.rs`).
+pub const LISTENER_SOURCES: [&str; 2] = ["notification", "log"];
 pub const RESET_REASONS: [&str; 2] = ["cursor_too_old", "cursor_ahead"];
 pub const LIMIT_REASONS: [&str; 3] = [
     "too_many_streams_per_subject",
@@ -147,6 +150,11 @@ pub(super) fn describe() {
         LISTENER_RECONNECTS,
         "Times the LISTEN connection to PostgreSQL was re-established."
     );
+    describe_counter!(
+        LISTENER_EVENTS,
+        "Events the listener handed to this instance's streams, by where it took them from: \
+         the commit's notification, or a read of the log."
+    );
     describe_gauge!(
         LISTENER_ATTACHED,
         "1 while the LISTEN connection to PostgreSQL is up, else 0."
@@ -221,6 +229,9 @@ pub(super) fn zero() {
     }
     for source in RESUME_SOURCES {
         metrics::counter!(RESUMES, "source" => source).absolute(0);
+    }
+    for source in LISTENER_SOURCES {
+        metrics::counter!(LISTENER_EVENTS, "source" => source).absolute(0);
     }
     for reason in RESET_REASONS {
         metrics::counter!(RESETS, "reason" => reason).absolute(0);

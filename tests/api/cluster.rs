@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::json;
 
+use crate::faults::HeraldProcess;
 use crate::helpers::*;
 
 /// The ids of `topic` in the log, in id order.
@@ -182,4 +183,111 @@ async fn reconnect_storm_of_2000_clients_is_served_from_the_ring() {
         "database resumes: {database}"
     );
     Arc::into_inner(app).unwrap().stop().await;
+}
+
+/// `herald_listener_events_total{source}` of one process.
+async fn taken_from(herald: &HeraldProcess, source: &str) -> f64 {
+    let series = format!("herald_listener_events_total{{source=\"{source}\"}} ");
+    herald
+        .api
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}"))
+}
+
+/// Ticks and probes out of the way: only notifications wake the listener.
+const NOTIFICATIONS_ONLY: [&str; 4] = ["--poll-interval", "1h", "--listener-probe", "1h"];
+
+/// An append's notification carries the events it committed
+/// (`log/notice.rs`): a listener at the head takes them from it without
+/// reading the log, and they are the bytes the log holds. What comes as a
+/// hint (a keyed publish, an event too large to be carried) is read from
+/// the log. Each event reaches the stream once, in order.
+#[tokio::test]
+async fn the_listener_takes_events_from_their_notification_and_hints_from_the_log() {
+    let db = TestDb::create().await;
+    let herald = HeraldProcess::start(&db.url, &NOTIFICATIONS_ONLY).await;
+    herald.api.wait_ready().await;
+    let topic = unique_topic("notified");
+    let mut sse = herald
+        .api
+        .open_stream(&format!("topic={topic}"), None)
+        .await;
+
+    let mut answers = Vec::new();
+    for data in [
+        json!({"s": "é\"\\ ✓\n,:", "n": [1, 2.5e3, null]}),
+        json!("plain"),
+        json!(null),
+    ] {
+        let res = herald.api.publish(&topic, data).await;
+        assert_eq!(res.status(), 201);
+        answers.push(res.text().await.unwrap());
+    }
+    let keyed = herald
+        .api
+        .client
+        .post(herald.api.url("/v1/events"))
+        .header("Idempotency-Key", format!("{topic}-k"))
+        .json(&json!({"topic": topic, "data": "keyed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 201);
+    answers.push(keyed.text().await.unwrap());
+    let large = herald.api.publish(&topic, json!("x".repeat(9000))).await;
+    assert_eq!(large.status(), 201);
+    answers.push(large.text().await.unwrap());
+
+    let got: Vec<String> = sse
+        .events(5)
+        .await
+        .into_iter()
+        .map(|f| f.data.unwrap())
+        .collect();
+    assert_eq!(got, answers, "the stream carries what the log stored");
+    let history = herald
+        .api
+        .client
+        .get(herald.api.url(&format!("/v1/events?topic={topic}")));
+    let history: Vec<Box<serde_json::value::RawValue>> =
+        serde_json::from_str(&history.send().await.unwrap().text().await.unwrap()).unwrap();
+    let history: Vec<&str> = history.iter().map(|r| r.get()).collect();
+    assert_eq!(history, answers);
+    assert_eq!(taken_from(&herald, "notification").await, 3.0);
+    assert_eq!(taken_from(&herald, "log").await, 2.0);
+}
+
+/// Every instance takes every instance's commits from the notifications,
+/// in the log's order, whichever instance published them.
+#[tokio::test]
+async fn instances_take_each_others_commits_from_the_notifications() {
+    let db = TestDb::create().await;
+    let a = HeraldProcess::start(&db.url, &NOTIFICATIONS_ONLY).await;
+    let b = HeraldProcess::start(&db.url, &NOTIFICATIONS_ONLY).await;
+    a.api.wait_ready().await;
+    b.api.wait_ready().await;
+    let topic = unique_topic("notified-cluster");
+    let query = format!("topic={topic}");
+    let mut on_a = a.api.open_stream(&query, None).await;
+    let mut on_b = b.api.open_stream(&query, None).await;
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        ids.push(via.api.publish_ok(&topic, json!(i)).await);
+    }
+
+    for (name, sse, herald) in [("a", &mut on_a, &a), ("b", &mut on_b, &b)] {
+        let got: Vec<i64> = sse.events(20).await.iter().map(|f| f.id_num()).collect();
+        assert_eq!(got, ids, "instance {name}");
+        assert_eq!(
+            taken_from(herald, "notification").await,
+            20.0,
+            "instance {name}"
+        );
+        assert_eq!(taken_from(herald, "log").await, 0.0, "instance {name}");
+    }
 }

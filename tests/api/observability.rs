@@ -79,6 +79,7 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
             ][..],
         ),
         ("herald_resumes_total", &["ring", "database"]),
+        ("herald_listener_events_total", &["notification", "log"]),
         (
             "herald_stream_resets_total",
             &["cursor_too_old", "cursor_ahead"],
@@ -105,7 +106,7 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         let expected: BTreeSet<String> = values
             .iter()
             .map(|v| {
-                let key = if name.contains("resumes") {
+                let key = if name.contains("resumes") || name.contains("listener") {
                     "source"
                 } else {
                     "reason"
