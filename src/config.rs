@@ -91,7 +91,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTENER_PROBE", default_value = "5s", value_parser = parse_duration)]
     pub listener_probe: Duration,
 
-    /// Connections in the PostgreSQL pool.
+    /// Connections in the PostgreSQL pool (at least 4: the committer and the
+    /// listener keep one each).
     #[arg(long, env = "HERALD_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 

@@ -20,6 +20,11 @@ const UNIQUE_VIOLATION: &str = "23505";
 /// session is connected to its template; it clears at once, so retry.
 const OBJECT_IN_USE: &str = "55006";
 
+/// The fewest connections a pool gets, whatever `--db-pool` says: the
+/// committer and the listener keep one each (`log/kept.rs`), and replays,
+/// history and retention need the others.
+pub const MIN_POOL: u32 = 4;
+
 /// Opens the pool, creating the database and running migrations as needed.
 /// `sqlx::migrate!` takes an advisory lock, so instances starting together
 /// are safe.
@@ -82,7 +87,7 @@ pub async fn connect(
     // plan on a log of a million events).
     let limit = format!("{}ms", acquire_timeout.as_millis().max(1));
     let pool = PgPoolOptions::new()
-        .max_connections(pool_size.max(2))
+        .max_connections(pool_size.max(MIN_POOL))
         .acquire_timeout(acquire_timeout)
         .connect_with(options.options([
             ("lock_timeout", limit.as_str()),
@@ -153,7 +158,7 @@ mod tests {
     /// Against the test PostgreSQL (`HERALD_TEST_DATABASE_URL`, as the API
     /// tests): the pool's connections carry the settings herald relies on.
     #[tokio::test]
-    async fn pool_connections_time_out_and_never_jit() {
+    async fn pool_connections_time_out_never_jit_and_are_at_least_four() {
         let admin = std::env::var("HERALD_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let base = admin.rsplit_once('/').expect("a database path").0;
@@ -161,6 +166,11 @@ mod tests {
         let pool = connect(&format!("{base}/{name}"), None, 2, Duration::from_secs(3))
             .await
             .expect("PostgreSQL must be running for the tests (see README)");
+        assert_eq!(
+            pool.options().get_max_connections(),
+            MIN_POOL,
+            "two kept connections leave room for the rest"
+        );
         for (setting, want) in [
             ("jit", "off"),
             ("statement_timeout", "3s"),
