@@ -11,8 +11,17 @@ runs=${2:-3}
 mkdir -p "$out"
 cargo build --release -q -p herald -p herald-bench
 # A run with correctness errors (exit 2) is reported in its table and the
-# JSON; the remaining runs still go on.
-bench() { target/release/herald-bench "$@" || echo "herald-bench exited $?: see the table above"; }
+# JSON; the remaining runs still go on. Any other failure (a server that
+# cannot start: nchan not installed, say) stops here, before more runs.
+bench() {
+    local rc=0
+    target/release/herald-bench "$@" || rc=$?
+    case $rc in
+        0) ;;
+        2) echo "herald-bench exited 2 (correctness errors): see the table above" ;;
+        *) echo "herald-bench failed ($rc); stopping" >&2; exit "$rc" ;;
+    esac
+}
 only=${ONLY:-.}
 # table NAME ARGS...: one comparison, its JSON in $out/NAME-$run.json.
 table() {

@@ -140,15 +140,16 @@ async fn run_one(args: &RunArgs) -> anyhow::Result<Vec<Report>> {
 async fn compare(args: &CompareArgs) -> anyhow::Result<Vec<Vec<Report>>> {
     let params = args.workload.params(args.scenario);
     let mut groups: Vec<Vec<Report>> = params.iter().map(|_| Vec::new()).collect();
+    // A comparison with one side missing is not one: stop before any run.
+    for &kind in &args.targets {
+        servers::preflight(kind, &args.servers.options())
+            .with_context(|| format!("{kind} cannot be started"))?;
+    }
     for &kind in &args.targets {
         eprintln!("starting {kind}");
-        let spawned: Spawned = match servers::spawn(kind, &args.servers.options()).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{kind}: {e:#}");
-                continue;
-            }
-        };
+        let spawned: Spawned = servers::spawn(kind, &args.servers.options())
+            .await
+            .with_context(|| format!("{kind} did not start"))?;
         let target = target::make(kind, spawned.addr);
         let processes = Processes {
             server: Some(spawned.pid),

@@ -105,8 +105,24 @@ impl Drop for Scratch {
 }
 
 /// The herald binary to start.
+/// Checks that `kind` could be started (its binary, nchan's module),
+/// without starting it: a comparison checks every server before the first
+/// run, rather than find the second missing after the first has run.
+///
+/// # Errors
+/// What is missing, and how to install it.
+pub fn preflight(kind: Kind, opts: &Options) -> anyhow::Result<()> {
+    match kind {
+        Kind::Herald => herald_bin(opts).map(drop),
+        Kind::Nchan => nchan_config(opts, SocketAddr::from(([127, 0, 0, 1], 0))).map(drop),
+    }
+}
+
 fn herald_bin(opts: &Options) -> anyhow::Result<PathBuf> {
     if let Some(bin) = &opts.herald_bin {
+        if !bin.exists() {
+            bail!("--herald-bin {} does not exist", bin.display());
+        }
         return Ok(bin.clone());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
@@ -208,6 +224,7 @@ pub fn nchan_config(opts: &Options, addr: SocketAddr) -> anyhow::Result<String> 
         );
     }
     let module = match &opts.nchan_module {
+        Some(m) if !m.exists() => bail!("--nchan-module {} does not exist", m.display()),
         Some(m) => m.clone(),
         None => NCHAN_MODULE_PATHS
             .iter()
@@ -386,5 +403,29 @@ fn signal_group(pid: u32, sig: libc::c_int, group: bool) {
     // harness started (and, for the group, made a group leader).
     unsafe {
         libc::kill(if group { -pid } else { pid }, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_names_what_is_missing_before_anything_starts() {
+        let opts = Options {
+            herald_bin: Some("/nonexistent/herald".into()),
+            herald_args: Vec::new(),
+            admin_url: String::new(),
+            nginx_bin: "nginx".into(),
+            nchan_module: Some("/nonexistent/ngx_nchan_module.so".into()),
+            nchan_config: None,
+        };
+        for (kind, missing) in [
+            (Kind::Herald, "/nonexistent/herald"),
+            (Kind::Nchan, "/nonexistent/ngx_nchan_module.so"),
+        ] {
+            let err = preflight(kind, &opts).expect_err("missing").to_string();
+            assert!(err.contains(missing), "{kind}: {err}");
+        }
     }
 }
