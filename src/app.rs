@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, Limits};
 use crate::config::Config;
 use crate::cors::Cors;
-use crate::http::{self, AppState, PublishLimits};
+use crate::http::{self, AppState, PublishLimits, Shared};
 use crate::hub::Hub;
 use crate::listener::{self, Listener, ListenerStatus};
 use crate::log::{EventLog, Kept, Policy};
@@ -101,7 +101,7 @@ impl Instance {
             telemetry::spawn_upkeep(metrics.clone()),
             tokio::spawn(limits_upkeep(limits.clone())),
         ];
-        let state = AppState {
+        let state = AppState::new(Shared {
             streams: Streams {
                 hub,
                 log: log.clone(),
@@ -128,7 +128,7 @@ impl Instance {
             },
             listener: status,
             metrics,
-        };
+        });
         Ok(Self {
             tcp,
             state,
@@ -179,7 +179,7 @@ impl Instance {
         let stop_accepting = CancellationToken::new();
         let streams = state.streams.open.clone();
         let router = http::router(state.clone());
-        let serve = server::serve(tcp, state.streams, router, stop_accepting.clone());
+        let serve = server::serve(tcp, state.streams.clone(), router, stop_accepting.clone());
         let mut server = tokio::spawn(async move {
             serve.await;
             Ok::<(), std::io::Error>(())
