@@ -4,9 +4,9 @@
 //! are the next ones after the cursor, the listener takes them from the
 //! notification instead of reading them back (`log/notice.rs`).
 //!
-//! A notification is only a wake-up. The listener also reads on a timer, so a
-//! notification lost on a dead connection delays delivery by at most
-//! `poll_interval`; and when the LISTEN connection has been silent for
+//! Nothing depends on a notification arriving. The listener also reads on
+//! a timer, so a notification lost on a dead connection delays delivery by
+//! at most `poll_interval`; and when the LISTEN connection has been silent for
 //! `listener_probe` it notifies itself, reconnecting if even that does not
 //! arrive (sqlx sets no TCP keepalive, so a silently dead connection would
 //! otherwise hang forever). Whatever happens to the connection, the cursor
