@@ -110,13 +110,19 @@ mod tests {
             .expect("pg_backend_pid")
     }
 
+    /// Takes a connection into `kept` and says which backend it is.
+    async fn keep_one(kept: &mut Kept, pool: &PgPool) -> i32 {
+        let mut conn = kept.take(pool).await.expect("a connection");
+        let pid = backend(&mut conn).await;
+        kept.keep(conn);
+        pid
+    }
+
     #[tokio::test]
     async fn a_kept_connection_serves_the_next_statement_outside_the_pool() {
         let pool = pool().await;
         let mut kept = Kept::for_reads();
-        let mut conn = kept.take(&pool).await.expect("a connection");
-        let first = backend(&mut conn).await;
-        kept.keep(conn);
+        let first = keep_one(&mut kept, &pool).await;
         assert_eq!(pool.num_idle(), 0, "kept, not given back to the pool");
         let mut conn = kept.take(&pool).await.expect("the kept connection");
         assert_eq!(backend(&mut conn).await, first);
@@ -128,9 +134,7 @@ mod tests {
     async fn a_kept_connection_that_died_while_idle_is_replaced_before_use() {
         let pool = pool().await;
         let mut kept = Kept::for_appends();
-        let mut conn = kept.take(&pool).await.expect("a connection");
-        let first = backend(&mut conn).await;
-        kept.keep(conn);
+        let first = keep_one(&mut kept, &pool).await;
 
         // Ended by the server while nobody used it, as a restart would.
         let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1, 5000)")
