@@ -34,14 +34,20 @@ use crate::event::{EventType, StoredEvent, Topic};
 /// more, and the statement puts up to 42 bytes (two ids and two spaces)
 /// before the body.
 pub const MAX_BODY: usize = 7900;
+/// Room for the count at the head of the body (a decimal `usize`).
+const COUNT_ROOM: usize = 20;
+/// Room for an event's `\n<topic>,<type>,<data>:` lengths: the newline,
+/// three decimal lengths (each under `MAX_BODY`, so at most 4 digits, with
+/// room to spare), two commas and the colon.
+const LENGTHS_ROOM: usize = 24;
 
 /// The part of an append's notification after its first id and commit
 /// time, or `None` when the events do not fit (the notification is then a
 /// hint).
 pub fn body<'a>(events: impl Iterator<Item = &'a NewEvent> + Clone) -> Option<String> {
-    let (count, size) = events.clone().fold((0, 20), |(n, size), e| {
+    let (count, size) = events.clone().fold((0, COUNT_ROOM), |(n, size), e| {
         let fields = e.topic.as_str().len() + e.event_type.as_str().len() + e.data.len();
-        (n + 1, size + fields + 24)
+        (n + 1, size + fields + LENGTHS_ROOM)
     });
     if size > MAX_BODY {
         return None;
