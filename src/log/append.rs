@@ -119,6 +119,7 @@ impl From<Failure> for LogError {
 pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, timeout: Duration) {
     // One task commits, so one connection does (see `kept.rs`).
     let mut kept = Kept::for_appends();
+    let mut waited_for_answer = false;
     while let Some(first) = rx.recv().await {
         let mut group = Vec::new();
         let mut count = 0;
@@ -131,10 +132,17 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
             }
         }
         if group.is_empty() {
+            waited_for_answer = false;
             continue;
         }
         let started = std::time::Instant::now();
+        if waited_for_answer {
+            // This group came while the last append was in flight, and the
+            // connection has just answered it: no test (`kept.rs`).
+            kept.vouch();
+        }
         let result = run(&pool, &mut kept, &group, timeout).await;
+        waited_for_answer = result.is_ok() && !rx.is_empty();
         metrics::histogram!(telemetry::APPEND_SECONDS).record(started.elapsed());
         metrics::histogram!(telemetry::APPEND_GROUP_EVENTS).record(count as f64);
         match result {
