@@ -155,8 +155,10 @@ async fn two_second_retention_prunes_a_handful_of_events_within_a_minute() {
     let again = app
         .publish_with_key(&json!({"topic": topic, "data": "again"}), "k-retention")
         .await;
-    assert_eq!(again.status(), 200);
+    let status = again.status();
     let body: Value = again.json().await.unwrap();
+    // The body says why, if it is a refusal.
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], "1");
     assert_eq!(body["data"], "keyed");
     // Ids never go back, even with every event pruned.
