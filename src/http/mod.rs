@@ -83,12 +83,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(cors, around))
         .layer(
             // The span names the route, never the full URI: query strings may
-            // carry tokens. It is a debug span (`RUST_LOG=herald=debug`): the
-            // logs at the default level that a request writes name their
-            // route themselves (`ApiError::log`), and making and formatting
-            // a span for every request was about 3 % of herald's CPU under a
-            // publish load. Streams written straight to the socket never had
-            // one.
+            // carry tokens. It is a debug span (on with
+            // `RUST_LOG=info,herald::http=debug`): the logs at the default
+            // level that a request writes name their route themselves
+            // (`ApiError::log`), and making and formatting a span for every
+            // request was about 3 % of herald's CPU under a publish load.
+            // Streams written straight to the socket never had one.
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let route = req

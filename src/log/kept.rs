@@ -97,15 +97,14 @@ impl Kept {
     /// last statement succeeded.
     pub fn keep(&mut self, conn: PoolConnection<Postgres>) {
         self.idle = Some((conn, Instant::now()));
-        self.vouched = false;
     }
 
     /// The next [`Kept::take`] hands the kept connection over untested:
     /// for work that was waiting when it answered, and goes out at once.
-    /// Nothing to vouch for when no connection is kept (the last statement
-    /// failed).
+    /// When no connection is kept (the last statement failed) that take
+    /// goes to the pool, which tests what it hands out, as ever.
     pub fn vouch(&mut self) {
-        self.vouched = self.idle.is_some();
+        self.vouched = true;
     }
 }
 
