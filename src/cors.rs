@@ -2,7 +2,7 @@
 //! (cookies), so a page on another origin can use
 //! `EventSource(url, {withCredentials: true})` and `fetch`. One decision
 //! for every response, whichever writer sends it: the axum router through
-//! [`answer`], and the stream written straight to the socket through
+//! [`layer`], and the stream written straight to the socket through
 //! [`Cors::headers`].
 //!
 //! With no origin listed there is no CORS at all: same-origin only. With a
@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -98,11 +98,10 @@ impl Cors {
     }
 }
 
-/// The router's CORS, around `next` (in the router's one layer,
-/// `http::around`). The stream route's own answers carry their CORS
-/// headers already (from the stream's description), so they are left as
-/// they are.
-pub async fn answer(cors: &Cors, req: Request, next: Next) -> Response {
+/// The router's CORS middleware. The stream route's own answers carry their
+/// CORS headers already (from the stream's description), so they are left
+/// as they are.
+pub async fn layer(State(cors): State<Cors>, req: Request, next: Next) -> Response {
     if !cors.is_enabled() {
         return next.run(req).await;
     }

@@ -20,7 +20,7 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,12 +28,11 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::TraceLayer;
 
-use crate::cors::{self, Cors};
 use crate::error::ApiError;
 use crate::listener::ListenerStatus;
 use crate::log::EventLog;
 use crate::stream::Streams;
-use crate::telemetry;
+use crate::{cors, telemetry};
 
 pub use publish::PublishLimits;
 
@@ -80,7 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(cors, around))
+        .layer(middleware::from_fn_with_state(cors, cors::layer))
+        .layer(middleware::from_fn(count_requests))
         .layer(
             // The span names the route, never the full URI: query strings may
             // carry tokens. It is a debug span (on with
@@ -126,19 +126,16 @@ async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }
 
-/// What the router does around every request it answers, in one layer (a
-/// layer per concern cloned the services inside it and boxed a future, for
-/// every request): CORS ([`cors::answer`]), then the count of requests
-/// answered, by method, route and status. Stream requests are counted
-/// where their answer is decided (`Streams::open`), whichever writer sends
-/// it, so not here.
-async fn around(State(cors): State<Cors>, req: Request, next: Next) -> Response {
+/// Counts every request answered, by method, route and status. Stream
+/// requests are counted where their answer is decided (`Streams::open`),
+/// whichever writer sends it, so not here.
+async fn count_requests(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = telemetry::method_label(req.method());
-    let res = cors::answer(&cors, req, next).await;
+    let res = next.run(req).await;
     if route != crate::stream::PATH || method != "GET" {
         metrics::counter!(
             telemetry::HTTP_REQUESTS,

@@ -5,7 +5,7 @@
 //!
 //! Through hyper a stream cannot end itself while hyper waits for its
 //! client to read, so the subscription's `lagged` token is the
-//! connection's [`Connection::cut`]: when the hub drops this subscriber for
+//! connection's [`ConnectionCut`]: when the hub drops this subscriber for
 //! falling behind, the connection goes.
 
 use std::net::IpAddr;
@@ -18,7 +18,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::server::Connection;
+use crate::server::{ConnectionCut, Peer};
 use crate::stream::{StreamBody, Subscription};
 
 /// Largest chunk written at once while replaying: several small frames
@@ -28,10 +28,14 @@ const COALESCE_BYTES: usize = 64 * 1024;
 
 pub async fn stream(State(state): State<AppState>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
-    let (peer, cut) = parts.extensions.get::<Connection>().map_or_else(
-        || (IpAddr::from([0, 0, 0, 0]), CancellationToken::new()),
-        |c| (c.peer, CancellationToken::clone(&c.cut)),
-    );
+    let cut = parts
+        .extensions
+        .get::<ConnectionCut>()
+        .map_or_else(CancellationToken::new, |cut| cut.0.clone());
+    let peer = parts
+        .extensions
+        .get::<Peer>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
     let answer = state.streams.open(&parts, peer, cut);
     let mut res = match answer.body {
         StreamBody::Events(sub) => Response::new(Body::from_stream(chunks(sub))),

@@ -13,7 +13,7 @@
 //! - Everything else, including HTTP/2, goes to hyper and the axum router,
 //!   with the bytes already read put back in front; a head there over the
 //!   same limit gets the same 431 ([`refuse_large_head`]). A connection whose
-//!   stream falls behind is cut ([`Connection::cut`]), and so is one whose
+//!   stream falls behind is cut ([`ConnectionCut`]), and so is one whose
 //!   client takes no bytes for `--write-timeout` ([`Prefixed`]).
 
 mod head;
@@ -22,7 +22,6 @@ mod raw;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,20 +57,19 @@ const MAX_HEAD: usize = 16 * 1024;
 /// 160 KiB here (ten CONTINUATION frames), its flood protection.
 const H2_MAX_HEADER_LIST: u32 = 128 * 1024;
 
-/// The connection a request served by hyper came on, in every request's
-/// extensions (one entry, cloned per request as two reference counts).
+/// Cancelled to end a connection served by hyper: its stream fell behind
+/// (the hub cancels it). Through hyper a stream cannot be ended by itself
+/// while hyper waits for the client to read, so its connection is (over
+/// HTTP/2 the other streams on it reconnect and resume, losing nothing).
+/// In every request's extensions.
 #[derive(Clone)]
-pub struct Connection {
-    /// Its TCP peer (the client's own address behind a trusted proxy is
-    /// decided by `auth`).
-    pub peer: IpAddr,
-    /// Cancelled to end the connection: its stream fell behind (the hub
-    /// cancels it). Through hyper a stream cannot be ended by itself while
-    /// hyper waits for the client to read, so its connection is (over
-    /// HTTP/2 the other streams on it reconnect and resume, losing
-    /// nothing). In an `Arc`: a token's own clone takes a lock.
-    pub cut: Arc<CancellationToken>,
-}
+pub struct ConnectionCut(pub CancellationToken);
+
+/// The address a connection served by hyper comes from (its TCP peer; the
+/// client's own address behind a trusted proxy is decided by `auth`). In
+/// every request's extensions.
+#[derive(Clone, Copy)]
+pub struct Peer(pub IpAddr);
 
 /// Accepts connections until `stop_accepting`, then waits for the requests
 /// in flight on hyper's connections. Stream connections end through the
@@ -84,7 +82,9 @@ pub async fn serve(
 ) {
     // Turn every route into its service once, not per connection (what
     // `axum::serve` would do, at a few KiB each).
-    let router = router.with_state(());
+    let router = router
+        .layer(axum::middleware::from_fn(refuse_large_head))
+        .with_state(());
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -171,27 +171,21 @@ async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
 }
 
 async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watcher) {
-    let cut = Arc::new(CancellationToken::new());
+    let cut = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().max_header_list_size(H2_MAX_HEADER_LIST);
-    // The router as one service per connection (an Arc clone), after the
-    // head's size, telling every request which connection it came on.
-    let connection = Connection {
-        peer,
-        cut: cut.clone(),
-    };
-    let service = TowerToHyperService::new(tower::service_fn(move |mut req: Request<Incoming>| {
-        let (router, connection) = (router.clone(), connection.clone());
-        async move {
-            if let Some(refusal) = refuse_large_head(&req) {
-                return Ok(refusal);
-            }
-            req.extensions_mut().insert(connection);
-            router.oneshot(req).await
+    // The router as one service per connection (an Arc clone), telling
+    // every request how to end its connection.
+    let service = TowerToHyperService::new(router.map_request({
+        let cut = cut.clone();
+        move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectionCut(cut.clone()));
+            req.extensions_mut().insert(Peer(peer));
+            req
         }
     }));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -203,16 +197,19 @@ async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watche
     }
 }
 
-/// The refusal of a head over [`MAX_HEAD`] that reached hyper, as
-/// [`handle`] refuses the first head of an HTTP/1 connection: an HTTP/2
-/// request (up to [`H2_MAX_HEADER_LIST`]), or a later request on a
-/// kept-alive HTTP/1 connection. Decided before the router, as a layer of
-/// its own would, without one's cost per request.
-fn refuse_large_head<B>(req: &Request<B>) -> Option<axum::response::Response> {
-    (head_size(req) > MAX_HEAD).then(|| {
+/// Refuses a head over [`MAX_HEAD`] that reached hyper, as [`handle`] does
+/// the first head of an HTTP/1 connection: an HTTP/2 request (up to
+/// [`H2_MAX_HEADER_LIST`]), or a later request on a kept-alive HTTP/1
+/// connection.
+async fn refuse_large_head(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if head_size(&req) > MAX_HEAD {
         let refusal = ApiError::HeadTooLarge(format!("a request head over {MAX_HEAD} bytes"));
-        axum::response::IntoResponse::into_response(refusal)
-    })
+        return axum::response::IntoResponse::into_response(refusal);
+    }
+    next.run(req).await
 }
 
 /// The size of `req`'s head as HTTP/1.1 would write it.
