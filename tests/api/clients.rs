@@ -228,7 +228,7 @@ async fn example_curl_session_runs_start_to_finish() {
 async fn example_publisher_retries_503_under_its_key_and_stores_once() {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let db = Arc::new(TestDb::create().await);
-    let app = spawn_on(db.clone(), test_config(&db.url_via(proxy.addr))).await;
+    let app = spawn_on(db.clone(), fault_config(&db.url_via(proxy.addr))).await;
     let topic = unique_topic("publisher");
     let publisher = |url: &str| {
         let mut c = python("examples/publisher.py");

@@ -1,7 +1,7 @@
 //! What a publish answer promises when the database misbehaves: one
 //! request's content never fails another's, a `503` that says nothing was
 //! stored stored nothing, and the answer comes within `--db-timeout` (1 s
-//! in the tests) plus herald's documented margin (0.5 s).
+//! in these tests, `FAULT_DB_TIMEOUT`) plus herald's documented margin (0.5 s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ async fn a_request_postgres_refuses_fails_alone_and_its_group_commits() {
 /// Before, the statement went on and committed after the `503`.
 #[tokio::test]
 async fn a_503_for_a_slow_insert_means_nothing_was_stored() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.db_timeout = FAULT_DB_TIMEOUT).await;
     execute(
         &app.db,
         "create function slow() returns trigger language plpgsql as $$ \
@@ -161,7 +161,7 @@ async fn a_503_for_a_slow_insert_means_nothing_was_stored() {
 #[tokio::test]
 async fn lock_released_near_the_deadline_never_gives_a_false_503() {
     use sqlx::Connection;
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.db_timeout = FAULT_DB_TIMEOUT).await;
     let mut holder = app.db.connect().await;
 
     for offset_ms in [850_u64, 900, 950, 980, 1000, 1020, 1050, 1100] {

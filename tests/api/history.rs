@@ -393,7 +393,7 @@ async fn history_envelope_equals_replayed_stream_envelope() {
 async fn history_answers_503_with_retry_after_while_database_is_unreachable() {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let db = Arc::new(TestDb::create().await);
-    let app = spawn_on(db.clone(), test_config(&db.url_via(proxy.addr))).await;
+    let app = spawn_on(db.clone(), fault_config(&db.url_via(proxy.addr))).await;
     let id = app.publish_ok(&unique_topic("hist-outage"), json!(1)).await;
 
     proxy.cut();

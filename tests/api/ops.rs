@@ -41,7 +41,7 @@ async fn readyz_is_ready_with_database_and_listener() {
 async fn readyz_fails_while_database_is_unreachable_and_recovers() {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let db = Arc::new(TestDb::create().await);
-    let app = spawn_on(db.clone(), test_config(&db.url_via(proxy.addr))).await;
+    let app = spawn_on(db.clone(), fault_config(&db.url_via(proxy.addr))).await;
     wait_for("ready", || async {
         app.get("/readyz").await.status() == 200
     })

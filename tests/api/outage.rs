@@ -25,7 +25,7 @@ async fn stored_events(db: &TestDb, topic: &str) -> Vec<(i64, String)> {
 async fn publish_answers_503_with_retry_after_while_database_is_unreachable() {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let db = Arc::new(TestDb::create().await);
-    let app = spawn_on(db.clone(), test_config(&db.url_via(proxy.addr))).await;
+    let app = spawn_on(db.clone(), fault_config(&db.url_via(proxy.addr))).await;
     let topic = unique_topic("outage");
     app.publish_ok(&topic, json!({"n": 0})).await;
 
@@ -122,7 +122,7 @@ fn answered(log: &Mutex<Vec<Outcome>>, status: u16) -> usize {
 async fn no_publish_is_acknowledged_unless_stored_across_an_outage() {
     let proxy = ChaosProxy::start(postgres_addr()).await;
     let db = Arc::new(TestDb::create().await);
-    let app = spawn_on(db.clone(), test_config(&db.url_via(proxy.addr))).await;
+    let app = spawn_on(db.clone(), fault_config(&db.url_via(proxy.addr))).await;
     let topic = unique_topic("outage-load");
     let stop = AtomicBool::new(false);
     let log = Mutex::new(Vec::<Outcome>::new());
@@ -216,7 +216,7 @@ async fn publish_answer_is_byte_identical_to_stored_envelope() {
 async fn publish_answers_503_in_bounded_time_when_database_stops_answering() {
     let proxy = FreezeProxy::start(postgres_addr()).await;
     let db = Arc::new(TestDb::create().await);
-    let app = spawn_on(db.clone(), test_config(&db.url_via(proxy.addr))).await;
+    let app = spawn_on(db.clone(), fault_config(&db.url_via(proxy.addr))).await;
     let topic = unique_topic("frozen");
     app.publish_ok(&topic, json!({"n": 0})).await;
 
@@ -247,7 +247,7 @@ async fn publish_answers_503_in_bounded_time_when_database_stops_answering() {
 #[tokio::test]
 async fn publish_answers_503_in_bounded_time_while_the_append_lock_is_stuck() {
     use sqlx::Connection;
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.db_timeout = FAULT_DB_TIMEOUT).await;
     let topic = unique_topic("stuck-lock");
     app.publish_ok(&topic, json!({"n": 0})).await;
     let mut holder = app.db.connect().await;

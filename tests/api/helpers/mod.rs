@@ -131,6 +131,17 @@ impl Drop for TestDb {
     }
 }
 
+/// `--db-timeout` of most tests: far above any stall of a loaded machine.
+/// At 1 s, CI runs of the whole suite (tests, browsers and PostgreSQL
+/// sharing two cores) now and then answered a publish `503` in tests about
+/// something else: true answers, since the request had waited out its
+/// deadline, but not what those tests are about.
+pub const TEST_DB_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--db-timeout` of the tests about the database failing (cut, frozen,
+/// slow, locked): short, so that a test waiting for a `503` waits a second.
+pub const FAULT_DB_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The configuration tests start from: short heartbeat, retry and drain so
 /// tests that wait for them finish quickly.
 pub fn test_config(database_url: &str) -> Config {
@@ -142,7 +153,15 @@ pub fn test_config(database_url: &str) -> Config {
     c.drain = Duration::from_millis(200);
     c.poll_interval = Duration::from_millis(200);
     c.listener_probe = Duration::from_secs(1);
-    c.db_timeout = Duration::from_secs(1);
+    c.db_timeout = TEST_DB_TIMEOUT;
+    c
+}
+
+/// [`test_config`] for a test about the database failing
+/// ([`FAULT_DB_TIMEOUT`]).
+pub fn fault_config(database_url: &str) -> Config {
+    let mut c = test_config(database_url);
+    c.db_timeout = FAULT_DB_TIMEOUT;
     c
 }
 
