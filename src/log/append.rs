@@ -223,15 +223,20 @@ async fn run(
         if left < MIN_STATEMENT_TIME {
             return Err(Failure::NotStored(sqlx::Error::PoolTimedOut));
         }
-        // The connection keeps this setting: close it afterwards rather
-        // than spend a round trip resetting it.
-        conn.close_on_drop();
+        // The connection keeps this setting. If the group commits, the
+        // connection is kept and reset before its next use (`kept.rs`);
+        // on every other outcome it is closed rather than handed back to
+        // the pool with it. (Only the instance's shutdown drops this
+        // future midway, and the pool closes with it.)
         let limit = format!("{}ms", left.as_millis().max(1));
-        sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false)")
+        if let Err(e) = sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $1, false)")
             .bind(&limit)
             .execute(&mut *conn)
             .await
-            .map_err(Failure::NotStored)?;
+        {
+            conn.close_on_drop();
+            return Err(Failure::NotStored(e));
+        }
         left
     };
     let batches: Vec<&[NewEvent]> = group.iter().map(|j| j.events.as_slice()).collect();
@@ -241,8 +246,9 @@ async fn run(
     let sent = commit_sent.load(Ordering::Acquire);
     match result {
         Ok(Ok(appended)) => {
-            // Unless it carries this group's shorter timeouts.
-            if !shortened {
+            if shortened {
+                kept.keep_shortened(conn);
+            } else {
                 kept.keep(conn);
             }
             Ok(appended)
@@ -251,7 +257,12 @@ async fn run(
             conn.close_on_drop();
             Err(Failure::Unknown(e.to_string()))
         }
-        Ok(Err(e)) => Err(Failure::NotStored(e)),
+        Ok(Err(e)) => {
+            if shortened {
+                conn.close_on_drop();
+            }
+            Err(Failure::NotStored(e))
+        }
         Err(_) => {
             // A statement may still be running in PostgreSQL; this
             // connection is not handed to anyone else.

@@ -29,6 +29,14 @@
 //! cancelled statement the connection goes back through the pool's own
 //! release (which pings it and rolls back what is left), or is closed by
 //! whoever marked it `close_on_drop`.
+//!
+//! A connection whose session timeouts were shortened for one statement
+//! (the committer does so for a group that waited, `append.rs`) is kept
+//! with [`Kept::keep_shortened`]: the next take restores them with `RESET`
+//! (back to the values the connection was opened with) in place of its
+//! test. Closing it instead made an overloaded committer open a new
+//! connection for every group, a backend started by PostgreSQL each time,
+//! just when every group was waiting.
 
 use std::time::Duration;
 
@@ -43,12 +51,23 @@ use super::acquire;
 pub const IDLE_TEST: Duration = Duration::from_secs(1);
 
 pub struct Kept {
-    idle: Option<(PoolConnection<Postgres>, Instant)>,
+    idle: Option<Idle>,
     /// A kept connection unused for this long is pinged before use.
     test_after: Duration,
     /// The next take needs no test ([`Kept::vouch`]).
     vouched: bool,
 }
+
+struct Idle {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+    /// Its session timeouts were changed and must be reset before use.
+    shortened: bool,
+}
+
+/// Restores the timeouts a shortened statement set (`SET` without `LOCAL`)
+/// to the connection's own, from its startup options (`db::connect`).
+const RESET_TIMEOUTS: &str = "reset statement_timeout; reset lock_timeout";
 
 impl Kept {
     /// Tested before every use: for statements whose outcome must be
@@ -78,11 +97,25 @@ impl Kept {
     /// The pool's, when it has no connection to give.
     pub async fn take(&mut self, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         let vouched = std::mem::take(&mut self.vouched);
-        if let Some((mut conn, since)) = self.idle.take() {
-            if vouched || since.elapsed() < self.test_after {
+        if let Some(Idle {
+            mut conn,
+            since,
+            shortened,
+        }) = self.idle.take()
+        {
+            if !shortened && (vouched || since.elapsed() < self.test_after) {
                 return Ok(conn);
             }
-            match conn.ping().await {
+            // The reset is a round trip too: it stands for the test.
+            let tested = if shortened {
+                sqlx::raw_sql(RESET_TIMEOUTS)
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop)
+            } else {
+                conn.ping().await
+            };
+            match tested {
                 Ok(()) => return Ok(conn),
                 Err(e) => {
                     tracing::debug!(error = %e, "kept connection failed its test; taking another");
@@ -96,7 +129,21 @@ impl Kept {
     /// Keeps `conn` for the next statement. Only for a connection whose
     /// last statement succeeded.
     pub fn keep(&mut self, conn: PoolConnection<Postgres>) {
-        self.idle = Some((conn, Instant::now()));
+        self.idle = Some(Idle {
+            conn,
+            since: Instant::now(),
+            shortened: false,
+        });
+    }
+
+    /// Keeps `conn`, whose last statement succeeded under session timeouts
+    /// shorter than its own: the next take resets them first.
+    pub fn keep_shortened(&mut self, conn: PoolConnection<Postgres>) {
+        self.idle = Some(Idle {
+            conn,
+            since: Instant::now(),
+            shortened: true,
+        });
     }
 
     /// The next [`Kept::take`] hands the kept connection over untested:
@@ -202,6 +249,61 @@ mod tests {
         terminate(&pool, second).await;
         let mut conn = kept.take(&pool).await.expect("a live connection");
         assert_ne!(backend(&mut conn).await, second, "tested and replaced");
+        drop(conn);
+        pool.close().await;
+    }
+
+    async fn show(conn: &mut PgConnection, setting: &str) -> String {
+        sqlx::query_scalar("select current_setting($1)")
+            .bind(setting)
+            .fetch_one(conn)
+            .await
+            .expect("current_setting")
+    }
+
+    /// Timeouts set for one statement are reset to the connection's own,
+    /// from its startup options as `db::connect` gives them, on the same
+    /// backend: kept, not replaced. Even a vouched take resets them.
+    #[tokio::test]
+    async fn a_shortened_connection_is_kept_and_reset_to_its_own_timeouts() {
+        use std::str::FromStr;
+        let url = std::env::var("HERALD_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+            .expect("a URL")
+            .options([("statement_timeout", "4321ms"), ("lock_timeout", "4321ms")]);
+        let pool = PgPool::connect_with(options).await.expect("PostgreSQL");
+        let mut kept = Kept::for_appends();
+        let mut conn = kept.take(&pool).await.expect("a connection");
+        let first = backend(&mut conn).await;
+        sqlx::query("select set_config('statement_timeout', '25ms', false), set_config('lock_timeout', '25ms', false)")
+            .execute(&mut *conn)
+            .await
+            .expect("set_config");
+        assert_eq!(show(&mut conn, "statement_timeout").await, "25ms");
+        kept.keep_shortened(conn);
+
+        kept.vouch();
+        let mut conn = kept.take(&pool).await.expect("the kept connection");
+        assert_eq!(backend(&mut conn).await, first, "kept, not replaced");
+        assert_eq!(show(&mut conn, "statement_timeout").await, "4321ms");
+        assert_eq!(show(&mut conn, "lock_timeout").await, "4321ms");
+        drop(conn);
+        pool.close().await;
+    }
+
+    /// A shortened connection that died while kept fails its reset and is
+    /// replaced, as one failing its test is.
+    #[tokio::test]
+    async fn a_shortened_connection_that_died_is_replaced() {
+        let pool = pool().await;
+        let mut kept = Kept::for_appends();
+        let mut conn = kept.take(&pool).await.expect("a connection");
+        let first = backend(&mut conn).await;
+        kept.keep_shortened(conn);
+        terminate(&pool, first).await;
+        let mut conn = kept.take(&pool).await.expect("a live connection");
+        assert_ne!(backend(&mut conn).await, first, "replaced");
         drop(conn);
         pool.close().await;
     }

@@ -201,6 +201,128 @@ async fn lock_released_near_the_deadline_never_gives_a_false_503() {
     app.stop().await;
 }
 
+/// The backend whose last statement was an append: the committer's.
+async fn committer_backend(db: &TestDb) -> i32 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = $1 \
+         and query like 'with head as%' and pid <> pg_backend_pid()",
+    )
+    .bind(&db.name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("one backend ran the appends")
+}
+
+/// Waits until backend `pid` waits for a lock (the log's, held by a test).
+async fn wait_lock_wait(db: &TestDb, pid: i32) {
+    wait_for("the append to wait for the log's lock", || async {
+        let mut conn = db.connect().await;
+        sqlx::query_scalar::<_, bool>(
+            "select exists (select 1 from pg_stat_activity \
+             where pid = $1 and wait_event_type = 'Lock')",
+        )
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    })
+    .await;
+}
+
+/// Holds the log's lock on `holder` while `publish` runs, until `release`
+/// after the committer (`pid`) has started waiting for it.
+async fn publish_behind_the_lock(
+    app: &Arc<TestApp>,
+    holder: &mut sqlx::PgConnection,
+    pid: i32,
+    topics: &[String],
+    release: Duration,
+) -> Vec<(u16, Duration)> {
+    use sqlx::Connection;
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("select last_id from log_head for update")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (n, topic) in topics.iter().enumerate() {
+        if n == 1 {
+            wait_lock_wait(&app.db, pid).await;
+        }
+        let (app, topic) = (app.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let status = app.publish(&json!({"topic": topic})).await.status();
+            (status.as_u16(), started.elapsed())
+        }));
+    }
+    if topics.len() == 1 {
+        wait_lock_wait(&app.db, pid).await;
+    }
+    // The fault's timing, not a wait for a condition.
+    tokio::time::sleep(release).await;
+    held.rollback().await.unwrap();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+/// A group that waited in the queue behind a held lock runs under timeouts
+/// shortened to what its requests have left. Afterwards the committer goes
+/// on with the same connection (not a new one per such group, as when it
+/// closed it), and with its timeouts reset: an append that then waits
+/// 700 ms for the lock, longer than the shortened limit but within
+/// `--db-timeout` (1 s), commits.
+#[tokio::test]
+async fn a_group_that_waited_leaves_the_committer_its_connection_and_timeouts() {
+    let app = Arc::new(spawn_app_with(|c| c.db_timeout = FAULT_DB_TIMEOUT).await);
+    app.publish_ok(&unique_topic("warm"), json!(0)).await;
+    let committer = committer_backend(&app.db).await;
+    let mut holder = app.db.connect().await;
+
+    // One append waits for the lock; the next request waits in the queue
+    // behind it for 600 ms, so its group is sent with about 400 ms left.
+    let topics = [unique_topic("first"), unique_topic("queued")];
+    let answers = publish_behind_the_lock(
+        &app,
+        &mut holder,
+        committer,
+        &topics,
+        Duration::from_millis(600),
+    )
+    .await;
+    assert_eq!(answers[0].0, 201);
+    assert_eq!(answers[1].0, 201);
+    assert!(
+        answers[1].1 > Duration::from_millis(300),
+        "the second request waited in the queue: {:?}",
+        answers[1].1
+    );
+
+    let topic = [unique_topic("after")];
+    let after = publish_behind_the_lock(
+        &app,
+        &mut holder,
+        committer,
+        &topic,
+        Duration::from_millis(700),
+    )
+    .await;
+    assert_eq!(after[0].0, 201, "the connection's own timeouts again");
+    assert_eq!(count_topic(&app.db, &topic[0]).await, 1);
+    assert_eq!(
+        committer_backend(&app.db).await,
+        committer,
+        "the committer kept its connection"
+    );
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
+}
+
 /// PostgreSQL black-holed (the proxy forwards nothing, closes nothing):
 /// twenty publishers at once each get their answer within `--db-timeout`
 /// (2 s here) plus the margin, not queued behind groups that are
