@@ -27,6 +27,13 @@ pub struct Retention {
 impl Retention {
     /// Runs until `stop`; the first round runs at once.
     pub async fn run(self, stop: CancellationToken) {
+        // The "retention not running" alert watches only deployments that
+        // prune: with `--retention 0` no round ever completes, by choice.
+        metrics::gauge!(telemetry::RETENTION_ENABLED).set(if self.policy.prunes() {
+            1.0
+        } else {
+            0.0
+        });
         let mut pruner = self
             .policy
             .prunes()

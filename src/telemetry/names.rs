@@ -36,6 +36,7 @@ pub const BUILD_INFO: &str = "herald_build_info";
 pub const READY: &str = "herald_ready";
 pub const RETENTION_OLDEST_ID: &str = "herald_retention_oldest_id";
 pub const RETENTION_LAST_PRUNE: &str = "herald_retention_last_prune_timestamp_seconds";
+pub const RETENTION_ENABLED: &str = "herald_retention_enabled";
 pub const RETENTION_PRUNED: &str = "herald_retention_pruned_events_total";
 
 /// Why a stream ended: the values of `herald_streams_ended_total{reason}`.
@@ -207,6 +208,11 @@ pub(super) fn describe() {
         "Events this instance deleted from the log for retention."
     );
     describe_gauge!(
+        RETENTION_ENABLED,
+        "1 when this instance prunes the log (--retention or --retention-count set), \
+         0 when it keeps every event."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version and the git commit herald was built from, as labels."
     );
@@ -247,9 +253,11 @@ pub(super) fn zero() {
     metrics::gauge!(DB_WAITING).set(0.0);
     metrics::gauge!(READY).set(0.0);
     // Retention gauges exist from the start, so the "retention not running"
-    // alert has a series to watch (0: no pass yet).
+    // alert has a series to watch (0: no pass yet). Whether this instance
+    // prunes at all is set when its retention task starts.
     metrics::gauge!(RETENTION_OLDEST_ID).set(0.0);
     metrics::gauge!(RETENTION_LAST_PRUNE).set(0.0);
+    metrics::gauge!(RETENTION_ENABLED).set(0.0);
     metrics::gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),

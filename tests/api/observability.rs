@@ -29,6 +29,37 @@ fn samples(text: &str) -> BTreeMap<String, Vec<String>> {
     found
 }
 
+/// `herald_retention_enabled` says whether the instance prunes, so that the
+/// retention-not-running alert leaves alone a deployment that keeps every
+/// event (it fired for one before: nothing there ever completes a round).
+#[tokio::test]
+async fn retention_enabled_says_whether_the_instance_prunes() {
+    let value = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("herald_retention_enabled "))
+            .map(|v| v.trim().to_owned())
+    };
+    for (args, expected) in [
+        (&["--retention", "0"][..], "0"),
+        (&["--retention", "0", "--retention-count", "1000"][..], "1"),
+        (&[][..], "1"),
+    ] {
+        let db = TestDb::create().await;
+        let herald = HeraldProcess::start(&db.url, args).await;
+        herald.api.wait_ready().await;
+        wait_for("the retention task to say what it does", || async {
+            let text = herald.api.metrics().await;
+            // Set when the task starts, after the instance is ready: wait
+            // for the first round's floor, set in the same task after it.
+            text.lines()
+                .any(|l| l.starts_with("herald_retention_oldest_id ") && !l.ends_with(" 0"))
+        })
+        .await;
+        let text = herald.api.metrics().await;
+        assert_eq!(value(&text).as_deref(), Some(expected), "{args:?}");
+    }
+}
+
 /// The metrics the README's table lists, at zero before anything happens
 /// (counters and the series whose labels are known in advance).
 #[tokio::test]
@@ -55,6 +86,7 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         "herald_retention_oldest_id",
         "herald_retention_last_prune_timestamp_seconds",
         "herald_retention_pruned_events_total",
+        "herald_retention_enabled",
     ] {
         assert!(found.contains_key(name), "{name} missing:\n{text}");
     }
