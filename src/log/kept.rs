@@ -129,20 +129,20 @@ impl Kept {
     /// Keeps `conn` for the next statement. Only for a connection whose
     /// last statement succeeded.
     pub fn keep(&mut self, conn: PoolConnection<Postgres>) {
-        self.idle = Some(Idle {
-            conn,
-            since: Instant::now(),
-            shortened: false,
-        });
+        self.hold(conn, false);
     }
 
     /// Keeps `conn`, whose last statement succeeded under session timeouts
     /// shorter than its own: the next take resets them first.
     pub fn keep_shortened(&mut self, conn: PoolConnection<Postgres>) {
+        self.hold(conn, true);
+    }
+
+    fn hold(&mut self, conn: PoolConnection<Postgres>, shortened: bool) {
         self.idle = Some(Idle {
             conn,
             since: Instant::now(),
-            shortened: true,
+            shortened,
         });
     }
 
@@ -158,15 +158,19 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use sqlx::PgConnection;
+    use sqlx::postgres::PgConnectOptions;
 
     use super::*;
 
-    /// A pool on the test PostgreSQL's admin database: `Kept` needs no
-    /// schema.
-    async fn pool() -> PgPool {
+    /// The test PostgreSQL's admin database: `Kept` needs no schema.
+    fn options() -> PgConnectOptions {
         let url = std::env::var("HERALD_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        PgPool::connect(&url)
+        url.parse().expect("a PostgreSQL URL")
+    }
+
+    async fn pool() -> PgPool {
+        PgPool::connect_with(options())
             .await
             .expect("PostgreSQL must be running for the tests (see README)")
     }
@@ -266,12 +270,8 @@ mod tests {
     /// backend: kept, not replaced. Even a vouched take resets them.
     #[tokio::test]
     async fn a_shortened_connection_is_kept_and_reset_to_its_own_timeouts() {
-        use std::str::FromStr;
-        let url = std::env::var("HERALD_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let options = sqlx::postgres::PgConnectOptions::from_str(&url)
-            .expect("a URL")
-            .options([("statement_timeout", "4321ms"), ("lock_timeout", "4321ms")]);
+        let options =
+            options().options([("statement_timeout", "4321ms"), ("lock_timeout", "4321ms")]);
         let pool = PgPool::connect_with(options).await.expect("PostgreSQL");
         let mut kept = Kept::for_appends();
         let mut conn = kept.take(&pool).await.expect("a connection");

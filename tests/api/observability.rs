@@ -34,29 +34,27 @@ fn samples(text: &str) -> BTreeMap<String, Vec<String>> {
 /// event (it fired for one before: nothing there ever completes a round).
 #[tokio::test]
 async fn retention_enabled_says_whether_the_instance_prunes() {
-    let value = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("herald_retention_enabled "))
-            .map(|v| v.trim().to_owned())
-    };
     for (args, expected) in [
-        (&["--retention", "0"][..], "0"),
-        (&["--retention", "0", "--retention-count", "1000"][..], "1"),
-        (&[][..], "1"),
+        (&["--retention", "0"][..], 0.0),
+        (&["--retention", "0", "--retention-count", "1000"][..], 1.0),
+        (&[][..], 1.0),
     ] {
         let db = TestDb::create().await;
         let herald = HeraldProcess::start(&db.url, args).await;
         herald.api.wait_ready().await;
         wait_for("the retention task to say what it does", || async {
-            let text = herald.api.metrics().await;
             // Set when the task starts, after the instance is ready: wait
             // for the first round's floor, set in the same task after it.
-            text.lines()
-                .any(|l| l.starts_with("herald_retention_oldest_id ") && !l.ends_with(" 0"))
+            metric_sum(&herald.api.metrics().await, "herald_retention_oldest_id") > 0.0
         })
         .await;
+        // Present from the start (`every_metric_exists_from_the_start…`).
         let text = herald.api.metrics().await;
-        assert_eq!(value(&text).as_deref(), Some(expected), "{args:?}");
+        assert_eq!(
+            metric_sum(&text, "herald_retention_enabled"),
+            expected,
+            "{args:?}"
+        );
     }
 }
 
