@@ -1,9 +1,9 @@
 //! CORS for the origins listed with `--cors-origins`, with credentials
 //! (cookies), so a page on another origin can use
 //! `EventSource(url, {withCredentials: true})` and `fetch`. One decision
-//! for every response, whichever writer sends it: the axum router through
-//! [`layer`], and the stream written straight to the socket through
-//! [`Cors::headers`].
+//! for every response, whichever writer sends it: the axum router's
+//! answers through `http::Edge`, and the stream written straight to the
+//! socket, both through [`Cors::headers`].
 //!
 //! With no origin listed there is no CORS at all: same-origin only. With a
 //! list, every response says `Vary: Origin` (its headers depend on it, and
@@ -14,9 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// How long a browser may cache a preflight's answer.
@@ -74,7 +72,7 @@ impl Cors {
     /// `Access-Control-Request-Method`): `204` with what is allowed for a
     /// listed origin, `204` with nothing for another (the browser then
     /// refuses the request itself).
-    fn preflight(&self, origin: Option<&[u8]>) -> Response {
+    pub fn preflight(&self, origin: Option<&[u8]>) -> Response {
         let mut res = StatusCode::NO_CONTENT.into_response();
         let h = res.headers_mut();
         for (name, value) in self.headers(origin) {
@@ -96,33 +94,6 @@ impl Cors {
         }
         res
     }
-}
-
-/// The router's CORS middleware. The stream route's own answers carry their
-/// CORS headers already (from the stream's description), so they are left
-/// as they are.
-pub async fn layer(State(cors): State<Cors>, req: Request, next: Next) -> Response {
-    if !cors.is_enabled() {
-        return next.run(req).await;
-    }
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let origin = origin.as_ref().map(HeaderValue::as_bytes);
-    if req.method() == Method::OPTIONS
-        && req
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-    {
-        return cors.preflight(origin);
-    }
-    let described = req.uri().path() == crate::stream::PATH;
-    let mut res = next.run(req).await;
-    if !described {
-        let h = res.headers_mut();
-        for (name, value) in cors.headers(origin) {
-            h.append(name, value);
-        }
-    }
-    res
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The HTTP surface through axum: the router, the state every handler
-//! shares, and the request-level middleware (CORS, tracing without query
-//! strings, request counts).
+//! shares, and what every request passes through around it (`edge`: the
+//! head limit, CORS, a span without query strings, request counts).
 //!
 //! - `console`: the live console page at `/`
 //! - `publish`: `POST /v1/events`
@@ -10,6 +10,7 @@
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`
 
 mod console;
+mod edge;
 mod history;
 mod ops;
 mod publish;
@@ -20,20 +21,19 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::listener::ListenerStatus;
 use crate::log::EventLog;
 use crate::stream::Streams;
-use crate::{cors, telemetry};
 
+pub use edge::Edge;
+use edge::ROUTES;
 pub use publish::PublishLimits;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for
@@ -65,42 +65,39 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The router, with what every request passes through around it.
+/// `max_head`: the largest request head taken (see [`Edge::new`]).
+pub fn service(state: AppState, max_head: usize) -> Edge {
     let cors = state.streams.cors.clone();
+    Edge::new(router(state), cors, max_head)
+}
+
+/// The routes, one per path of [`ROUTES`] (the `route` label of the
+/// request count, named from the path before routing).
+fn router(state: AppState) -> Router {
+    let [
+        index,
+        script,
+        style,
+        icon,
+        events,
+        stream,
+        healthz,
+        readyz,
+        metrics,
+    ] = ROUTES;
     Router::new()
-        .route("/", get(console::index))
-        .route("/console.js", get(console::script))
-        .route("/console.css", get(console::style))
-        .route("/favicon.svg", get(console::icon))
-        .route("/v1/events", get(history::history).post(publish::publish))
-        .route(crate::stream::PATH, get(stream::stream))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .route(index, get(console::index))
+        .route(script, get(console::script))
+        .route(style, get(console::style))
+        .route(icon, get(console::icon))
+        .route(events, get(history::history).post(publish::publish))
+        .route(stream, get(stream::stream))
+        .route(healthz, get(ops::healthz))
+        .route(readyz, get(ops::readyz))
+        .route(metrics, get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(cors, cors::layer))
-        .layer(middleware::from_fn(count_requests))
-        .layer(
-            // The span names the route, never the full URI: query strings may
-            // carry tokens. It is a debug span (on with
-            // `RUST_LOG=info,herald::http=debug`): the logs at the default
-            // level that a request writes name their route themselves
-            // (`ApiError::log`), and making and formatting a span for every
-            // request was about 3 % of herald's CPU under a publish load.
-            // Streams written straight to the socket never had one.
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let route = req
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("unmatched", MatchedPath::as_str);
-                    tracing::debug_span!("http", method = %req.method(), route)
-                })
-                // Handlers log their own refusals, once; a `/readyz` 503
-                // during a planned drain is not an error at all.
-                .on_failure(()),
-        )
         .with_state(state)
 }
 
@@ -124,26 +121,4 @@ async fn not_found(req: Request) -> ApiError {
 
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
-}
-
-/// Counts every request answered, by method, route and status. Stream
-/// requests are counted where their answer is decided (`Streams::open`),
-/// whichever writer sends it, so not here.
-async fn count_requests(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = telemetry::method_label(req.method());
-    let res = next.run(req).await;
-    if route != crate::stream::PATH || method != "GET" {
-        metrics::counter!(
-            telemetry::HTTP_REQUESTS,
-            "method" => method,
-            "route" => route,
-            "status" => res.status().as_u16().to_string()
-        )
-        .increment(1);
-    }
-    res
 }

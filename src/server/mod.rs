@@ -10,9 +10,9 @@
 //! - A head that is not HTTP at all, or that hyper would refuse (a NUL in
 //!   the target, too many headers, too long), is answered here, with the
 //!   same problem+json as every other refusal, and the connection closed.
-//! - Everything else, including HTTP/2, goes to hyper and the axum router,
-//!   with the bytes already read put back in front; a head there over the
-//!   same limit gets the same 431 ([`refuse_large_head`]). A connection whose
+//! - Everything else, including HTTP/2, goes to hyper and the axum router
+//!   (`http::Edge`), with the bytes already read put back in front; a head
+//!   there over the same limit gets the same 431 from the edge. A connection whose
 //!   stream falls behind is cut ([`ConnectionCut`]), and so is one whose
 //!   client takes no bytes for `--write-timeout` ([`Prefixed`]).
 
@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::Request;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Incoming;
@@ -40,16 +39,17 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::error::ApiError;
+use crate::http::Edge;
 use crate::stream::Streams;
 use head::{Head, Parsed};
 
 /// Longest a client may take to send its request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted (431 beyond).
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest request head accepted (431 beyond), here and by `http::Edge`.
+pub const MAX_HEAD: usize = 16 * 1024;
 /// The HTTP/2 header list h2 lets through to herald, far above
 /// [`MAX_HEAD`] so that herald refuses a large head itself, with the same
-/// problem+json 431 as over HTTP/1 ([`refuse_large_head`]). At hyper's
+/// problem+json 431 as over HTTP/1 (`http::Edge`). At hyper's
 /// default, 16 KiB, h2 answered a larger head with a bare 431 (no body),
 /// and one over four times that (a 100 KB token) with a GOAWAY that ended
 /// the connection and every stream on it (a proxy multiplexes many users'
@@ -77,14 +77,9 @@ pub struct Peer(pub IpAddr);
 pub async fn serve(
     listener: TcpListener,
     streams: Streams,
-    router: Router,
+    router: Edge,
     stop_accepting: CancellationToken,
 ) {
-    // Turn every route into its service once, not per connection (what
-    // `axum::serve` would do, at a few KiB each).
-    let router = router
-        .layer(axum::middleware::from_fn(refuse_large_head))
-        .with_state(());
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -112,7 +107,7 @@ async fn handle(
     mut tcp: TcpStream,
     peer: IpAddr,
     streams: Streams,
-    router: Router,
+    router: Edge,
     watcher: Watcher,
 ) {
     let write_timeout = streams.settings.write_timeout;
@@ -170,7 +165,7 @@ async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
     }
 }
 
-async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watcher) {
+async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Edge, watcher: Watcher) {
     let cut = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -195,34 +190,6 @@ async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Router, watcher: Watche
         },
         () = cut.cancelled() => tracing::debug!("connection cut: its stream fell behind"),
     }
-}
-
-/// Refuses a head over [`MAX_HEAD`] that reached hyper, as [`handle`] does
-/// the first head of an HTTP/1 connection: an HTTP/2 request (up to
-/// [`H2_MAX_HEADER_LIST`]), or a later request on a kept-alive HTTP/1
-/// connection.
-async fn refuse_large_head(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if head_size(&req) > MAX_HEAD {
-        let refusal = ApiError::HeadTooLarge(format!("a request head over {MAX_HEAD} bytes"));
-        return axum::response::IntoResponse::into_response(refusal);
-    }
-    next.run(req).await
-}
-
-/// The size of `req`'s head as HTTP/1.1 would write it.
-fn head_size<B>(req: &Request<B>) -> usize {
-    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
-    // "GET /target HTTP/1.1\r\n", the headers ("name: value\r\n"), "\r\n".
-    let line = req.method().as_str().len() + 1 + target + 11;
-    let headers: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
-        .sum();
-    line + headers + 2
 }
 
 /// A socket with bytes already read from it put back in front, that gives

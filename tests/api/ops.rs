@@ -239,3 +239,54 @@ async fn made_up_methods_share_one_metric_label() {
     );
     app.stop().await;
 }
+
+/// `herald_http_requests_total` names the route a request reached (an
+/// alert divides by `route="/v1/events"`), the path itself, and
+/// `unmatched` for a path no route has. The labels are taken from the
+/// path before routing (`http::edge`), so this checks they agree with the
+/// router: a method a route does not take is still that route's (405),
+/// and a path only one character away is not (404). PATCH is sent by no
+/// other test, so the counts, shared by every app in this process, are
+/// exact.
+#[tokio::test]
+async fn requests_are_counted_by_the_route_they_reach() {
+    let app = spawn_app().await;
+    let series = |route: &str, status: u16| {
+        format!(
+            "herald_http_requests_total{{method=\"PATCH\",route=\"{route}\",status=\"{status}\"}}"
+        )
+    };
+    let before = app.metrics().await;
+    let count = |text: &str, route: &str, status: u16| metric_sum(text, &series(route, status));
+
+    for _ in 0..3 {
+        let res = app.client.patch(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(res.status(), 405);
+    }
+    for _ in 0..2 {
+        let res = app.client.patch(app.url("/readyz/")).send().await.unwrap();
+        assert_eq!(res.status(), 404);
+    }
+    let res = app
+        .client
+        .patch(app.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+
+    let after = app.metrics().await;
+    assert_eq!(
+        count(&after, "/readyz", 405) - count(&before, "/readyz", 405),
+        3.0
+    );
+    assert_eq!(
+        count(&after, "unmatched", 404) - count(&before, "unmatched", 404),
+        2.0
+    );
+    assert_eq!(
+        count(&after, "/v1/events", 405) - count(&before, "/v1/events", 405),
+        1.0
+    );
+    app.stop().await;
+}

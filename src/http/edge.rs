@@ -1,0 +1,232 @@
+//! What every request answered by the router passes through, before its
+//! route and after it, as one service around the whole router: the
+//! request-head limit, the CORS decision, a `debug` span, and the request
+//! count.
+//!
+//! One hand-written service rather than a stack of layers, because the
+//! stack cost about as much as the route behind it. axum applies a
+//! `Router::layer` to every route, so each request cloned the boxed route
+//! once per layer and boxed a future per layer: the four layers (three
+//! `from_fn` and tower-http's `TraceLayer`) took 14,600 of the 92,800
+//! instructions herald spent on one published event, and most of its 118
+//! allocations (callgrind, 3,000 publishes; `BENCHMARKS.md`, "One service
+//! around the router"). Around the whole router this is one reference
+//! count and one boxed future per request. The price is that the route is
+//! not known before routing: [`route_of`] names it from the path, which is
+//! exact because no route has a parameter.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::Counter;
+use tower::{Service, ServiceExt};
+use tracing::Instrument;
+
+use crate::cors::Cors;
+use crate::error::ApiError;
+use crate::telemetry;
+
+/// The paths the router answers, each its own `route` label; any other
+/// path is `unmatched`. `router()` routes exactly these.
+pub const ROUTES: [&str; 9] = [
+    "/",
+    "/console.js",
+    "/console.css",
+    "/favicon.svg",
+    "/v1/events",
+    crate::stream::PATH,
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// The `route` label of a request for `path`: the route it reaches, or
+/// `unmatched` (axum's `MatchedPath`, without routing first).
+pub fn route_of(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("unmatched")
+}
+
+/// The router with what every request passes through. Cheap to clone (one
+/// reference count), as hyper's glue clones it for every request.
+#[derive(Clone)]
+pub struct Edge(Arc<Inner>);
+
+struct Inner {
+    router: Router,
+    cors: Cors,
+    /// Largest request head taken (431 beyond).
+    max_head: usize,
+    counts: RequestCounts,
+}
+
+impl Edge {
+    /// `max_head`: the largest request head taken, as HTTP/1.1 would write
+    /// it (431 beyond). The accept loop refuses the first head of an
+    /// HTTP/1 connection itself; this catches an HTTP/2 request, or a later
+    /// request on a kept-alive HTTP/1 connection.
+    pub fn new(router: Router, cors: Cors, max_head: usize) -> Self {
+        Self(Arc::new(Inner {
+            router,
+            cors,
+            max_head,
+            counts: RequestCounts::default(),
+        }))
+    }
+}
+
+impl<B> Service<Request<B>> for Edge
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move { Ok(inner.answer(req.map(Body::new)).await) })
+    }
+}
+
+impl Inner {
+    async fn answer(&self, req: Request<Body>) -> Response {
+        if head_size(&req) > self.max_head {
+            let max = self.max_head;
+            return ApiError::HeadTooLarge(format!("a request head over {max} bytes"))
+                .into_response();
+        }
+        let route = route_of(req.uri().path());
+        let method = telemetry::method_label(req.method());
+        // The span names the route, never the full URI: query strings may
+        // carry tokens. It is a debug span (on with
+        // `RUST_LOG=info,herald::http=debug`): the logs at the default
+        // level that a request writes name their route themselves
+        // (`ApiError::log`), and making and formatting a span for every
+        // request was about 3 % of herald's CPU under a publish load.
+        // Streams written straight to the socket never had one.
+        let span = tracing::debug_span!("http", method, route);
+        let res = self.route(req, route).instrument(span).await;
+        // Stream requests are counted where their answer is decided
+        // (`Streams::open`), whichever writer sends it.
+        if route != crate::stream::PATH || method != "GET" {
+            self.counts.get(method, route, res.status()).increment(1);
+        }
+        res
+    }
+
+    /// A preflight's answer, or the router's with the CORS headers added.
+    /// The stream route's answers carry theirs already (from the stream's
+    /// description), so they are left as they are.
+    async fn route(&self, req: Request<Body>, route: &'static str) -> Response {
+        if !self.cors.is_enabled() {
+            return self.call_router(req).await;
+        }
+        let origin: Option<HeaderValue> = req.headers().get(header::ORIGIN).cloned();
+        let origin = origin.as_ref().map(HeaderValue::as_bytes);
+        if req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return self.cors.preflight(origin);
+        }
+        let mut res = self.call_router(req).await;
+        if route != crate::stream::PATH {
+            let h = res.headers_mut();
+            for (name, value) in self.cors.headers(origin) {
+                h.append(name, value);
+            }
+        }
+        res
+    }
+
+    async fn call_router(&self, req: Request<Body>) -> Response {
+        match self.router.clone().oneshot(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The size of `req`'s head as HTTP/1.1 would write it.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    // "GET /target HTTP/1.1\r\n", the headers ("name: value\r\n"), "\r\n".
+    let line = req.method().as_str().len() + 1 + target + 11;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+/// `herald_http_requests_total` handles by method, route and status,
+/// registered once each: the `counter!` macro with labels allocates the
+/// labels and looks the metric up on every call.
+#[derive(Default)]
+struct RequestCounts(RwLock<HashMap<(&'static str, &'static str, StatusCode), Counter>>);
+
+impl RequestCounts {
+    fn get(&self, method: &'static str, route: &'static str, status: StatusCode) -> Counter {
+        let key = (method, route, status);
+        if let Some(c) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return c.clone();
+        }
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert_with(|| {
+                metrics::counter!(
+                    telemetry::HTTP_REQUESTS,
+                    "method" => method,
+                    "route" => route,
+                    "status" => status.as_u16().to_string()
+                )
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_their_own_labels_and_the_rest_unmatched() {
+        assert_eq!(route_of("/v1/events"), "/v1/events");
+        assert_eq!(route_of("/v1/stream"), "/v1/stream");
+        assert_eq!(route_of("/"), "/");
+        assert_eq!(route_of("/v1/events/"), "unmatched");
+        assert_eq!(route_of("/v1/Events"), "unmatched");
+        assert_eq!(route_of("/nope"), "unmatched");
+    }
+
+    #[test]
+    fn head_size_counts_what_http1_would_write() {
+        let req = Request::get("/v1/events?topic=a")
+            .header("host", "x")
+            .body(())
+            .unwrap();
+        // "GET /v1/events?topic=a HTTP/1.1\r\n" + "host: x\r\n" + "\r\n"
+        assert_eq!(head_size(&req), 33 + 9 + 2);
+    }
+}
