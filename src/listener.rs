@@ -202,7 +202,7 @@ impl Listener {
                     .filter(|e| e.id > head)
                     .map(|e| Arc::new(e.to_frame()))
                     .collect();
-                self.deliver(&frames, "notification");
+                self.deliver(&frames, telemetry::listener_events_notified());
             }
             Notice::Hint { last } if last <= head => {}
             Notice::Events { .. } | Notice::Hint { .. } | Notice::Other => self.catch_up().await,
@@ -210,11 +210,11 @@ impl Listener {
     }
 
     /// Hands the next frames of the log to the hub.
-    fn deliver(&self, frames: &[Arc<Frame>], source: &'static str) {
+    /// `counted`: the `herald_listener_events_total` of where they came from.
+    fn deliver(&self, frames: &[Arc<Frame>], counted: &metrics::Counter) {
         let Some(last) = frames.last() else { return };
-        metrics::gauge!(telemetry::LOG_HEAD).set(last.id as f64);
-        metrics::counter!(telemetry::LISTENER_EVENTS, "source" => source)
-            .increment(frames.len() as u64);
+        telemetry::log_head().set(last.id as f64);
+        counted.increment(frames.len() as u64);
         self.hub.publish(frames);
     }
 
@@ -247,7 +247,7 @@ impl Listener {
             }
             let full = page.len() as i64 == PAGE;
             let frames: Vec<Arc<Frame>> = page.iter().map(|e| Arc::new(e.to_frame())).collect();
-            self.deliver(&frames, "log");
+            self.deliver(&frames, telemetry::listener_events_read());
             if !full {
                 return;
             }

@@ -92,8 +92,8 @@ async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiE
     let appended = state.log.append(events).await?;
 
     let created = appended.iter().filter(|a| a.created).count();
-    metrics::counter!(telemetry::EVENTS_PUBLISHED).increment(created as u64);
-    metrics::histogram!(telemetry::PUBLISH_SECONDS).record(started.elapsed());
+    telemetry::events_published().increment(created as u64);
+    telemetry::publish_seconds().record(started.elapsed());
     let status = if created > 0 {
         StatusCode::CREATED
     } else {

@@ -162,8 +162,8 @@ pub(super) async fn committer(pool: PgPool, mut rx: mpsc::Receiver<AppendJob>, t
         }
         let result = run(&pool, &mut kept, &group, timeout).await;
         waited_for_answer = result.is_ok() && !rx.is_empty();
-        metrics::histogram!(telemetry::APPEND_SECONDS).record(started.elapsed());
-        metrics::histogram!(telemetry::APPEND_GROUP_EVENTS).record(count as f64);
+        telemetry::append_seconds().record(started.elapsed());
+        telemetry::append_group_events().record(count as f64);
         match result {
             Ok(per_job) => {
                 for (job, appended) in group.into_iter().zip(per_job) {
