@@ -178,8 +178,8 @@ impl Instance {
         // come back (`retry:`, then the end) instead of being refused.
         let stop_accepting = CancellationToken::new();
         let streams = state.streams.open.clone();
-        let router = http::service(state.clone(), server::MAX_HEAD);
-        let serve = server::serve(tcp, state.streams.clone(), router, stop_accepting.clone());
+        let edge = http::service(state.clone(), server::MAX_HEAD);
+        let serve = server::serve(tcp, state.streams.clone(), edge, stop_accepting.clone());
         let mut server = tokio::spawn(async move {
             serve.await;
             Ok::<(), std::io::Error>(())

@@ -11,10 +11,11 @@
 //!   the target, too many headers, too long), is answered here, with the
 //!   same problem+json as every other refusal, and the connection closed.
 //! - Everything else, including HTTP/2, goes to hyper and the axum router
-//!   (`http::Edge`), with the bytes already read put back in front; a head
-//!   there over the same limit gets the same 431 from the edge. A connection whose
-//!   stream falls behind is cut ([`ConnectionCut`]), and so is one whose
-//!   client takes no bytes for `--write-timeout` ([`Prefixed`]).
+//!   (through `http::Edge`), with the bytes already read put back in
+//!   front; a head there over the same limit gets the same 431 from the
+//!   edge. A connection whose stream falls behind is cut
+//!   ([`ConnectionCut`]), and so is one whose client takes no bytes for
+//!   `--write-timeout` ([`Prefixed`]).
 
 mod head;
 mod raw;
@@ -77,7 +78,7 @@ pub struct Peer(pub IpAddr);
 pub async fn serve(
     listener: TcpListener,
     streams: Streams,
-    router: Edge,
+    edge: Edge,
     stop_accepting: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
@@ -96,20 +97,14 @@ pub async fn serve(
             () = stop_accepting.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (streams, router, watcher) = (streams.clone(), router.clone(), graceful.watcher());
-        tokio::spawn(handle(tcp, peer.ip(), streams, router, watcher));
+        let (streams, edge, watcher) = (streams.clone(), edge.clone(), graceful.watcher());
+        tokio::spawn(handle(tcp, peer.ip(), streams, edge, watcher));
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-async fn handle(
-    mut tcp: TcpStream,
-    peer: IpAddr,
-    streams: Streams,
-    router: Edge,
-    watcher: Watcher,
-) {
+async fn handle(mut tcp: TcpStream, peer: IpAddr, streams: Streams, edge: Edge, watcher: Watcher) {
     let write_timeout = streams.settings.write_timeout;
     let Ok(Some(buf)) = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut tcp)).await else {
         // Timed out or closed before a request: nothing to answer.
@@ -146,7 +141,7 @@ async fn handle(
         return;
     }
     let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
-    serve_hyper(io, peer, router, watcher).await;
+    serve_hyper(io, peer, edge, watcher).await;
 }
 
 /// Reads until the end of the request head (or `MAX_HEAD` bytes, or what
@@ -165,7 +160,7 @@ async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
     }
 }
 
-async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Edge, watcher: Watcher) {
+async fn serve_hyper(io: Prefixed, peer: IpAddr, edge: Edge, watcher: Watcher) {
     let cut = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -173,9 +168,9 @@ async fn serve_hyper(io: Prefixed, peer: IpAddr, router: Edge, watcher: Watcher)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().max_header_list_size(H2_MAX_HEADER_LIST);
-    // The router as one service per connection (an Arc clone), telling
-    // every request how to end its connection.
-    let service = TowerToHyperService::new(router.map_request({
+    // The edge and its router as one service per connection (an Arc
+    // clone), telling every request how to end its connection.
+    let service = TowerToHyperService::new(edge.map_request({
         let cut = cut.clone();
         move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ConnectionCut(cut.clone()));
