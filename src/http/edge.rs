@@ -120,7 +120,9 @@ impl Inner {
         // level that a request writes name their route themselves
         // (`ApiError::log`), and making and formatting a span for every
         // request was about 3 % of herald's CPU under a publish load.
-        // Streams written straight to the socket never had one.
+        // It covers a request until its answer's head: a body streamed
+        // after that (a stream over HTTP/2) is outside it, and streams
+        // written straight to the socket never had one.
         let span = tracing::debug_span!("http", method, route);
         let res = self.route(req, route).instrument(span).await;
         // Stream requests are counted where their answer is decided
