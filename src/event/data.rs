@@ -16,6 +16,7 @@
 //!   levels and Python's `json` at its recursion limit, so a deep value
 //!   could be stored and then be unreadable.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -133,8 +134,8 @@ impl<'de> Visitor<'de> for Check {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.enter()?;
-        let mut names = HashSet::new();
-        while let Some(name) = map.next_key::<String>()? {
+        let mut names = Names::default();
+        while let Some(name) = map.next_key_seed(NameSeed)? {
             check_chars(&name)?;
             if names.contains(&name) {
                 let shown: String = name.chars().take(64).collect();
@@ -142,10 +143,69 @@ impl<'de> Visitor<'de> for Check {
                     "an object repeats a member name ({shown:?})"
                 )));
             }
-            map.next_value_seed(inner)?;
             names.insert(name);
+            map.next_value_seed(inner)?;
         }
         Ok(())
+    }
+}
+
+/// The member names of one object seen so far. Most objects have a few,
+/// so they are compared in a list, borrowed from the request body where
+/// they hold no escape; past [`Names::LIST`] they go to a set.
+#[derive(Default)]
+struct Names<'de> {
+    list: Vec<Cow<'de, str>>,
+    set: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> Names<'de> {
+    const LIST: usize = 16;
+
+    fn contains(&self, name: &str) -> bool {
+        if self.set.is_empty() {
+            self.list.iter().any(|seen| seen == name)
+        } else {
+            self.set.contains(name)
+        }
+    }
+
+    fn insert(&mut self, name: Cow<'de, str>) {
+        if self.set.is_empty() && self.list.len() < Self::LIST {
+            self.list.push(name);
+            return;
+        }
+        if self.set.is_empty() {
+            self.set.extend(self.list.drain(..));
+        }
+        self.set.insert(name);
+    }
+}
+
+/// A member name, borrowed when the text holds no escape.
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 
@@ -215,14 +275,29 @@ mod tests {
         }
     }
 
+    /// An object of 40 distinct names (past the list `Names` starts
+    /// with), then `last`.
+    fn many_names_then(last: &str) -> String {
+        let names: Vec<String> = (0..40).map(|i| format!("\"n{i}\":{i}")).collect();
+        format!("{{{},{last}:0}}", names.join(","))
+    }
+
+    #[test]
+    fn objects_with_many_distinct_names_are_accepted() {
+        assert_eq!(check_data(&many_names_then("\"n40\"")), Ok(()));
+    }
+
     #[test]
     fn repeated_member_names_are_refused() {
         for bad in [
-            "{\"a\":1,\"a\":2}",
-            "{\"a\":1,\"\\u0061\":2}",
-            "[{\"x\":{\"b\":1,\"c\":2,\"b\":3}}]",
+            "{\"a\":1,\"a\":2}".to_owned(),
+            "{\"a\":1,\"\\u0061\":2}".to_owned(),
+            "[{\"x\":{\"b\":1,\"c\":2,\"b\":3}}]".to_owned(),
+            many_names_then("\"n0\""),
+            many_names_then("\"n39\""),
+            many_names_then("\"\\u006e7\""),
         ] {
-            assert!(refused(bad).contains("repeats a member name"), "{bad}");
+            assert!(refused(&bad).contains("repeats a member name"), "{bad}");
         }
     }
 

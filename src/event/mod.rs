@@ -24,27 +24,40 @@ pub use names::*;
 /// publisher's key order and number spelling. JSON strings cannot hold a raw
 /// CR or LF, so the result has none.
 pub fn compact_json(valid_json: &str) -> String {
-    let mut out = String::with_capacity(valid_json.len());
+    let bytes = valid_json.as_bytes();
+    // What JSON encoders write (JSON.stringify, serde_json) is compact
+    // already: a copy.
+    if !bytes.iter().any(|&b| is_json_space(b)) {
+        return valid_json.to_owned();
+    }
+    // By bytes: every byte of a multi-byte UTF-8 character is above 0x7F,
+    // so none is taken for a quote, a backslash or white space, and each
+    // passes through unchanged.
+    let mut out = Vec::with_capacity(bytes.len());
     let mut in_string = false;
     let mut escaped = false;
-    for c in valid_json.chars() {
+    for &b in bytes {
         if in_string {
-            out.push(c);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
+        } else if is_json_space(b) {
+            continue;
         }
+        out.push(b);
     }
-    out
+    // Only ASCII white space outside strings was left out.
+    String::from_utf8(out).expect("valid JSON minus ASCII white space is UTF-8")
+}
+
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// An event as stored in the log.
@@ -211,6 +224,16 @@ mod tests {
         assert_eq!(
             compact_json(raw),
             "{\"b\":1,\"a\":\"x y\\\" \\n z\",\"n\":1.50}"
+        );
+    }
+
+    #[test]
+    fn compact_json_keeps_text_that_is_compact_and_characters_beyond_ascii() {
+        let compact = "{\"a\":[1,\"é 😀\"],\"b\":null}";
+        assert_eq!(compact_json(compact), compact);
+        assert_eq!(
+            compact_json("{ \"é\" :\t\"😀 \\\\\" , \"b\": [ 1 ,2 ] }"),
+            "{\"é\":\"😀 \\\\\",\"b\":[1,2]}"
         );
     }
 

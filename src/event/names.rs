@@ -55,10 +55,19 @@ impl Topic {
     /// [`Invalid::Topic`] unless the text is 1-256 characters of non-empty
     /// `[A-Za-z0-9._-]` segments separated by `:` or `/`.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_TOPIC_LEN
-            && s.split([':', '/'])
-                .all(|seg| !seg.is_empty() && seg.bytes().all(is_name_char));
+        // One pass: every byte a name character or a separator, and no
+        // segment empty (no separator first, last, or after another).
+        let mut after_separator = true;
+        let ok = s.len() <= MAX_TOPIC_LEN
+            && s.bytes().all(|c| {
+                if is_separator(c) {
+                    !std::mem::replace(&mut after_separator, true)
+                } else {
+                    after_separator = false;
+                    is_name_char(c)
+                }
+            })
+            && !after_separator;
         if ok {
             Ok(Self(s.into()))
         } else {
@@ -315,6 +324,9 @@ mod tests {
             ":a",
             "a:",
             "a::b",
+            "/",
+            "a/:b",
+            "a:/",
             "a b",
             "a\nb",
             "é",

@@ -11,6 +11,7 @@
 //! (which one wins would be a guess), and one batch may not repeat a key (a
 //! `201` listing N events means N events were stored).
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -39,16 +40,19 @@ pub struct PublishLimits {
 }
 
 /// One event as a publisher sends it. Unknown fields are refused, so a typo
-/// such as `tpoic` is an error rather than an event without a topic.
+/// such as `tpoic` is an error rather than an event without a topic. Text
+/// is borrowed from the body unless it holds an escape.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventIn<'a> {
-    topic: String,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    event_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
-    key: Option<String>,
+    #[serde(borrow)]
+    key: Option<Cow<'a, str>>,
 }
 
 /// `POST /v1/events`. A refusal is logged once, here, and counted in
