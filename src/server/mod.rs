@@ -29,8 +29,8 @@ use std::time::Duration;
 use axum::http::Request;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -110,6 +110,7 @@ async fn handle(mut tcp: TcpStream, peer: IpAddr, streams: Streams, edge: Edge, 
         // Timed out or closed before a request: nothing to answer.
         return;
     };
+    let mut protocol = Protocol::Http1;
     let refusal = match Head::parse(&buf) {
         Parsed::Complete(head) => match raw::accept(&streams, &head, peer) {
             Some(stream) => {
@@ -120,7 +121,10 @@ async fn handle(mut tcp: TcpStream, peer: IpAddr, streams: Streams, edge: Edge, 
             }
             None => None,
         },
-        Parsed::Http2 => None,
+        Parsed::Http2 => {
+            protocol = Protocol::Http2;
+            None
+        }
         Parsed::Invalid(why) => Some(ApiError::MalformedRequest(why)),
         Parsed::TooManyHeaders => Some(ApiError::HeadTooLarge(format!(
             "more than {} headers",
@@ -141,7 +145,15 @@ async fn handle(mut tcp: TcpStream, peer: IpAddr, streams: Streams, edge: Edge, 
         return;
     }
     let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
-    serve_hyper(io, peer, edge, watcher).await;
+    serve_hyper(io, protocol, peer, edge, watcher).await;
+}
+
+/// What a connection handed to hyper speaks, as its first bytes said.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (the connection preface).
+    Http2,
 }
 
 /// Reads until the end of the request head (or `MAX_HEAD` bytes, or what
@@ -160,30 +172,58 @@ async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
     }
 }
 
-async fn serve_hyper(io: Prefixed, peer: IpAddr, edge: Edge, watcher: Watcher) {
+async fn serve_hyper(io: Prefixed, protocol: Protocol, peer: IpAddr, edge: Edge, watcher: Watcher) {
     let cut = CancellationToken::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().max_header_list_size(H2_MAX_HEADER_LIST);
     // The edge and its router as one service per connection (an Arc
-    // clone), telling every request how to end its connection.
+    // clone). A stream request is told how to end its connection and
+    // where it comes from (`http/stream.rs`); no other handler asks, so
+    // no other request carries them (extensions are a map allocated per
+    // request).
     let service = TowerToHyperService::new(edge.map_request({
         let cut = cut.clone();
         move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectionCut(cut.clone()));
-            req.extensions_mut().insert(Peer(peer));
+            if req.uri().path() == crate::stream::PATH {
+                req.extensions_mut().insert(ConnectionCut(cut.clone()));
+                req.extensions_mut().insert(Peer(peer));
+            }
             req
         }
     }));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // The head already said which protocol this is, so hyper is given
+    // the one it needs rather than one that reads the first bytes again
+    // to find out. Neither serves upgrades: no route answers `101`.
+    let io = TokioIo::new(io);
+    let served = match protocol {
+        Protocol::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            watch(watcher.watch(conn), &cut).await
+        }
+        Protocol::Http2 => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .serve_connection(io, service);
+            watch(watcher.watch(conn), &cut).await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves a connection until it ends or is cut.
+async fn watch(
+    conn: impl Future<Output = hyper::Result<()>>,
+    cut: &CancellationToken,
+) -> hyper::Result<()> {
     tokio::select! {
-        served = watcher.watch(conn.into_owned()) => if let Err(e) = served {
-            tracing::debug!(error = %e, "connection ended with an error");
-        },
-        () = cut.cancelled() => tracing::debug!("connection cut: its stream fell behind"),
+        served = conn => served,
+        () = cut.cancelled() => {
+            tracing::debug!("connection cut: its stream fell behind");
+            Ok(())
+        }
     }
 }
 
