@@ -15,18 +15,16 @@
 //! not known before routing: [`route_of`] names it from the path, which is
 //! exact because no route has a parameter.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::http::{HeaderValue, Method, Request, header};
 use axum::response::{IntoResponse, Response};
-use metrics::Counter;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
@@ -68,7 +66,6 @@ struct Inner {
     cors: Cors,
     /// Largest request head taken (431 beyond).
     max_head: usize,
-    counts: RequestCounts,
 }
 
 impl Edge {
@@ -81,7 +78,6 @@ impl Edge {
             router,
             cors,
             max_head,
-            counts: RequestCounts::default(),
         }))
     }
 }
@@ -128,7 +124,7 @@ impl Inner {
         // Stream requests are counted where their answer is decided
         // (`Streams::open`), whichever writer sends it.
         if route != crate::stream::PATH || method != "GET" {
-            self.counts.get(method, route, res.status()).increment(1);
+            telemetry::http_requests(method, route, res.status()).increment(1);
         }
         res
     }
@@ -178,34 +174,6 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
         .sum();
     line + headers + 2
-}
-
-/// `herald_http_requests_total` handles by method, route and status,
-/// registered once each: the `counter!` macro with labels allocates the
-/// labels and looks the metric up on every call.
-#[derive(Default)]
-struct RequestCounts(RwLock<HashMap<(&'static str, &'static str, StatusCode), Counter>>);
-
-impl RequestCounts {
-    fn get(&self, method: &'static str, route: &'static str, status: StatusCode) -> Counter {
-        let key = (method, route, status);
-        if let Some(c) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return c.clone();
-        }
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert_with(|| {
-                metrics::counter!(
-                    telemetry::HTTP_REQUESTS,
-                    "method" => method,
-                    "route" => route,
-                    "status" => status.as_u16().to_string()
-                )
-            })
-            .clone()
-    }
 }
 
 #[cfg(test)]

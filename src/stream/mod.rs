@@ -175,13 +175,7 @@ impl Streams {
                 ),
             ]);
         }
-        metrics::counter!(
-            telemetry::HTTP_REQUESTS,
-            "method" => "GET",
-            "route" => PATH,
-            "status" => status.as_str().to_owned()
-        )
-        .increment(1);
+        telemetry::http_requests("GET", PATH, status).increment(1);
         StreamResponse {
             status,
             headers,

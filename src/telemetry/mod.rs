@@ -8,9 +8,11 @@
 
 mod names;
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -111,6 +113,34 @@ handle!(
     listener_events_read: Counter =
         metrics::counter!(LISTENER_EVENTS, "source" => LISTENER_SOURCES[1])
 );
+
+/// `herald_http_requests_total{method, route, status}`, for every
+/// request answered, whichever writer answered it (the router's edge, or
+/// `Streams::open` for a stream). Each series is registered once and its
+/// handle kept: `counter!` with labels allocates the labels and looks the
+/// series up on every call.
+pub fn http_requests(method: &'static str, route: &'static str, status: StatusCode) -> Counter {
+    type Key = (&'static str, &'static str, StatusCode);
+    static SERIES: OnceLock<RwLock<HashMap<Key, Counter>>> = OnceLock::new();
+    let series = SERIES.get_or_init(RwLock::default);
+    let key = (method, route, status);
+    if let Some(c) = series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return c.clone();
+    }
+    series
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_insert_with(|| {
+            metrics::counter!(
+                HTTP_REQUESTS,
+                "method" => method,
+                "route" => route,
+                "status" => status.as_str().to_owned()
+            )
+        })
+        .clone()
+}
 
 /// Starts the tracing subscriber: `RUST_LOG` filters (default `info`),
 /// `format` picks human or JSON lines (one object per line). Colour only
