@@ -138,6 +138,14 @@ async fn write_stream(
             }
             continue;
         }
+        // Nearly always the socket takes the whole batch at once: then no
+        // timer is armed and no token watched. Only what it does not take
+        // waits, watched for a stall and for the hub cutting the stream.
+        match write_now(tcp, &mut batch) {
+            Ok(()) if batch.is_empty() => continue,
+            Ok(()) => {}
+            Err(e) => return sub.end(why_ended(&e)),
+        }
         tokio::select! {
             written = write_all(tcp, &mut batch, write_timeout) => if let Err(e) = written {
                 return sub.end(why_ended(&e));
@@ -178,6 +186,27 @@ async fn client_gone(tcp: &TcpStream) {
     }
 }
 
+/// Writes what the socket takes without waiting, and drops it from
+/// `batch`; what is left (if anything) waits for [`write_all`].
+fn write_now(tcp: &TcpStream, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < batch.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+        let n = fill(&mut slices, &batch[first..]);
+        match tcp.try_write_vectored(&slices[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => first = advance(batch, first, written),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    batch.drain(..first);
+    if batch.is_empty() {
+        done(batch);
+    }
+    Ok(())
+}
+
 /// Writes every chunk of `batch` (vectored) and empties it. A client that
 /// takes no byte for `write_timeout` is given up on (`TimedOut`); one that
 /// reads slowly but reads is not.
@@ -189,34 +218,108 @@ async fn write_all(
     let mut first = 0;
     while first < batch.len() {
         let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-        let n = (batch.len() - first).min(MAX_BATCH);
-        for (slice, chunk) in slices.iter_mut().zip(&batch[first..first + n]) {
-            *slice = IoSlice::new(chunk);
-        }
-        let mut written = tokio::time::timeout(write_timeout, tcp.write_vectored(&slices[..n]))
+        let n = fill(&mut slices, &batch[first..]);
+        let written = tokio::time::timeout(write_timeout, tcp.write_vectored(&slices[..n]))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while first < batch.len() && written >= batch[first].len() {
-            written -= batch[first].len();
-            first += 1;
-        }
-        if written > 0 {
-            // Part of a chunk went out: keep the rest (a cheap slice).
-            let rest = batch[first].slice(written..);
-            batch[first] = rest;
-        }
+        first = advance(batch, first, written);
     }
+    done(batch);
+    Ok(())
+}
+
+/// Points `slices` at the first chunks (as many as fit); returns how many.
+fn fill<'a>(slices: &mut [IoSlice<'a>; MAX_BATCH], chunks: &'a [Bytes]) -> usize {
+    let n = chunks.len().min(MAX_BATCH);
+    for (slice, chunk) in slices.iter_mut().zip(&chunks[..n]) {
+        *slice = IoSlice::new(chunk);
+    }
+    n
+}
+
+/// Moves past `written` bytes from chunk `first` on; returns the first
+/// chunk not wholly written.
+fn advance(batch: &mut [Bytes], mut first: usize, mut written: usize) -> usize {
+    while first < batch.len() && written >= batch[first].len() {
+        written -= batch[first].len();
+        first += 1;
+    }
+    if written > 0 {
+        // Part of a chunk went out: keep the rest (a cheap slice).
+        let rest = batch[first].slice(written..);
+        batch[first] = rest;
+    }
+    first
+}
+
+/// Empties a batch that went out.
+fn done(batch: &mut Vec<Bytes>) {
     batch.clear();
     if batch.capacity() > 8 {
         // A burst grew it; an idle stream should not keep the room.
         *batch = Vec::new();
     }
-    Ok(())
 }
 
 async fn close(mut tcp: TcpStream) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    fn chunks(n: usize, size: usize) -> Vec<Bytes> {
+        (0..n)
+            .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size]))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_takes_at_once_leaves_the_batch() {
+        let (server, mut client) = pair().await;
+        let mut batch = chunks(3, 10);
+        write_now(&server, &mut batch).unwrap();
+        assert!(batch.is_empty());
+        let mut got = [0_u8; 30];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..], [[b'a'; 10], [b'b'; 10], [b'c'; 10]].concat());
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_waits_and_nothing_is_lost_or_repeated() {
+        let (mut server, mut client) = pair().await;
+        // Far more than the socket buffers hold while nobody reads.
+        let sent = chunks(MAX_BATCH * 2, 256 * 1024);
+        let whole: Vec<u8> = sent.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut batch = sent.clone();
+        write_now(&server, &mut batch).unwrap();
+        let left: usize = batch.iter().map(Bytes::len).sum();
+        assert!(left > 0 && left < whole.len(), "a part went out, a part waits");
+
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_all(&mut server, &mut batch, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(batch.is_empty());
+        drop(server);
+        assert!(reader.await.unwrap() == whole, "the bytes, in order, once");
+    }
 }
