@@ -308,7 +308,10 @@ mod tests {
         let mut batch = sent.clone();
         write_now(&server, &mut batch).unwrap();
         let left: usize = batch.iter().map(Bytes::len).sum();
-        assert!(left > 0 && left < whole.len(), "a part went out, a part waits");
+        assert!(
+            left > 0 && left < whole.len(),
+            "a part went out, a part waits"
+        );
 
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
