@@ -68,8 +68,7 @@ impl std::ops::Deref for AppState {
 /// The router, with what every request passes through around it.
 /// `max_head`: the largest request head taken (see [`Edge::new`]).
 pub fn service(state: AppState, max_head: usize) -> Edge {
-    let cors = state.streams.cors.clone();
-    Edge::new(router(state), cors, max_head)
+    Edge::new(router(state.clone()), state, max_head)
 }
 
 /// The routes, one per path of [`ROUTES`] (the `route` label of the
@@ -91,6 +90,10 @@ fn router(state: AppState) -> Router {
         .route(script, get(console::script))
         .route(style, get(console::style))
         .route(icon, get(console::icon))
+        // The edge answers `POST` (publishing) before routing (`edge.rs`).
+        // It is named here too, with the same handler, so that the router
+        // still describes every method of every route: a 405 lists them
+        // in `Allow`.
         .route(events, get(history::history).post(publish::publish))
         .route(stream, get(stream::stream))
         .route(healthz, get(ops::healthz))
