@@ -121,24 +121,28 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Api
 
 /// `application/json` or any `application/*+json`, parameters allowed.
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let mime = headers
+    let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
         .unwrap_or_default();
-    let ok =
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
-    if ok {
+    if is_json(value) {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType)
     }
+}
+
+/// Whether a `Content-Type` names JSON, in any case, without copying it
+/// (every publish asks).
+fn is_json(content_type: &str) -> bool {
+    const APPLICATION: &str = "application/";
+    const SUFFIX: &str = "+json";
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let n = essence.len();
+    essence.eq_ignore_ascii_case("application/json")
+        || (n >= APPLICATION.len() + SUFFIX.len()
+            && essence.as_bytes()[..APPLICATION.len()].eq_ignore_ascii_case(APPLICATION.as_bytes())
+            && essence.as_bytes()[n - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX.as_bytes()))
 }
 
 async fn read_body(body: Body, limits: &PublishLimits) -> Result<bytes::Bytes, ApiError> {
@@ -263,4 +267,37 @@ fn validate(
         data,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_media_types_are_told_in_any_case_with_parameters() {
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=utf-8",
+            "application/cloudevents+json",
+            "APPLICATION/PROBLEM+JSON",
+        ] {
+            assert!(is_json(yes), "{yes:?}");
+        }
+        for no in [
+            "",
+            "text/plain",
+            "text/json",
+            "application/jsonx",
+            "application/x-www-form-urlencoded",
+            "application/json+xml",
+            "json",
+            "+json",
+            "application/",
+            "; application/json",
+        ] {
+            assert!(!is_json(no), "{no:?}");
+        }
+    }
 }
