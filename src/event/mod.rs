@@ -87,7 +87,7 @@ impl StoredEvent {
             self.data.len() + topic.len() + event_type.len() + time.len() + 64,
         );
         json.push_str("{\"id\":\"");
-        json.push_str(&self.id.to_string());
+        json.push_str(itoa::Buffer::new().format(self.id));
         json.push_str("\",\"topic\":\"");
         json.push_str(topic);
         json.push_str("\",\"type\":\"");
@@ -118,7 +118,7 @@ impl StoredEvent {
         let json = self.envelope_json();
         let mut buf = String::with_capacity(json.len() + self.event_type.as_str().len() + 40);
         buf.push_str("id: ");
-        buf.push_str(&self.id.to_string());
+        buf.push_str(itoa::Buffer::new().format(self.id));
         buf.push('\n');
         let event_start = buf.len();
         buf.push_str("event: ");
