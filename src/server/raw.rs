@@ -101,7 +101,7 @@ pub async fn serve(mut tcp: TcpStream, conn: StreamConn, write_timeout: Duration
         }
         StreamBody::Retry(retry) => {
             let mut batch = vec![response_head(status, &headers), retry];
-            let _ = write_all(&mut tcp, &mut batch, write_timeout).await;
+            let _ = write_all(&tcp, &mut batch, write_timeout).await;
         }
         StreamBody::Problem(problem) => {
             write_problem(&mut tcp, &problem, headers, write_timeout).await;
@@ -201,8 +201,9 @@ fn write_now(tcp: &TcpStream, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
         }
     }
     batch.drain(..first);
-    if batch.is_empty() {
-        done(batch);
+    if batch.is_empty() && batch.capacity() > 8 {
+        // A burst grew it; an idle stream should not keep the room.
+        *batch = Vec::new();
     }
     Ok(())
 }
@@ -211,24 +212,19 @@ fn write_now(tcp: &TcpStream, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
 /// takes no byte for `write_timeout` is given up on (`TimedOut`); one that
 /// reads slowly but reads is not.
 async fn write_all(
-    tcp: &mut TcpStream,
+    tcp: &TcpStream,
     batch: &mut Vec<Bytes>,
     write_timeout: Duration,
 ) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < batch.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-        let n = fill(&mut slices, &batch[first..]);
-        let written = tokio::time::timeout(write_timeout, tcp.write_vectored(&slices[..n]))
+    loop {
+        write_now(tcp, batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(write_timeout, tcp.writable())
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        first = advance(batch, first, written);
     }
-    done(batch);
-    Ok(())
 }
 
 /// Points `slices` at the first chunks (as many as fit); returns how many.
@@ -253,15 +249,6 @@ fn advance(batch: &mut [Bytes], mut first: usize, mut written: usize) -> usize {
         batch[first] = rest;
     }
     first
-}
-
-/// Empties a batch that went out.
-fn done(batch: &mut Vec<Bytes>) {
-    batch.clear();
-    if batch.capacity() > 8 {
-        // A burst grew it; an idle stream should not keep the room.
-        *batch = Vec::new();
-    }
 }
 
 async fn close(mut tcp: TcpStream) {
@@ -301,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_socket_does_not_take_waits_and_nothing_is_lost_or_repeated() {
-        let (mut server, mut client) = pair().await;
+        let (server, mut client) = pair().await;
         // Far more than the socket buffers hold while nobody reads.
         let sent = chunks(MAX_BATCH * 2, 256 * 1024);
         let whole: Vec<u8> = sent.iter().flat_map(|c| c.iter().copied()).collect();
@@ -318,7 +305,7 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        write_all(&mut server, &mut batch, Duration::from_secs(10))
+        write_all(&server, &mut batch, Duration::from_secs(10))
             .await
             .unwrap();
         assert!(batch.is_empty());
