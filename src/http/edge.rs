@@ -40,7 +40,6 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use super::{AppState, publish};
-use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::telemetry;
 
@@ -79,9 +78,9 @@ pub struct Edge(Arc<Inner>);
 
 struct Inner {
     router: Router,
-    /// What the publish handler is given (the router's own state).
+    /// What the publish handler is given (the router's own state), and
+    /// the CORS decision (`state.streams.cors`).
     state: AppState,
-    cors: Cors,
     /// Largest request head taken (431 beyond).
     max_head: usize,
 }
@@ -94,7 +93,6 @@ impl Edge {
     pub fn new(router: Router, state: AppState, max_head: usize) -> Self {
         Self(Arc::new(Inner {
             router,
-            cors: state.streams.cors.clone(),
             state,
             max_head,
         }))
@@ -152,7 +150,8 @@ impl Inner {
     /// The stream route's answers carry theirs already (from the stream's
     /// description), so they are left as they are.
     async fn route(&self, req: Request<Body>, route: &'static str) -> Response {
-        if !self.cors.is_enabled() {
+        let cors = &self.state.streams.cors;
+        if !cors.is_enabled() {
             return self.call_route(req, route).await;
         }
         let origin: Option<HeaderValue> = req.headers().get(header::ORIGIN).cloned();
@@ -162,12 +161,12 @@ impl Inner {
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return self.cors.preflight(origin);
+            return cors.preflight(origin);
         }
         let mut res = self.call_route(req, route).await;
         if route != crate::stream::PATH {
             let h = res.headers_mut();
-            for (name, value) in self.cors.headers(origin) {
+            for (name, value) in cors.headers(origin) {
                 h.append(name, value);
             }
         }
