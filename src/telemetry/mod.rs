@@ -119,9 +119,16 @@ handle!(
 /// `Streams::open` for a stream). Each series is registered once and its
 /// handle kept: `counter!` with labels allocates the labels and looks the
 /// series up on every call.
+///
+/// Looked up on every request: the map hashes with foldhash rather than
+/// std's SipHash, whose resistance to chosen keys buys nothing here (every
+/// label comes from a fixed set: [`method_label`], the routes, status
+/// codes) and which made this lookup about 520 instructions instead of
+/// 185 (callgrind).
 pub fn http_requests(method: &'static str, route: &'static str, status: StatusCode) -> Counter {
     type Key = (&'static str, &'static str, StatusCode);
-    static SERIES: OnceLock<RwLock<HashMap<Key, Counter>>> = OnceLock::new();
+    type Series = HashMap<Key, Counter, foldhash::fast::FixedState>;
+    static SERIES: OnceLock<RwLock<Series>> = OnceLock::new();
     let series = SERIES.get_or_init(RwLock::default);
     let key = (method, route, status);
     if let Some(c) = series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
