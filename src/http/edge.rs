@@ -97,6 +97,17 @@ impl Edge {
             max_head,
         }))
     }
+
+    /// The answer to `req`, as hyper's calls get it (the accept loop's
+    /// own publish path, `server/publish.rs`, calls this).
+    pub async fn answer(&self, req: Request<Body>) -> Response {
+        self.0.answer(req).await
+    }
+
+    /// The largest publish body taken (`--max-body-bytes`).
+    pub fn max_body_bytes(&self) -> usize {
+        self.0.state.limits.max_body_bytes
+    }
 }
 
 impl<B> Service<Request<B>> for Edge

@@ -32,8 +32,8 @@ use crate::listener::ListenerStatus;
 use crate::log::EventLog;
 use crate::stream::Streams;
 
-pub use edge::Edge;
 use edge::ROUTES;
+pub use edge::{EVENTS, Edge};
 pub use publish::PublishLimits;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for

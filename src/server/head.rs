@@ -1,6 +1,8 @@
 //! The request head as the accept loop reads it, before deciding which
 //! writer serves the connection.
 
+use std::mem::MaybeUninit;
+
 use crate::stream::RequestHead;
 
 /// Most headers in a request: hyper's own limit, so a request refused here
@@ -16,6 +18,11 @@ pub struct Head<'a> {
     /// The request target, query string included.
     pub target: &'a str,
     pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The minor version: `1` for HTTP/1.1, `0` for HTTP/1.0.
+    pub version: u8,
+    /// Bytes of the head, its closing blank line included: where a body
+    /// (or the next request) starts.
+    pub len: usize,
 }
 
 /// What the bytes read so far are.
@@ -32,30 +39,47 @@ pub enum Parsed<'a> {
 
 impl<'a> Head<'a> {
     pub fn parse(buf: &'a [u8]) -> Parsed<'a> {
-        if buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf) {
-            return if buf.len() >= H2_PREFACE.len() {
-                Parsed::Http2
-            } else {
-                Parsed::Partial
-            };
+        if let Some(h2) = preface(buf) {
+            return h2;
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
+        // Uninitialised: the parser writes the headers it finds, and a
+        // head on every publish need not clear room for a hundred first.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Partial) => Parsed::Partial,
-            Ok(httparse::Status::Complete(_)) => {
-                let (Some(method), Some(target)) = (req.method, req.path) else {
+            Ok(httparse::Status::Complete(len)) => {
+                let (Some(method), Some(target), Some(version)) =
+                    (req.method, req.path, req.version)
+                else {
                     return Parsed::Invalid("incomplete request line");
                 };
                 Parsed::Complete(Head {
                     method,
                     target,
                     headers: req.headers.iter().map(|h| (h.name, h.value)).collect(),
+                    version,
+                    len,
                 })
             }
             Err(httparse::Error::TooManyHeaders) => Parsed::TooManyHeaders,
             Err(e) => Parsed::Invalid(describe(e)),
         }
+    }
+
+    /// Whether `buf` is the start of a head and no more: as
+    /// `matches!(Head::parse(buf), Parsed::Partial)`, without collecting
+    /// the headers (the accept loop asks after every read).
+    pub fn is_partial(buf: &[u8]) -> bool {
+        if let Some(h2) = preface(buf) {
+            return matches!(h2, Parsed::Partial);
+        }
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        matches!(
+            req.parse_with_uninit_headers(buf, &mut headers),
+            Ok(httparse::Status::Partial)
+        )
     }
 
     pub fn path(&self) -> &'a str {
@@ -87,6 +111,18 @@ impl RequestHead for Head<'_> {
     }
 }
 
+/// What the HTTP/2 preface makes of `buf`: all of it (HTTP/2), the start
+/// of it (partial), or nothing (`None`: HTTP/1 to parse).
+fn preface(buf: &[u8]) -> Option<Parsed<'static>> {
+    if buf.starts_with(H2_PREFACE) {
+        Some(Parsed::Http2)
+    } else if H2_PREFACE.starts_with(buf) {
+        Some(Parsed::Partial)
+    } else {
+        None
+    }
+}
+
 fn describe(e: httparse::Error) -> &'static str {
     match e {
         httparse::Error::HeaderName => "invalid header name",
@@ -114,6 +150,7 @@ mod tests {
         assert_eq!(head.query(), "topic=a&topic=b");
         assert_eq!(head.header_values("last-event-id"), [b"5"]);
         assert!(!head.has_body_or_upgrade());
+        assert_eq!((head.version, head.len), (1, raw.len()));
     }
 
     #[test]
@@ -131,6 +168,16 @@ mod tests {
             Parsed::Http2
         ));
         assert!(matches!(Head::parse(b"PRI * HT"), Parsed::Partial));
+        for partial in [&b""[..], b"PRI * HT", b"GET / HTTP/1.1\r\nHo"] {
+            assert!(Head::is_partial(partial), "{partial:?}");
+        }
+        for whole in [
+            &b"PRI * HTTP/2.0\r\n"[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET /a\0b",
+        ] {
+            assert!(!Head::is_partial(whole), "{whole:?}");
+        }
         let many = format!(
             "GET / HTTP/1.1\r\n{}\r\n",
             "a: b\r\n".repeat(MAX_HEADERS + 1)

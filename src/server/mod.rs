@@ -1,12 +1,16 @@
 //! The accept loop: every connection's request head is read here first
 //! (with a deadline, so a client that never finishes its headers cannot
-//! hold a connection), then the connection goes one of three ways:
+//! hold a connection), then the connection goes one of four ways:
 //!
 //! - `GET /v1/stream` over HTTP/1.x goes to [`raw`], which writes the answer
 //!   straight to the socket. An open stream is most of what a busy instance
 //!   holds, and this path keeps it to the subscription itself: hyper would
 //!   keep a read buffer and a write buffer (16 KiB and 8 KiB here) per
 //!   connection for the stream's whole life.
+//! - `POST /v1/events` over HTTP/1.1, plain and whole, goes to
+//!   [`publish`], which answers it through the same `http::Edge` and
+//!   writes the answer itself, then reads the connection's next head here
+//!   again: hyper's HTTP/1 machinery cost a publish more than its handler.
 //! - A head that is not HTTP at all, or that hyper would refuse (a NUL in
 //!   the target, too many headers, too long), is answered here, with the
 //!   same problem+json as every other refusal, and the connection closed.
@@ -18,6 +22,7 @@
 //!   `--write-timeout` ([`Prefixed`]).
 
 mod head;
+mod publish;
 mod raw;
 
 use std::io;
@@ -43,6 +48,7 @@ use crate::error::ApiError;
 use crate::http::Edge;
 use crate::stream::Streams;
 use head::{Head, Parsed};
+use publish::Served;
 
 /// Longest a client may take to send its request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,51 +104,107 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let (streams, edge, watcher) = (streams.clone(), edge.clone(), graceful.watcher());
-        tokio::spawn(handle(tcp, peer.ip(), streams, edge, watcher));
+        let stop = stop_accepting.clone();
+        tokio::spawn(handle(tcp, peer.ip(), streams, edge, watcher, stop));
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-async fn handle(mut tcp: TcpStream, peer: IpAddr, streams: Streams, edge: Edge, watcher: Watcher) {
+async fn handle(
+    mut tcp: TcpStream,
+    peer: IpAddr,
+    streams: Streams,
+    edge: Edge,
+    watcher: Watcher,
+    stop_accepting: CancellationToken,
+) {
     let write_timeout = streams.settings.write_timeout;
-    let Ok(Some(buf)) = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut tcp)).await else {
+    let mut buf = BytesMut::with_capacity(1024);
+    if !matches!(
+        tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut tcp, &mut buf)).await,
+        Ok(true)
+    ) {
         // Timed out or closed before a request: nothing to answer.
         return;
-    };
+    }
     let mut protocol = Protocol::Http1;
-    let refusal = match Head::parse(&buf) {
-        Parsed::Complete(head) => match raw::accept(&streams, &head, peer) {
-            Some(stream) => {
-                drop(head);
-                drop(buf);
-                raw::serve(tcp, stream, write_timeout).await;
-                return;
+    // What a kept-alive connection waits on between requests, made once
+    // for the connection: a timer moved on for each request costs little,
+    // one made for each did not.
+    let idle = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(idle);
+    let stopped = stop_accepting.cancelled();
+    tokio::pin!(stopped);
+    // Each head in turn, while they are publishes this loop answers
+    // itself (`publish.rs`); the first that is not decides the rest of
+    // the connection. `watcher` is held meanwhile, so that a stop waits
+    // for an answer in flight here as it does for hyper's.
+    let refusal = loop {
+        let plain = match Head::parse(&buf) {
+            Parsed::Complete(head) => {
+                if let Some(stream) = raw::accept(&streams, &head, peer) {
+                    drop(head);
+                    drop(buf);
+                    raw::serve(tcp, stream, write_timeout).await;
+                    return;
+                }
+                match publish::accept(&head, edge.max_body_bytes()) {
+                    Some(plain) => plain,
+                    None => break None,
+                }
             }
-            None => None,
-        },
-        Parsed::Http2 => {
-            protocol = Protocol::Http2;
-            None
+            Parsed::Http2 => {
+                protocol = Protocol::Http2;
+                break None;
+            }
+            Parsed::Invalid(why) => break Some(ApiError::MalformedRequest(why)),
+            Parsed::TooManyHeaders => {
+                break Some(ApiError::HeadTooLarge(format!(
+                    "more than {} headers",
+                    head::MAX_HEADERS
+                )));
+            }
+            // `read_head` stops at MAX_HEAD.
+            Parsed::Partial => {
+                break Some(ApiError::HeadTooLarge(format!(
+                    "a request head over {MAX_HEAD} bytes"
+                )));
+            }
+        };
+        match publish::serve(
+            &mut tcp,
+            &mut buf,
+            plain,
+            &edge,
+            write_timeout,
+            &stop_accepting,
+        )
+        .await
+        {
+            Served::ToHyper => break None,
+            Served::Closed => return raw::close(tcp).await,
+            Served::Next => {
+                // The next request, as hyper waits for one on a kept-alive
+                // connection: within the head deadline, and closed idle
+                // once the server stops accepting.
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+                let next = tokio::select! {
+                    biased;
+                    read = read_head(&mut tcp, &mut buf) => read,
+                    () = &mut idle => false,
+                    () = &mut stopped => false,
+                };
+                if !next {
+                    return raw::close(tcp).await;
+                }
+            }
         }
-        Parsed::Invalid(why) => Some(ApiError::MalformedRequest(why)),
-        Parsed::TooManyHeaders => Some(ApiError::HeadTooLarge(format!(
-            "more than {} headers",
-            head::MAX_HEADERS
-        ))),
-        // `read_head` stops at MAX_HEAD.
-        Parsed::Partial => Some(ApiError::HeadTooLarge(format!(
-            "a request head over {MAX_HEAD} bytes"
-        ))),
     };
     if let Some(refusal) = refusal {
         raw::write_problem(&mut tcp, &refusal, Vec::new(), write_timeout).await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::io::AsyncWriteExt::shutdown(&mut tcp),
-        )
-        .await;
-        return;
+        return raw::close(tcp).await;
     }
     let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
     serve_hyper(io, protocol, peer, edge, watcher).await;
@@ -156,18 +218,22 @@ enum Protocol {
     Http2,
 }
 
-/// Reads until the end of the request head (or `MAX_HEAD` bytes, or what
-/// is not HTTP/1, such as the HTTP/2 preface). `None` when the client
-/// closed before sending anything.
-async fn read_head(tcp: &mut TcpStream) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(1024);
+/// Reads into `buf` until it holds a whole request head (or `MAX_HEAD`
+/// bytes, or what is not HTTP/1, such as the HTTP/2 preface); what `buf`
+/// already holds (a pipelined request) counts. `false` when the client
+/// closed having sent nothing more.
+async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> bool {
     loop {
-        if tcp.read_buf(&mut buf).await.ok()? == 0 {
-            return (!buf.is_empty()).then_some(buf);
+        let wants_more = buf.is_empty() || (Head::is_partial(buf) && buf.len() < MAX_HEAD);
+        if !wants_more {
+            return true;
         }
-        match Head::parse(&buf) {
-            Parsed::Partial if buf.len() < MAX_HEAD => {}
-            _ => return Some(buf),
+        match tcp.read_buf(buf).await {
+            // What came before the end is answered (a partial head is
+            // refused).
+            Ok(0) => return !buf.is_empty(),
+            Ok(_) => {}
+            Err(_) => return false,
         }
     }
 }

@@ -211,7 +211,7 @@ fn write_now(tcp: &TcpStream, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
 /// Writes every chunk of `batch` (vectored) and empties it. A client that
 /// takes no byte for `write_timeout` is given up on (`TimedOut`); one that
 /// reads slowly but reads is not.
-async fn write_all(
+pub(super) async fn write_all(
     tcp: &TcpStream,
     batch: &mut Vec<Bytes>,
     write_timeout: Duration,
@@ -251,7 +251,9 @@ fn advance(batch: &mut [Bytes], mut first: usize, mut written: usize) -> usize {
     first
 }
 
-async fn close(mut tcp: TcpStream) {
+/// Ends a connection written here, giving a client that stopped reading
+/// [`CLOSE_TIMEOUT`] to take the last bytes.
+pub(super) async fn close(mut tcp: TcpStream) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
 }
 

@@ -10,6 +10,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod commit;
+mod connections;
 mod cors;
 mod delivery;
 mod deploy;
