@@ -128,86 +128,122 @@ async fn handle(
         // Timed out or closed before a request: nothing to answer.
         return;
     }
-    let mut protocol = Protocol::Http1;
-    // What a kept-alive connection waits on between requests, made once
-    // for the connection: a timer moved on for each request costs little,
-    // one made for each did not.
+    let mut way = decide(&buf, peer, &streams, &edge);
+    if let Way::Publish(plain) = way {
+        // Boxed: the answer's future is large, and every connection's
+        // task would otherwise be as large, an idle stream's included.
+        // `watcher` is held meanwhile, so that a stop waits for an answer
+        // in flight here as it does for hyper's.
+        let publishes = publish_while(
+            &mut tcp,
+            &mut buf,
+            plain,
+            peer,
+            (&streams, &edge),
+            &stop_accepting,
+        );
+        way = Box::pin(publishes).await;
+    }
+    match way {
+        Way::Stream(stream) => {
+            drop(buf);
+            raw::serve(tcp, stream, write_timeout).await;
+        }
+        Way::Refuse(refusal) => {
+            raw::write_problem(&mut tcp, &refusal, Vec::new(), write_timeout).await;
+            raw::close(tcp).await;
+        }
+        Way::Hyper(protocol) => {
+            let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
+            serve_hyper(io, protocol, peer, edge, watcher).await;
+        }
+        Way::Publish(_) | Way::Closed => raw::close(tcp).await,
+    }
+}
+
+/// Where a request head sends its connection.
+enum Way {
+    /// `GET /v1/stream` over HTTP/1.x, written straight to the socket.
+    Stream(raw::StreamConn),
+    /// A plain publish, answered here (`publish.rs`).
+    Publish(publish::Plain),
+    /// Refused here, and the connection closed.
+    Refuse(ApiError),
+    /// Hyper's, from the buffer on, for the rest of the connection.
+    Hyper(Protocol),
+    /// Ended.
+    Closed,
+}
+
+/// The way of the request head at the start of `buf`.
+fn decide(buf: &[u8], peer: IpAddr, streams: &Streams, edge: &Edge) -> Way {
+    match Head::parse(buf) {
+        Parsed::Complete(head) => {
+            if let Some(stream) = raw::accept(streams, &head, peer) {
+                Way::Stream(stream)
+            } else if let Some(plain) = publish::accept(&head, edge.max_body_bytes()) {
+                Way::Publish(plain)
+            } else {
+                Way::Hyper(Protocol::Http1)
+            }
+        }
+        Parsed::Http2 => Way::Hyper(Protocol::Http2),
+        Parsed::Invalid(why) => Way::Refuse(ApiError::MalformedRequest(why)),
+        Parsed::TooManyHeaders => Way::Refuse(ApiError::HeadTooLarge(format!(
+            "more than {} headers",
+            head::MAX_HEADERS
+        ))),
+        // `read_head` stops at MAX_HEAD.
+        Parsed::Partial => Way::Refuse(ApiError::HeadTooLarge(format!(
+            "a request head over {MAX_HEAD} bytes"
+        ))),
+    }
+}
+
+/// Answers `first` and the publishes after it on the connection; returns
+/// the way of the first request that is not one (or `Closed`).
+async fn publish_while(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    first: publish::Plain,
+    peer: IpAddr,
+    (streams, edge): (&Streams, &Edge),
+    stop_accepting: &CancellationToken,
+) -> Way {
+    let write_timeout = streams.settings.write_timeout;
+    // What a kept-alive connection waits on between requests, made once:
+    // a timer moved on for each request costs little, one made for each
+    // did not.
     let idle = tokio::time::sleep(HEADER_READ_TIMEOUT);
     tokio::pin!(idle);
     let stopped = stop_accepting.cancelled();
     tokio::pin!(stopped);
-    // Each head in turn, while they are publishes this loop answers
-    // itself (`publish.rs`); the first that is not decides the rest of
-    // the connection. `watcher` is held meanwhile, so that a stop waits
-    // for an answer in flight here as it does for hyper's.
-    let refusal = loop {
-        let plain = match Head::parse(&buf) {
-            Parsed::Complete(head) => {
-                if let Some(stream) = raw::accept(&streams, &head, peer) {
-                    drop(head);
-                    drop(buf);
-                    raw::serve(tcp, stream, write_timeout).await;
-                    return;
-                }
-                match publish::accept(&head, edge.max_body_bytes()) {
-                    Some(plain) => plain,
-                    None => break None,
-                }
-            }
-            Parsed::Http2 => {
-                protocol = Protocol::Http2;
-                break None;
-            }
-            Parsed::Invalid(why) => break Some(ApiError::MalformedRequest(why)),
-            Parsed::TooManyHeaders => {
-                break Some(ApiError::HeadTooLarge(format!(
-                    "more than {} headers",
-                    head::MAX_HEADERS
-                )));
-            }
-            // `read_head` stops at MAX_HEAD.
-            Parsed::Partial => {
-                break Some(ApiError::HeadTooLarge(format!(
-                    "a request head over {MAX_HEAD} bytes"
-                )));
-            }
-        };
-        match publish::serve(
-            &mut tcp,
-            &mut buf,
-            plain,
-            &edge,
-            write_timeout,
-            &stop_accepting,
-        )
-        .await
-        {
-            Served::ToHyper => break None,
-            Served::Closed => return raw::close(tcp).await,
-            Served::Next => {
-                // The next request, as hyper waits for one on a kept-alive
-                // connection: within the head deadline, and closed idle
-                // once the server stops accepting.
-                idle.as_mut()
-                    .reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
-                let next = tokio::select! {
-                    biased;
-                    read = read_head(&mut tcp, &mut buf) => read,
-                    () = &mut idle => false,
-                    () = &mut stopped => false,
-                };
-                if !next {
-                    return raw::close(tcp).await;
-                }
-            }
+    let mut plain = first;
+    loop {
+        match publish::serve(tcp, buf, plain, edge, write_timeout, stop_accepting).await {
+            Served::ToHyper => return Way::Hyper(Protocol::Http1),
+            Served::Closed => return Way::Closed,
+            Served::Next => {}
         }
-    };
-    if let Some(refusal) = refusal {
-        raw::write_problem(&mut tcp, &refusal, Vec::new(), write_timeout).await;
-        return raw::close(tcp).await;
+        // The next request, as hyper waits for one on a kept-alive
+        // connection: within the head deadline, and closed idle once the
+        // server stops accepting.
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+        let next = tokio::select! {
+            biased;
+            read = read_head(tcp, buf) => read,
+            () = &mut idle => false,
+            () = &mut stopped => false,
+        };
+        if !next {
+            return Way::Closed;
+        }
+        plain = match decide(buf, peer, streams, edge) {
+            Way::Publish(plain) => plain,
+            other => return other,
+        };
     }
-    let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
-    serve_hyper(io, protocol, peer, edge, watcher).await;
 }
 
 /// What a connection handed to hyper speaks, as its first bytes said.

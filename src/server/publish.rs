@@ -44,6 +44,9 @@ use super::head::Head;
 use super::raw;
 use crate::http::{EVENTS, Edge};
 
+/// Most room made at a time for a body being read.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// A publish this path answers, decided from its head.
 pub(super) struct Plain {
     /// What hyper would have handed the edge, without the body.
@@ -113,7 +116,9 @@ pub(super) async fn serve(
 ) -> Served {
     let whole = plain.head_len + plain.body_len;
     while buf.len() < whole {
-        buf.reserve(whole - buf.len());
+        // Room for what has come, not for what the head announces: a head
+        // alone must not make the connection hold `--max-body-bytes`.
+        buf.reserve((whole - buf.len()).min(READ_CHUNK));
         match tcp.try_read_buf(buf) {
             // Gone mid-body: nobody would read an answer.
             Ok(0) => return Served::Closed,
