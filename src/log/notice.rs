@@ -23,8 +23,6 @@
 //!   two fields are the append's own (its ids and commit time are taken
 //!   in the statement); the rest is [`body`], written before it is sent.
 
-use std::fmt::Write as _;
-
 use time::OffsetDateTime;
 
 use super::NewEvent;
@@ -53,10 +51,19 @@ pub fn body<'a>(events: impl Iterator<Item = &'a NewEvent> + Clone) -> Option<St
         return None;
     }
     let mut out = String::with_capacity(size);
-    let _ = write!(out, "{count}");
+    // `itoa` rather than `write!`: `core::fmt` cost about 1,000
+    // instructions an event here (callgrind, one event an append).
+    let mut number = itoa::Buffer::new();
+    out.push_str(number.format(count));
     for e in events {
         let (topic, ty) = (e.topic.as_str(), e.event_type.as_str());
-        let _ = write!(out, "\n{},{},{}:", topic.len(), ty.len(), e.data.len());
+        out.push('\n');
+        out.push_str(number.format(topic.len()));
+        out.push(',');
+        out.push_str(number.format(ty.len()));
+        out.push(',');
+        out.push_str(number.format(e.data.len()));
+        out.push(':');
         out.push_str(topic);
         out.push_str(ty);
         out.push_str(&e.data);
