@@ -6,6 +6,7 @@
 //! SSE `id:`, `event:` or `data:` line with a CR or LF in it
 //! (WHATWG HTML, "Server-sent events", §9.2.5 interpreting an event stream).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -81,23 +82,29 @@ impl StoredEvent {
     /// characters JSON never escapes, so nothing here needs parsing or
     /// escaping again (this runs once per event on the delivery path).
     pub fn envelope_json(&self) -> String {
-        let time = self.time.format(&Rfc3339).unwrap_or_default();
-        let (topic, event_type) = (self.topic.as_str(), self.event_type.as_str());
-        let mut json = String::with_capacity(
-            self.data.len() + topic.len() + event_type.len() + time.len() + 64,
-        );
+        let mut json = String::with_capacity(self.envelope_room());
+        self.push_envelope(&mut json);
+        json
+    }
+
+    /// Room for the envelope: its fields, and the rest (names, quotes, the
+    /// id and the time) in at most 100 bytes.
+    fn envelope_room(&self) -> usize {
+        self.data.len() + self.topic.as_str().len() + self.event_type.as_str().len() + 100
+    }
+
+    fn push_envelope(&self, json: &mut String) {
         json.push_str("{\"id\":\"");
         json.push_str(itoa::Buffer::new().format(self.id));
         json.push_str("\",\"topic\":\"");
-        json.push_str(topic);
+        json.push_str(self.topic.as_str());
         json.push_str("\",\"type\":\"");
-        json.push_str(event_type);
+        json.push_str(self.event_type.as_str());
         json.push_str("\",\"time\":\"");
-        json.push_str(&time);
+        push_rfc3339(json, self.time);
         json.push_str("\",\"data\":");
         json.push_str(&self.data);
         json.push('}');
-        json
     }
 
     /// The envelopes of `events` as one JSON array.
@@ -115,8 +122,9 @@ impl StoredEvent {
 
     /// The SSE frame: `id: 42\nevent: t\ndata: {…}\n\n`.
     pub fn to_frame(&self) -> Frame {
-        let json = self.envelope_json();
-        let mut buf = String::with_capacity(json.len() + self.event_type.as_str().len() + 40);
+        // The envelope is written in place, not made and then copied.
+        let mut buf =
+            String::with_capacity(self.envelope_room() + self.event_type.as_str().len() + 40);
         buf.push_str("id: ");
         buf.push_str(itoa::Buffer::new().format(self.id));
         buf.push('\n');
@@ -126,7 +134,7 @@ impl StoredEvent {
         buf.push('\n');
         let event_end = buf.len();
         buf.push_str("data: ");
-        buf.push_str(&json);
+        self.push_envelope(&mut buf);
         buf.push_str("\n\n");
         Frame {
             id: self.id,
@@ -136,6 +144,29 @@ impl StoredEvent {
             event_line: (event_start, event_end),
         }
     }
+}
+
+/// Appends `time` in RFC 3339. The events of one append share their
+/// commit time, and an event's time is written for its publisher and
+/// again for its frame: the last time written is kept, per thread, and
+/// written again without formatting.
+fn push_rfc3339(out: &mut String, time: OffsetDateTime) {
+    thread_local! {
+        static LAST: RefCell<Option<(OffsetDateTime, String)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        match last {
+            // `==` compares instants; the text also shows the offset.
+            Some((at, text)) if *at == time && at.offset() == time.offset() => {
+                out.push_str(text);
+            }
+            _ => {
+                let text = time.format(&Rfc3339).unwrap_or_default();
+                out.push_str(&text);
+                *last = Some((time, text));
+            }
+        }
+    });
 }
 
 /// An event encoded once as SSE bytes; the same `Bytes` go to every
@@ -217,6 +248,19 @@ pub fn auth_expiring_frame(expires_at: OffsetDateTime) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_as_formatted_whatever_was_written_before() {
+        let a = OffsetDateTime::from_unix_timestamp_nanos(1_764_576_000_123_456_000).unwrap();
+        let b = OffsetDateTime::from_unix_timestamp(1_764_576_001).unwrap();
+        // The same instant at another offset reads differently.
+        let a_east = a.to_offset(time::macros::offset!(+2));
+        for t in [a, a, b, a, a_east, a_east, a] {
+            let mut out = String::new();
+            push_rfc3339(&mut out, t);
+            assert_eq!(out, t.format(&Rfc3339).unwrap());
+        }
+    }
 
     #[test]
     fn compact_json_keeps_strings_and_order() {
