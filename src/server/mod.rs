@@ -260,7 +260,13 @@ enum Protocol {
 /// closed having sent nothing more.
 async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> bool {
     loop {
-        let wants_more = buf.is_empty() || (Head::is_partial(buf) && buf.len() < MAX_HEAD);
+        // The blank line that ends a head is looked for first: a head
+        // that has it is whole (or not HTTP/1, which `decide` tells), and
+        // is parsed once, there. Only a read that ends before it is
+        // parsed here, to refuse at once what can never become a head.
+        let whole = memchr::memmem::find(buf, b"\r\n\r\n").is_some();
+        let wants_more =
+            buf.is_empty() || (!whole && Head::is_partial(buf) && buf.len() < MAX_HEAD);
         if !wants_more {
             return true;
         }
