@@ -50,6 +50,9 @@ use crate::stream::Streams;
 use head::{Head, Parsed};
 use publish::Served;
 
+/// The most room a kept-alive connection's buffer keeps between requests.
+const KEEP_CAPACITY: usize = 32 * 1024;
+
 /// Longest a client may take to send its request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (431 beyond), here and by `http::Edge`.
@@ -178,6 +181,11 @@ enum Way {
 /// The way of the request head at the start of `buf`.
 fn decide(buf: &[u8], peer: IpAddr, streams: &Streams, edge: &Edge) -> Way {
     match Head::parse(buf) {
+        // A head read with others (pipelined) can be whole past the limit
+        // `read_head` stops at.
+        Parsed::Complete(head) if head.len > MAX_HEAD => Way::Refuse(ApiError::HeadTooLarge(
+            format!("a request head over {MAX_HEAD} bytes"),
+        )),
         Parsed::Complete(head) => {
             if let Some(stream) = raw::accept(streams, &head, peer) {
                 Way::Stream(stream)
@@ -225,6 +233,11 @@ async fn publish_while(
             Served::Closed => return Way::Closed,
             Served::Next => {}
         }
+        if buf.capacity() > KEEP_CAPACITY {
+            // A body grew it; a connection that waits for its next request
+            // does not keep the room.
+            *buf = BytesMut::from(&buf[..]);
+        }
         // The next request, as hyper waits for one on a kept-alive
         // connection: within the head deadline, and closed idle once the
         // server stops accepting.
@@ -241,6 +254,12 @@ async fn publish_while(
         }
         plain = match decide(buf, peer, streams, edge) {
             Way::Publish(plain) => plain,
+            // Only a connection's first bytes may be HTTP/2's preface.
+            Way::Hyper(Protocol::Http2) => {
+                return Way::Refuse(ApiError::MalformedRequest(
+                    "the HTTP/2 preface after HTTP/1.1 requests",
+                ));
+            }
             other => return other,
         };
     }
@@ -260,6 +279,13 @@ enum Protocol {
 /// closed having sent nothing more.
 async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> bool {
     loop {
+        // Empty lines before a request line are ignored (RFC 9112 §2.2):
+        // some clients send a CRLF after a body.
+        let blank = buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        buf.advance(blank);
         // The blank line that ends a head is looked for first: a head
         // that has it is whole (or not HTTP/1, which `decide` tells), and
         // is parsed once, there. Only a read that ends before it is
@@ -386,6 +412,12 @@ impl AsyncRead for Prefixed {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if !self.prefix.has_remaining() {
+                // Let go of the buffer it was cut from (a kept-alive
+                // connection's may have held a body) rather than keep it
+                // for the connection's life.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -14,8 +14,8 @@
 //! What this path takes is narrow on purpose, so that everything unusual
 //! keeps hyper's handling of it:
 //! - HTTP/1.1, `POST /v1/events`, one `Content-Length` of plain digits, at
-//!   most `--max-body-bytes`, and no `Transfer-Encoding`, `Expect` or
-//!   `Upgrade`;
+//!   most `--max-body-bytes` and 64 KiB, and no `Transfer-Encoding`,
+//!   `Expect` or `Upgrade`;
 //! - the whole body already read, or readable at once without waiting.
 //!   A body that trickles in goes to hyper, whose reading of it has the
 //!   body timeout (`--body-timeout`).
@@ -36,7 +36,7 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +44,9 @@ use super::head::Head;
 use super::raw;
 use crate::http::{EVENTS, Edge};
 
-/// Most room made at a time for a body being read.
-const READ_CHUNK: usize = 16 * 1024;
+/// The largest body this path reads, before knowing who sends it; a
+/// publish is usually far smaller.
+const MAX_BODY: usize = 64 * 1024;
 
 /// A publish this path answers, decided from its head.
 pub(super) struct Plain {
@@ -91,7 +92,9 @@ pub(super) fn accept(head: &Head<'_>, max_body: usize) -> Option<Plain> {
         }
         headers.append(name, HeaderValue::from_bytes(value).ok()?);
     }
-    let body_len = length.filter(|n| *n <= max_body)?;
+    // A large body is hyper's: it reads one only when the handler asks,
+    // after the token is checked, and this path reads the body first.
+    let body_len = length.filter(|n| *n <= max_body.min(MAX_BODY))?;
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = Uri::try_from(head.target).ok()?;
@@ -116,10 +119,11 @@ pub(super) async fn serve(
 ) -> Served {
     let whole = plain.head_len + plain.body_len;
     while buf.len() < whole {
-        // Room for what has come, not for what the head announces: a head
-        // alone must not make the connection hold `--max-body-bytes`.
-        buf.reserve((whole - buf.len()).min(READ_CHUNK));
-        match tcp.try_read_buf(buf) {
+        // No further than the body: the next request's bytes are read
+        // with its head, within its limit.
+        let missing = whole - buf.len();
+        buf.reserve(missing);
+        match tcp.try_read_buf(&mut (&mut *buf).limit(missing)) {
             // Gone mid-body: nobody would read an answer.
             Ok(0) => return Served::Closed,
             Ok(_) => {}
@@ -275,6 +279,12 @@ mod tests {
         }
         let at_limit = "POST /v1/events HTTP/1.1\r\nContent-Length: 100\r\n\r\n";
         assert!(plain(at_limit.as_bytes(), 100).is_some_and(|p| !p.close));
+        // Within `--max-body-bytes` but larger than this path reads.
+        let large = format!(
+            "POST /v1/events HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert!(plain(large.as_bytes(), 1 << 20).is_none());
     }
 
     #[test]

@@ -193,9 +193,9 @@ async fn a_publish_asking_to_close_is_answered_then_closed() {
     app.stop().await;
 }
 
-/// A body sent after its head, and one in two parts, is read whole
-/// whichever side answers (the accept loop takes only bodies that have
-/// arrived; hyper reads the rest).
+/// A body sent in a write after its head's is read whole, whichever side
+/// reads it: the accept loop takes only a body that has arrived with its
+/// head, and hyper reads the rest (and the connection's later requests).
 #[tokio::test]
 async fn a_body_that_comes_after_its_head_is_stored() {
     let app = spawn_app().await;
@@ -216,7 +216,9 @@ async fn a_body_that_comes_after_its_head_is_stored() {
 }
 
 /// A kept-alive connection idle after a publish does not hold up a stop:
-/// herald closes it and stops in time (`stop` fails the test otherwise).
+/// herald closes it as it stops, not when the connection's idle deadline
+/// (10 s) or the stop's own grace (5 s, after which herald stops
+/// waiting for connections) comes.
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_when_herald_stops() {
     let app = spawn_app().await;
@@ -225,8 +227,91 @@ async fn an_idle_kept_alive_connection_is_closed_when_herald_stops() {
     conn.send(&publish(&topic, 1, "")).await;
     assert_eq!(conn.answer().await.status, 201);
 
+    let stopping = std::time::Instant::now();
     app.stop().await;
     conn.closed().await;
+    let took = stopping.elapsed();
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+}
+
+/// A kept-alive connection that sends nothing after its answer is closed
+/// at the head deadline, as a connection that never sends a head is.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_at_the_head_deadline() {
+    let app = spawn_app().await;
+    let topic = unique_topic("idle-deadline");
+    let mut conn = Reader::connect(&app).await;
+    conn.send(&publish(&topic, 1, "")).await;
+    assert_eq!(conn.answer().await.status, 201);
+
+    // `closed` waits up to 20 s for the end; the deadline is 10 s.
+    conn.closed().await;
+    app.stop().await;
+}
+
+/// A head pipelined after a publish is held to the same 16 KiB limit as
+/// a connection's first: 431, even when it arrives whole in one read.
+#[tokio::test]
+async fn a_pipelined_head_over_the_limit_is_refused_with_431() {
+    let app = spawn_app().await;
+    let topic = unique_topic("pipelined-large");
+    let mut conn = Reader::connect(&app).await;
+
+    let mut all = publish(&topic, 1, "");
+    let filler = "a".repeat(20 * 1024);
+    all.extend_from_slice(
+        format!(
+            "GET /v1/stream?topic={topic} HTTP/1.1\r\nhost: herald\r\nx-filler: {filler}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    conn.send(&all).await;
+
+    assert_eq!(conn.answer().await.status, 201);
+    let refused = conn.answer().await;
+    assert_eq!(refused.status, 431);
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
+    conn.closed().await;
+    app.stop().await;
+}
+
+/// The empty line some clients send after a body is ignored (RFC 9112
+/// §2.2): the connection ends quietly when the client closes, with no
+/// answer to a request never made.
+#[tokio::test]
+async fn an_empty_line_after_a_body_is_ignored() {
+    let app = spawn_app().await;
+    let topic = unique_topic("crlf");
+    let mut conn = Reader::connect(&app).await;
+
+    let mut request = publish(&topic, 1, "");
+    request.extend_from_slice(b"\r\n");
+    conn.send(&request).await;
+    assert_eq!(conn.answer().await.status, 201);
+    conn.tcp.shutdown().await.unwrap();
+    conn.closed().await;
+    app.stop().await;
+}
+
+/// HTTP/2's preface is a connection's first bytes or nothing: after
+/// HTTP/1.1 requests it is refused, not served as HTTP/2.
+#[tokio::test]
+async fn an_http2_preface_after_http1_requests_is_refused() {
+    let app = spawn_app().await;
+    let topic = unique_topic("late-h2");
+    let mut conn = Reader::connect(&app).await;
+
+    let mut all = publish(&topic, 1, "");
+    all.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    conn.send(&all).await;
+
+    assert_eq!(conn.answer().await.status, 201);
+    assert_eq!(conn.answer().await.status, 400);
+    conn.closed().await;
+    app.stop().await;
 }
 
 /// An HTTP date as RFC 9110 writes it: `Sun, 06 Nov 1994 08:49:37 GMT`.
