@@ -35,6 +35,7 @@ use crate::stream::Streams;
 use edge::ROUTES;
 pub use edge::{EVENTS, Edge};
 pub use publish::PublishLimits;
+pub use stream::{ConnectionCut, Peer};
 
 /// What every handler shares, behind one `Arc`: axum clones the state for
 /// every request, and cloning the parts one by one (a dozen reference

@@ -18,8 +18,22 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::server::{ConnectionCut, Peer};
 use crate::stream::{StreamBody, Subscription};
+
+/// Cancelled to end a connection served by hyper: its stream fell behind
+/// (the hub cancels it). Through hyper a stream cannot be ended by itself
+/// while hyper waits for the client to read, so its connection is (over
+/// HTTP/2 the other streams on it reconnect and resume, losing nothing).
+/// The accept loop (`server`) puts it in every stream request's
+/// extensions.
+#[derive(Clone)]
+pub struct ConnectionCut(pub CancellationToken);
+
+/// The address a connection served by hyper comes from (its TCP peer; the
+/// client's own address behind a trusted proxy is decided by `auth`). The
+/// accept loop puts it in every stream request's extensions.
+#[derive(Clone, Copy)]
+pub struct Peer(pub IpAddr);
 
 /// Largest chunk written at once while replaying: several small frames
 /// ready together are joined, so a replay of thousands of events is not

@@ -18,7 +18,7 @@
 //!   (through `http::Edge`), with the bytes already read put back in
 //!   front; a head there over the same limit gets the same 431 from the
 //!   edge. A connection whose stream falls behind is cut
-//!   ([`ConnectionCut`]), and so is one whose client takes no bytes for
+//!   (`http::ConnectionCut`), and so is one whose client takes no bytes for
 //!   `--write-timeout` ([`Prefixed`]).
 
 mod head;
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::error::ApiError;
-use crate::http::Edge;
+use crate::http::{ConnectionCut, Edge, Peer};
 use crate::stream::Streams;
 use head::{Head, Parsed};
 use publish::Served;
@@ -66,20 +66,6 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// streams on one). h2 still ends a connection whose head exceeds about
 /// 160 KiB here (ten CONTINUATION frames), its flood protection.
 const H2_MAX_HEADER_LIST: u32 = 128 * 1024;
-
-/// Cancelled to end a connection served by hyper: its stream fell behind
-/// (the hub cancels it). Through hyper a stream cannot be ended by itself
-/// while hyper waits for the client to read, so its connection is (over
-/// HTTP/2 the other streams on it reconnect and resume, losing nothing).
-/// In every request's extensions.
-#[derive(Clone)]
-pub struct ConnectionCut(pub CancellationToken);
-
-/// The address a connection served by hyper comes from (its TCP peer; the
-/// client's own address behind a trusted proxy is decided by `auth`). In
-/// every request's extensions.
-#[derive(Clone, Copy)]
-pub struct Peer(pub IpAddr);
 
 /// Accepts connections until `stop_accepting`, then waits for the requests
 /// in flight on hyper's connections. Stream connections end through the
