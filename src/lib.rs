@@ -38,6 +38,7 @@ mod http;
 mod hub;
 mod listener;
 mod log;
+mod request;
 mod retention;
 mod server;
 pub mod signal;

@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
-use crate::stream::RequestHead;
+use crate::request::RequestHead;
 
 pub use grants::Grants;
 pub use limits::{Limits, StreamSlot};

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::stream::RequestHead;
+use crate::request::RequestHead;
 
 /// Most headers in a request: hyper's own limit, so a request refused here
 /// for its headers would have been refused by hyper too.

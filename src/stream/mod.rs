@@ -41,10 +41,11 @@ use crate::hub::Hub;
 use crate::log::EventLog;
 use crate::telemetry;
 
+use crate::request::RequestHead;
 #[cfg(test)]
 pub use request::SINCE_FLOOR;
 pub use request::{
-    RequestHead, Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request,
+    Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request,
 };
 pub use subscription::{EndReason, Parts, Subscription};
 

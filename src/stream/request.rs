@@ -16,29 +16,6 @@ pub const MAX_FILTERS: usize = 64;
 /// parser can produce.
 pub const SINCE_FLOOR: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
 
-/// The request line and headers of a request, as either writer has them:
-/// hyper's parsed request, or the head the accept loop read itself.
-pub trait RequestHead {
-    /// The query string, without `?` (empty when there is none).
-    fn query(&self) -> &str;
-    /// Every value of header `name` (lowercase), in the order sent.
-    fn header_values(&self, name: &str) -> Vec<&[u8]>;
-}
-
-impl RequestHead for axum::http::request::Parts {
-    fn query(&self) -> &str {
-        self.uri.query().unwrap_or("")
-    }
-
-    fn header_values(&self, name: &str) -> Vec<&[u8]> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(axum::http::HeaderValue::as_bytes)
-            .collect()
-    }
-}
-
 /// Where a stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
