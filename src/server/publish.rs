@@ -36,7 +36,7 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use axum::response::Response;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -164,37 +164,20 @@ async fn write_response(
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .map_err(io::Error::other)?;
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == CONNECTION || name == DATE {
-            continue;
-        }
-        push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
-    }
-    push_header(
-        &mut head,
-        b"content-length",
-        itoa::Buffer::new().format(body.len()).as_bytes(),
-    );
-    http_date(|date| push_header(&mut head, b"date", date));
-    if close {
-        push_header(&mut head, b"connection", b"close");
-    }
-    head.extend_from_slice(b"\r\n");
-    let mut batch = vec![Bytes::from(head), body];
-    raw::write_all(tcp, &mut batch, write_timeout).await
-}
-
-fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    head.extend_from_slice(name);
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
+    let mut length = itoa::Buffer::new();
+    let date = http_date();
+    let framing: [(&HeaderName, &[u8]); 3] = [
+        (&CONTENT_LENGTH, length.format(body.len()).as_bytes()),
+        (&DATE, date.as_bytes()),
+        (&CONNECTION, b"close"),
+    ];
+    let own = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !framing.iter().any(|(framed, _)| name == framed));
+    let last = if close { &framing[..] } else { &framing[..2] };
+    let head = raw::response_head(parts.status, own, last);
+    raw::write_all(tcp, &mut vec![head, body], write_timeout).await
 }
 
 /// A `Content-Length` as hyper takes it: digits only, no sign, no list.
@@ -212,23 +195,25 @@ fn has_close(value: &[u8]) -> bool {
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
-/// Calls `with` on the current time as an HTTP date, formatted once a
-/// second per thread (hyper caches its `Date` the same way).
-fn http_date(with: impl FnOnce(&[u8])) {
+/// The current time as an HTTP date, formatted once a second per thread
+/// (hyper caches its `Date` the same way).
+fn http_date() -> HeaderValue {
     thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        static CACHED: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let second = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    CACHED.with_borrow_mut(|(at, text)| {
+    CACHED.with_borrow_mut(|(at, date)| {
         if *at != second {
             *at = second;
-            *text = httpdate::fmt_http_date(now);
+            *date = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
         }
-        with(text.as_bytes());
-    });
+        date.clone()
+    })
 }
 
 #[cfg(test)]
@@ -289,8 +274,7 @@ mod tests {
 
     #[test]
     fn the_date_is_an_http_date() {
-        let mut seen = String::new();
-        http_date(|d| seen = String::from_utf8(d.to_vec()).unwrap());
+        let seen = http_date().to_str().unwrap().to_owned();
         assert!(httpdate::parse_http_date(&seen).is_ok(), "{seen}");
         assert_eq!(seen.len(), 29);
     }

@@ -51,21 +51,41 @@ pub fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<Stream
     })
 }
 
-/// A response head: status line, headers, and `Connection: close`.
-pub(super) fn response_head(status: StatusCode, headers: &[(HeaderName, HeaderValue)]) -> Bytes {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
-    for (name, value) in headers {
-        head.push_str(name.as_str());
-        head.push_str(": ");
-        head.push_str(value.to_str().unwrap_or(""));
-        head.push_str("\r\n");
+/// A response head: the status line, `headers`, then `last`, the headers
+/// this server writes itself (its framing: `Connection: close` here,
+/// `Content-Length` and `Date` for a publish's answer), each after the
+/// answer's own.
+pub(super) fn response_head<'a>(
+    status: StatusCode,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    last: &[(&HeaderName, &[u8])],
+) -> Bytes {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let own = headers.into_iter().map(|(n, v)| (n, v.as_bytes()));
+    for (name, value) in own.chain(last.iter().copied()) {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
     }
-    head.push_str("connection: close\r\n\r\n");
+    head.extend_from_slice(b"\r\n");
     Bytes::from(head)
+}
+
+/// A head of this writer's, which always ends the connection after the
+/// answer.
+fn closing_head(status: StatusCode, headers: &[(HeaderName, HeaderValue)]) -> Bytes {
+    let close: &[u8] = b"close";
+    response_head(
+        status,
+        headers.iter().map(|(n, v)| (n, v)),
+        &[(&header::CONNECTION, close)],
+    )
 }
 
 /// A refusal written straight to the socket (problem+json), then the end.
@@ -82,7 +102,7 @@ pub(super) async fn write_problem(
             .filter(|(name, _)| name != header::CONNECTION),
     );
     headers.push((header::CONTENT_LENGTH, HeaderValue::from(body.len())));
-    let mut batch = vec![response_head(problem.status(), &headers), Bytes::from(body)];
+    let mut batch = vec![closing_head(problem.status(), &headers), Bytes::from(body)];
     let _ = write_all(tcp, &mut batch, write_timeout).await;
 }
 
@@ -96,11 +116,11 @@ pub async fn serve(mut tcp: TcpStream, conn: StreamConn, write_timeout: Duration
     } = response;
     match body {
         StreamBody::Events(sub) => {
-            let head = response_head(status, &headers);
+            let head = closing_head(status, &headers);
             write_stream(&mut tcp, head, sub, &lagged, write_timeout).await;
         }
         StreamBody::Retry(retry) => {
-            let mut batch = vec![response_head(status, &headers), retry];
+            let mut batch = vec![closing_head(status, &headers), retry];
             let _ = write_all(&tcp, &mut batch, write_timeout).await;
         }
         StreamBody::Problem(problem) => {
