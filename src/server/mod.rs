@@ -117,20 +117,18 @@ async fn handle(
         // Timed out or closed before a request: nothing to answer.
         return;
     }
-    let mut way = decide(&buf, peer, &streams, &edge);
+    let conn = Conn {
+        peer,
+        streams: &streams,
+        edge: &edge,
+    };
+    let mut way = conn.decide(&buf);
     if let Way::Publish(plain) = way {
         // Boxed: the answer's future is large, and every connection's
         // task would otherwise be as large, an idle stream's included.
         // `watcher` is held meanwhile, so that a stop waits for an answer
         // in flight here as it does for hyper's.
-        let publishes = publish_while(
-            &mut tcp,
-            &mut buf,
-            plain,
-            peer,
-            (&streams, &edge),
-            &stop_accepting,
-        );
+        let publishes = conn.publish_while(&mut tcp, &mut buf, plain, &stop_accepting);
         way = Box::pin(publishes).await;
     }
     match way {
@@ -164,90 +162,99 @@ enum Way {
     Closed,
 }
 
-/// The way of the request head at the start of `buf`.
-fn decide(buf: &[u8], peer: IpAddr, streams: &Streams, edge: &Edge) -> Way {
-    match Head::parse(buf) {
-        // A head read with others (pipelined) can be whole past the limit
-        // `read_head` stops at.
-        Parsed::Complete(head) if head.len > MAX_HEAD => Way::Refuse(ApiError::HeadTooLarge(
-            format!("a request head over {MAX_HEAD} bytes"),
-        )),
-        Parsed::Complete(head) => {
-            if let Some(stream) = raw::accept(streams, &head, peer) {
-                Way::Stream(stream)
-            } else if let Some(plain) = publish::accept(&head, edge.max_body_bytes()) {
-                Way::Publish(plain)
-            } else {
-                Way::Hyper(Protocol::Http1)
-            }
-        }
-        Parsed::Http2 => Way::Hyper(Protocol::Http2),
-        Parsed::Invalid(why) => Way::Refuse(ApiError::MalformedRequest(why)),
-        Parsed::TooManyHeaders => Way::Refuse(ApiError::HeadTooLarge(format!(
-            "more than {} headers",
-            head::MAX_HEADERS
-        ))),
-        // `read_head` stops at MAX_HEAD.
-        Parsed::Partial => Way::Refuse(ApiError::HeadTooLarge(format!(
-            "a request head over {MAX_HEAD} bytes"
-        ))),
-    }
+/// What deciding a connection's requests needs of it.
+#[derive(Clone, Copy)]
+struct Conn<'a> {
+    peer: IpAddr,
+    streams: &'a Streams,
+    edge: &'a Edge,
 }
 
-/// Answers `first` and the publishes after it on the connection; returns
-/// the way of the first request that is not one (or `Closed`).
-async fn publish_while(
-    tcp: &mut TcpStream,
-    buf: &mut BytesMut,
-    first: publish::Plain,
-    peer: IpAddr,
-    (streams, edge): (&Streams, &Edge),
-    stop_accepting: &CancellationToken,
-) -> Way {
-    let write_timeout = streams.settings.write_timeout;
-    // What a kept-alive connection waits on between requests, made once:
-    // a timer moved on for each request costs little, one made for each
-    // did not.
-    let idle = tokio::time::sleep(HEADER_READ_TIMEOUT);
-    tokio::pin!(idle);
-    let stopped = stop_accepting.cancelled();
-    tokio::pin!(stopped);
-    let mut plain = first;
-    loop {
-        match publish::serve(tcp, buf, plain, edge, write_timeout, stop_accepting).await {
-            Served::ToHyper => return Way::Hyper(Protocol::Http1),
-            Served::Closed => return Way::Closed,
-            Served::Next => {}
-        }
-        if buf.capacity() > KEEP_CAPACITY {
-            // A body grew it; a connection that waits for its next request
-            // does not keep the room.
-            *buf = BytesMut::from(&buf[..]);
-        }
-        // The next request, as hyper waits for one on a kept-alive
-        // connection: within the head deadline, and closed idle once the
-        // server stops accepting.
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
-        let next = tokio::select! {
-            biased;
-            read = read_head(tcp, buf) => read,
-            () = &mut idle => false,
-            () = &mut stopped => false,
-        };
-        if !next {
-            return Way::Closed;
-        }
-        plain = match decide(buf, peer, streams, edge) {
-            Way::Publish(plain) => plain,
-            // Only a connection's first bytes may be HTTP/2's preface.
-            Way::Hyper(Protocol::Http2) => {
-                return Way::Refuse(ApiError::MalformedRequest(
-                    "the HTTP/2 preface after HTTP/1.1 requests",
-                ));
+impl Conn<'_> {
+    /// The way of the request head at the start of `buf`.
+    fn decide(self, buf: &[u8]) -> Way {
+        match Head::parse(buf) {
+            // A head read with others (pipelined) can be whole past the limit
+            // `read_head` stops at.
+            Parsed::Complete(head) if head.len > MAX_HEAD => Way::Refuse(ApiError::HeadTooLarge(
+                format!("a request head over {MAX_HEAD} bytes"),
+            )),
+            Parsed::Complete(head) => {
+                if let Some(stream) = raw::accept(self.streams, &head, self.peer) {
+                    Way::Stream(stream)
+                } else if let Some(plain) = publish::accept(&head, self.edge.max_body_bytes()) {
+                    Way::Publish(plain)
+                } else {
+                    Way::Hyper(Protocol::Http1)
+                }
             }
-            other => return other,
-        };
+            Parsed::Http2 => Way::Hyper(Protocol::Http2),
+            Parsed::Invalid(why) => Way::Refuse(ApiError::MalformedRequest(why)),
+            Parsed::TooManyHeaders => Way::Refuse(ApiError::HeadTooLarge(format!(
+                "more than {} headers",
+                head::MAX_HEADERS
+            ))),
+            // `read_head` stops at MAX_HEAD.
+            Parsed::Partial => Way::Refuse(ApiError::HeadTooLarge(format!(
+                "a request head over {MAX_HEAD} bytes"
+            ))),
+        }
+    }
+
+    /// Answers `first` and the publishes after it on the connection; returns
+    /// the way of the first request that is not one (or `Closed`).
+    async fn publish_while(
+        self,
+        tcp: &mut TcpStream,
+        buf: &mut BytesMut,
+        first: publish::Plain,
+        stop_accepting: &CancellationToken,
+    ) -> Way {
+        let write_timeout = self.streams.settings.write_timeout;
+        // What a kept-alive connection waits on between requests, made once:
+        // a timer moved on for each request costs little, one made for each
+        // did not.
+        let idle = tokio::time::sleep(HEADER_READ_TIMEOUT);
+        tokio::pin!(idle);
+        let stopped = stop_accepting.cancelled();
+        tokio::pin!(stopped);
+        let mut plain = first;
+        loop {
+            match publish::serve(tcp, buf, plain, self.edge, write_timeout, stop_accepting).await {
+                Served::ToHyper => return Way::Hyper(Protocol::Http1),
+                Served::Closed => return Way::Closed,
+                Served::Next => {}
+            }
+            if buf.capacity() > KEEP_CAPACITY {
+                // A body grew it; a connection that waits for its next request
+                // does not keep the room.
+                *buf = BytesMut::from(&buf[..]);
+            }
+            // The next request, as hyper waits for one on a kept-alive
+            // connection: within the head deadline, and closed idle once the
+            // server stops accepting.
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+            let next = tokio::select! {
+                biased;
+                read = read_head(tcp, buf) => read,
+                () = &mut idle => false,
+                () = &mut stopped => false,
+            };
+            if !next {
+                return Way::Closed;
+            }
+            plain = match self.decide(buf) {
+                Way::Publish(plain) => plain,
+                // Only a connection's first bytes may be HTTP/2's preface.
+                Way::Hyper(Protocol::Http2) => {
+                    return Way::Refuse(ApiError::MalformedRequest(
+                        "the HTTP/2 preface after HTTP/1.1 requests",
+                    ));
+                }
+                other => return other,
+            };
+        }
     }
 }
 
