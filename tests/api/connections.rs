@@ -108,6 +108,17 @@ impl Reader {
     }
 }
 
+/// A connection that has sent a publish to a topic of its own with
+/// `after` behind it, in one write, and read the publish's 201.
+async fn after_a_publish(app: &TestApp, topic: &str, after: &[u8]) -> Reader {
+    let mut conn = Reader::connect(app).await;
+    let mut all = publish(&unique_topic(topic), 1, "");
+    all.extend_from_slice(after);
+    conn.send(&all).await;
+    assert_eq!(conn.answer().await.status, 201);
+    conn
+}
+
 fn publish(topic: &str, n: u32, extra: &str) -> Vec<u8> {
     let body = format!(r#"{{"topic":"{topic}","data":{{"n":{n}}}}}"#);
     format!(
@@ -222,10 +233,7 @@ async fn a_body_that_comes_after_its_head_is_stored() {
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_when_herald_stops() {
     let app = spawn_app().await;
-    let topic = unique_topic("idle");
-    let mut conn = Reader::connect(&app).await;
-    conn.send(&publish(&topic, 1, "")).await;
-    assert_eq!(conn.answer().await.status, 201);
+    let mut conn = after_a_publish(&app, "idle", b"").await;
 
     let stopping = std::time::Instant::now();
     app.stop().await;
@@ -239,10 +247,7 @@ async fn an_idle_kept_alive_connection_is_closed_when_herald_stops() {
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_at_the_head_deadline() {
     let app = spawn_app().await;
-    let topic = unique_topic("idle-deadline");
-    let mut conn = Reader::connect(&app).await;
-    conn.send(&publish(&topic, 1, "")).await;
-    assert_eq!(conn.answer().await.status, 201);
+    let mut conn = after_a_publish(&app, "idle-deadline", b"").await;
 
     // `closed` waits up to 20 s for the end; the deadline is 10 s.
     conn.closed().await;
@@ -255,19 +260,12 @@ async fn an_idle_kept_alive_connection_is_closed_at_the_head_deadline() {
 async fn a_pipelined_head_over_the_limit_is_refused_with_431() {
     let app = spawn_app().await;
     let topic = unique_topic("pipelined-large");
-    let mut conn = Reader::connect(&app).await;
-
-    let mut all = publish(&topic, 1, "");
     let filler = "a".repeat(20 * 1024);
-    all.extend_from_slice(
-        format!(
-            "GET /v1/stream?topic={topic} HTTP/1.1\r\nhost: herald\r\nx-filler: {filler}\r\n\r\n"
-        )
-        .as_bytes(),
+    let large = format!(
+        "GET /v1/stream?topic={topic} HTTP/1.1\r\nhost: herald\r\nx-filler: {filler}\r\n\r\n"
     );
-    conn.send(&all).await;
+    let mut conn = after_a_publish(&app, "pipelined-large", large.as_bytes()).await;
 
-    assert_eq!(conn.answer().await.status, 201);
     let refused = conn.answer().await;
     assert_eq!(refused.status, 431);
     assert_eq!(
@@ -284,13 +282,8 @@ async fn a_pipelined_head_over_the_limit_is_refused_with_431() {
 #[tokio::test]
 async fn an_empty_line_after_a_body_is_ignored() {
     let app = spawn_app().await;
-    let topic = unique_topic("crlf");
-    let mut conn = Reader::connect(&app).await;
+    let mut conn = after_a_publish(&app, "crlf", b"\r\n").await;
 
-    let mut request = publish(&topic, 1, "");
-    request.extend_from_slice(b"\r\n");
-    conn.send(&request).await;
-    assert_eq!(conn.answer().await.status, 201);
     conn.tcp.shutdown().await.unwrap();
     conn.closed().await;
     app.stop().await;
@@ -301,14 +294,8 @@ async fn an_empty_line_after_a_body_is_ignored() {
 #[tokio::test]
 async fn an_http2_preface_after_http1_requests_is_refused() {
     let app = spawn_app().await;
-    let topic = unique_topic("late-h2");
-    let mut conn = Reader::connect(&app).await;
+    let mut conn = after_a_publish(&app, "late-h2", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
 
-    let mut all = publish(&topic, 1, "");
-    all.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    conn.send(&all).await;
-
-    assert_eq!(conn.answer().await.status, 201);
     assert_eq!(conn.answer().await.status, 400);
     conn.closed().await;
     app.stop().await;
