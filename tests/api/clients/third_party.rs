@@ -1,8 +1,8 @@
 //! The SSE clients people use, against a real herald (issue #22): Node's
 //! `eventsource` (the package the README recommends) and
 //! `@microsoft/fetch-event-source`, Python's sseclient-py over requests and
-//! httpx-sse. Each runs the snippet the README is to show for it, through
-//! three claims:
+//! httpx-sse, and Rust's reqwest-eventsource. Each runs the snippet the
+//! README is to show for it, through three claims:
 //!
 //! - a drop before its first event loses nothing: the client has seen only
 //!   the opening frame when herald dies; 20 events are published while it
@@ -19,12 +19,14 @@
 //! herald answered.
 
 mod process;
+mod rust_client;
 mod tap;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 use super::run::{Running, node, python};
 use crate::helpers::*;
@@ -41,6 +43,7 @@ enum Client {
     FetchEventSource,
     SseclientPy,
     HttpxSse,
+    ReqwestEventSource,
 }
 
 impl Client {
@@ -59,14 +62,35 @@ impl Client {
             Self::FetchEventSource => script(node("readme_fetch_event_source.mjs")),
             Self::SseclientPy => script(python("tests/python/readme_sseclient.py")),
             Self::HttpxSse => script(python("tests/python/readme_httpx_sse.py")),
+            Self::ReqwestEventSource => {
+                let (task, out) = rust_client::spawn(url.to_owned(), token.to_owned());
+                Subscriber::Task {
+                    task: Aborting(task),
+                    out,
+                }
+            }
         }
     }
 }
 
-/// A client running its snippet. It writes `EVENT <type> <envelope>` per
-/// event it handled and `REFUSED <status>` when it gave up.
+/// A client running its snippet: a script, or a task of this process.
+/// Either writes `EVENT <type> <envelope>` per event it handled and
+/// `REFUSED <status>` when it gave up.
 enum Subscriber {
     Process(Box<Running>),
+    Task {
+        task: Aborting,
+        out: Arc<Mutex<String>>,
+    },
+}
+
+/// A task that ends with the test.
+struct Aborting(JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Subscriber {
@@ -78,6 +102,23 @@ impl Subscriber {
                     .wait_stdout(what, |out| done(&Output(out.to_owned())))
                     .await,
             ),
+            Self::Task { task, out } => {
+                let deadline = tokio::time::Instant::now() + WAIT;
+                loop {
+                    let now = Output(out.lock().unwrap().clone());
+                    if done(&now) {
+                        return now;
+                    }
+                    let returned = task.0.is_finished();
+                    assert!(
+                        !returned && tokio::time::Instant::now() < deadline,
+                        "waiting for {what}: {}\n{}",
+                        if returned { "it returned" } else { "timed out" },
+                        now.0
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
 
@@ -92,6 +133,14 @@ impl Subscriber {
                     "the client failed: {status}\n{out}\n{err}"
                 );
                 Output(out)
+            }
+            Self::Task { task, out } => {
+                wait_for("the client to return", || {
+                    let returned = task.0.is_finished();
+                    async move { returned }
+                })
+                .await;
+                Output(out.lock().unwrap().clone())
             }
         }
     }
@@ -323,4 +372,5 @@ claims! {
     fetch_event_source: Client::FetchEventSource,
     sseclient_py: Client::SseclientPy,
     httpx_sse: Client::HttpxSse,
+    reqwest_eventsource: Client::ReqwestEventSource,
 }
