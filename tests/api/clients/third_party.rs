@@ -1,8 +1,9 @@
 //! The SSE clients people use, against a real herald (issue #22): Node's
 //! `eventsource` (the package the README recommends) and
 //! `@microsoft/fetch-event-source`, Python's sseclient-py over requests and
-//! httpx-sse, and Rust's reqwest-eventsource. Each runs the snippet the
-//! README is to show for it, through three claims:
+//! httpx-sse, and Rust's reqwest-eventsource. Each runs the README's
+//! snippet for it, as written (`readme_snippets_are_the_code_the_tests_run`),
+//! through three claims:
 //!
 //! - a drop before its first event loses nothing: the client has seen only
 //!   the opening frame when herald dies; 20 events are published while it
@@ -19,6 +20,7 @@
 //! herald answered.
 
 mod process;
+mod readme;
 mod rust_client;
 mod tap;
 
