@@ -154,19 +154,37 @@ pub struct JwtSecret {
 }
 
 /// A secret from its flag or its file (`None` when neither is given).
+/// `name` is the flag's name without dashes (`jwt-secret`); the file's
+/// flag adds `-file`, and the variables are `HERALD_` and the name in
+/// capitals.
+///
+/// Both given is refused, whether as flags or as variables, with a message
+/// that names all four: the two could hold different secrets, and a shell
+/// that still exports one from an earlier try is the usual cause, so
+/// neither is picked in silence.
 ///
 /// # Errors
 /// Both given, or a file that cannot be read or is empty.
-fn read_secret(value: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+fn read_secret(
+    name: &str,
+    value: Option<&Secret>,
+    file: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
     match (value, file) {
-        (Some(_), Some(_)) => bail!("give the secret or its file, not both"),
+        (Some(_), Some(_)) => {
+            let var = format!("HERALD_{}", name.to_uppercase().replace('-', "_"));
+            bail!(
+                "--{name} (or {var}) and --{name}-file (or {var}_FILE) are both set; \
+                 give the secret one way: unset {var} or {var}_FILE in this shell, or drop one flag"
+            )
+        }
         (Some(secret), None) => Ok(Some(secret.expose().to_owned())),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+                .with_context(|| format!("--{name}-file: cannot read {}", path.display()))?;
             let secret = text.trim_end_matches(['\n', '\r']).to_owned();
             if secret.is_empty() {
-                bail!("{} is empty", path.display());
+                bail!("--{name}-file: {} is empty", path.display());
             }
             Ok(Some(secret))
         }
@@ -181,6 +199,7 @@ impl AuthConfig {
     /// As [`JwtSecret::read`].
     pub fn previous_secret(&self) -> anyhow::Result<Option<String>> {
         read_secret(
+            "jwt-previous-secret",
             self.jwt_previous_secret.as_ref(),
             self.jwt_previous_secret_file.as_deref(),
         )
@@ -194,7 +213,11 @@ impl JwtSecret {
     /// # Errors
     /// Both given, or a file that cannot be read or is empty.
     pub fn read(&self) -> anyhow::Result<Option<String>> {
-        read_secret(self.jwt_secret.as_ref(), self.jwt_secret_file.as_deref())
+        read_secret(
+            "jwt-secret",
+            self.jwt_secret.as_ref(),
+            self.jwt_secret_file.as_deref(),
+        )
     }
 }
 

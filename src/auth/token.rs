@@ -68,13 +68,8 @@ impl Verifier {
     /// A key file that cannot be read or parsed, or a key that does not go
     /// with the algorithm.
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<Option<Self>> {
-        let secret = config
-            .secret
-            .read()
-            .context("--jwt-secret-file / --jwt-secret")?;
-        let previous = config
-            .previous_secret()
-            .context("--jwt-previous-secret-file / --jwt-previous-secret")?;
+        let secret = config.secret.read()?;
+        let previous = config.previous_secret()?;
         let public = config.jwt_public_key_file.as_deref();
         let algorithm = match (config.jwt_algorithm, secret.is_some(), public.is_some()) {
             (_, true, true) => bail!("give a JWT secret (HS256) or a public key file, not both"),

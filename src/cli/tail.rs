@@ -289,6 +289,9 @@ impl Tail {
         match item {
             Item::Retry(ms) => self.retry = Duration::from_millis(ms),
             Item::Id(id) => self.last_id = id,
+            // What the stream is (its opening, a stopping server's answer):
+            // its `id:` is where to resume, nothing to print.
+            Item::Event(event) if event.event == "stream" => self.last_id = event.id,
             Item::Event(event) if event.event == "reset" => {
                 notice(format_args!("{}", reset_notice(&event.data)));
                 self.last_id = event.id;

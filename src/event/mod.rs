@@ -191,18 +191,53 @@ impl Frame {
     }
 }
 
-/// The `retry:` line that opens every stream.
-pub fn retry_frame(retry: std::time::Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+/// The frame that opens a stream (DESIGN.md, "Subscribe"): `retry:`, the
+/// `id:` that events follow (`after`), and `event: stream` with a JSON
+/// `data:` line saying what the stream is:
+///
+/// ```text
+/// retry: 3000
+/// id: 42
+/// event: stream
+/// data: {"after":"42","topics":["incident:*"]}
+/// ```
+///
+/// The `data:` line is what makes every parser keep the `id:` and the
+/// `retry:`: the WHATWG algorithm (HTML §9.2.6) keeps them from any frame,
+/// but many libraries drop a frame without data, and its id with it, and
+/// then resume a client that dropped before its first event from nothing.
+/// A browser fires `stream` only at a listener for it, so a page that
+/// listens to `message` and its own types sees no change. On a resume
+/// `after` is the client's own cursor, so the `id:` never moves it.
+pub fn opening_frame(retry: std::time::Duration, after: i64, filters: &Filters) -> Bytes {
+    let data = serde_json::json!({
+        "after": after.to_string(),
+        "topics": topic_list(filters),
+    });
+    Bytes::from(format!(
+        "retry: {}\nid: {after}\nevent: stream\ndata: {data}\n\n",
+        retry.as_millis()
+    ))
 }
 
-/// The opening frame of a stream that starts live: `retry:` and the `id:`
-/// of the log position it starts from. A frame without data dispatches no
-/// event, but it does set a browser's `lastEventId` (WHATWG HTML §9.2.6),
-/// so a client that drops before its first event still resumes from where
-/// it started instead of missing what came in between.
-pub fn opening_frame(retry: std::time::Duration, start: i64) -> Bytes {
-    Bytes::from(format!("retry: {}\nid: {start}\n\n", retry.as_millis()))
+/// What a stopping instance answers a new stream: `retry:` and the end, so
+/// the client comes back (to another instance) after the hint. No `id:`:
+/// the client's cursor stays where it was.
+pub fn draining_frame(retry: std::time::Duration, filters: &Filters) -> Bytes {
+    let data = serde_json::json!({ "draining": true, "topics": topic_list(filters) });
+    Bytes::from(format!(
+        "retry: {}\nevent: stream\ndata: {data}\n\n",
+        retry.as_millis()
+    ))
+}
+
+/// A stream's filters as the `topics` of its `stream` frames; no filter
+/// at all reads every topic, `*`.
+fn topic_list(filters: &Filters) -> Vec<std::borrow::Cow<'_, str>> {
+    if filters.iter().next().is_none() {
+        return vec!["*".into()];
+    }
+    filters.iter().map(TopicFilter::text).collect()
 }
 
 /// The heartbeat comment sent on idle streams.
@@ -220,12 +255,19 @@ pub enum ResetReason {
 
 /// The `event: reset` frame. It carries `id:` of the point the stream goes on
 /// from, so a browser that reconnects afterwards does not get the reset again,
-/// and a `data:` line, without which a browser fires no event.
-pub fn reset_frame(reason: ResetReason, cursor: i64, oldest_id: i64, continue_from: i64) -> Bytes {
+/// and a `data:` line, without which a browser fires no event. `oldest_id`
+/// is the oldest event the log holds, `null` when it holds none (an empty
+/// log, or one whose every event was pruned).
+pub fn reset_frame(
+    reason: ResetReason,
+    cursor: i64,
+    oldest_id: Option<i64>,
+    continue_from: i64,
+) -> Bytes {
     let data = serde_json::json!({
         "reason": reason,
         "last_event_id": cursor.to_string(),
-        "oldest_id": oldest_id.to_string(),
+        "oldest_id": oldest_id.map(|id| id.to_string()),
         "continue_from": continue_from.to_string(),
     });
     Bytes::from(format!(
@@ -318,11 +360,43 @@ mod tests {
 
     #[test]
     fn reset_frame_has_id_event_and_data() {
-        let f = reset_frame(ResetReason::CursorAhead, 99, 1, 10);
+        let f = reset_frame(ResetReason::CursorAhead, 99, Some(1), 10);
         let s = std::str::from_utf8(&f).unwrap();
         assert!(s.starts_with("id: 10\nevent: reset\ndata: {"), "{s}");
         assert!(s.contains("\"reason\":\"cursor_ahead\""));
         assert!(s.ends_with("}\n\n"));
         assert_eq!(s.matches('\n').count(), 4);
+    }
+
+    #[test]
+    fn reset_frame_on_a_log_that_holds_nothing_has_no_oldest_id() {
+        let f = reset_frame(ResetReason::CursorAhead, 99, None, 0);
+        let s = std::str::from_utf8(&f).unwrap();
+        assert!(s.contains("\"oldest_id\":null"), "{s}");
+    }
+
+    #[test]
+    fn opening_frame_carries_retry_id_and_data() {
+        let filters = Filters::new(vec![
+            TopicFilter::parse("incident:*").unwrap(),
+            TopicFilter::parse("ops").unwrap(),
+        ]);
+        let f = opening_frame(std::time::Duration::from_millis(1700), 42, &filters);
+        assert_eq!(
+            std::str::from_utf8(&f).unwrap(),
+            "retry: 1700\nid: 42\nevent: stream\n\
+             data: {\"after\":\"42\",\"topics\":[\"incident:*\",\"ops\"]}\n\n"
+        );
+        let all = opening_frame(std::time::Duration::from_secs(3), 0, &Filters::default());
+        assert!(all.ends_with(b"\"topics\":[\"*\"]}\n\n"));
+    }
+
+    #[test]
+    fn draining_frame_carries_retry_and_data_without_an_id() {
+        let f = draining_frame(std::time::Duration::from_secs(3), &Filters::default());
+        assert_eq!(
+            std::str::from_utf8(&f).unwrap(),
+            "retry: 3000\nevent: stream\ndata: {\"draining\":true,\"topics\":[\"*\"]}\n\n"
+        );
     }
 }

@@ -12,8 +12,20 @@ pub const MAX_TOPIC_LEN: usize = 256;
 pub const MAX_TYPE_LEN: usize = 64;
 /// Longest idempotency key accepted.
 pub const MAX_KEY_LEN: usize = 256;
-/// Event types the stream itself or browsers give a meaning to.
-pub const RESERVED_TYPES: [&str; 4] = ["reset", "error", "open", "auth-expiring"];
+/// Event types the stream itself or browsers give a meaning to: browsers
+/// fire `error` and `open` themselves; herald's streams send `stream`,
+/// `reset` and `auth-expiring`, and `replaced` and `revoked` are kept for
+/// the streams a subject's cap or an admin ends (DESIGN.md, "Streams you
+/// can name and steer").
+pub const RESERVED_TYPES: [&str; 7] = [
+    "reset",
+    "error",
+    "open",
+    "auth-expiring",
+    "stream",
+    "replaced",
+    "revoked",
+];
 
 /// Why a topic, type, filter or key was refused; the text goes to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,8 +39,8 @@ pub enum Invalid {
     #[error("event type {0:?} is invalid: 1-64 characters of [A-Za-z0-9._-]")]
     Type(String),
     #[error(
-        "event type {0:?} is reserved (reset, error, open and auth-expiring have a meaning \
-         on herald's streams)"
+        "event type {0:?} is reserved (reset, error, open, auth-expiring, stream, replaced \
+         and revoked have a meaning on herald's streams)"
     )]
     ReservedType(String),
     #[error("idempotency key is invalid: 1-256 visible ASCII characters")]
@@ -208,6 +220,14 @@ impl TopicFilter {
         match self {
             Self::Exact(t) => t.as_str() == topic,
             Self::Prefix(p) => topic.starts_with(&**p),
+        }
+    }
+
+    /// The filter as it is written: the topic, or the prefix and `*`.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Exact(t) => t.as_str().into(),
+            Self::Prefix(p) => format!("{p}*").into(),
         }
     }
 

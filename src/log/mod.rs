@@ -145,6 +145,14 @@ pub struct Head {
     pub pruned_through: i64,
 }
 
+impl Head {
+    /// The oldest event the log holds, if it holds any: ids are dense, so
+    /// every id above the floor up to the newest is held.
+    pub fn oldest_held(&self) -> Option<i64> {
+        (self.last_id > self.pruned_through).then_some(self.pruned_through + 1)
+    }
+}
+
 /// Events read after a cursor, with the log's head as the same snapshot
 /// saw it. Retention moves `pruned_through` in the transaction that deletes
 /// the events below it (see `prune`), so a read whose cursor is below the

@@ -3,10 +3,15 @@
 //! little else). What to answer is decided by [`Streams::open`]; this only
 //! renders it.
 //!
-//! The body of a `200` is delimited by the connection's end
-//! (`Connection: close`, RFC 9112 §6.3), so frames go out as they are, with
-//! no chunk framing, and several frames ready at once go out in one
-//! vectored write. A stream ends when its subscription does, when the
+//! Over HTTP/1.1 the body of a `200` is chunked (RFC 9112 §7.1), as hyper
+//! writes it: the frames ready at once go out as one chunk, in one
+//! vectored write, its size line and CRLF around the frames' shared bytes
+//! (no copy). A client's HTTP stack then hands each chunk on as it comes;
+//! with a body delimited only by the connection's end, some (urllib3
+//! under Python's `requests`) wait for a full read buffer and hold events
+//! back for seconds. HTTP/1.0 has no chunks: its body is delimited by the
+//! connection's end (RFC 9112 §6.3). Either way the connection ends with
+//! the stream (`Connection: close`). A stream ends when its subscription does, when the
 //! client goes away, when the hub drops it for falling behind, or when the
 //! client has taken no bytes for `--write-timeout` while there were some
 //! to send (a replay is not in the hub, so only this notices a client that
@@ -36,7 +41,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct StreamConn {
     response: StreamResponse,
     lagged: CancellationToken,
+    /// How the body is delimited.
+    framing: Framing,
 }
+
+/// How a stream's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// HTTP/1.1: chunks, and the last chunk at the end.
+    Chunked,
+    /// HTTP/1.0: the connection's end.
+    Close,
+}
+
+/// The CRLF after a chunk's data.
+const CHUNK_END: &[u8] = b"\r\n";
+/// The last chunk, with no trailer: the end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Takes the request if it is `GET /v1/stream` over HTTP/1.x without a
 /// body or an upgrade; `None` hands it to hyper.
@@ -48,6 +69,11 @@ pub fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<Stream
     Some(StreamConn {
         response: streams.open(head, peer, lagged.clone()),
         lagged,
+        framing: if head.version >= 1 {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        },
     })
 }
 
@@ -108,18 +134,40 @@ pub(super) async fn write_problem(
 
 /// Writes the answer until it ends.
 pub async fn serve(mut tcp: TcpStream, conn: StreamConn, write_timeout: Duration) {
-    let StreamConn { response, lagged } = conn;
+    let StreamConn {
+        response,
+        lagged,
+        framing,
+    } = conn;
     let StreamResponse {
         status,
-        headers,
+        mut headers,
         body,
     } = response;
     match body {
-        StreamBody::Events(sub) => {
+        StreamBody::Events(mut sub) => {
+            if framing == Framing::Chunked {
+                headers.push((
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                ));
+            }
             let head = closing_head(status, &headers);
-            write_stream(&mut tcp, head, sub, &lagged, write_timeout).await;
+            let out = Out {
+                tcp: &tcp,
+                lagged: &lagged,
+                write_timeout,
+                framing,
+            };
+            if write_stream(&out, head, &mut sub).await {
+                // The stream ended and the client is still there: a
+                // chunked body says so with its last chunk.
+                finish_body(&out).await;
+            }
         }
         StreamBody::Retry(retry) => {
+            // One frame known in full: its length delimits it.
+            headers.push((header::CONTENT_LENGTH, HeaderValue::from(retry.len())));
             let mut batch = vec![closing_head(status, &headers), retry];
             let _ = write_all(&tcp, &mut batch, write_timeout).await;
         }
@@ -130,17 +178,26 @@ pub async fn serve(mut tcp: TcpStream, conn: StreamConn, write_timeout: Duration
     close(tcp).await;
 }
 
-async fn write_stream(
-    tcp: &mut TcpStream,
-    head: Bytes,
-    mut sub: Box<Subscription>,
-    lagged: &CancellationToken,
+/// Where a stream's bytes go, and how.
+struct Out<'a> {
+    tcp: &'a TcpStream,
+    /// Cancelled by the hub when the subscriber falls behind.
+    lagged: &'a CancellationToken,
     write_timeout: Duration,
-) {
+    framing: Framing,
+}
+
+/// Writes the head and then the stream's frames until it ends; `true`
+/// when the body may end cleanly (the subscription ended it, or the chunk
+/// in flight when it fell behind went out), `false` when the client went
+/// away or stalled.
+async fn write_stream(out: &Out<'_>, head: Bytes, sub: &mut Subscription) -> bool {
     let mut batch = Vec::with_capacity(4);
     batch.push(head);
+    // The head is not part of the body: the first chunk starts after it.
+    let mut body_from = 1;
     loop {
-        // What is ready at once (the head, `retry:`, a replay page) goes
+        // What is ready at once (the opening frame, a replay page) goes
         // out before waiting for more.
         while batch.len() < MAX_BATCH {
             match sub.ready_chunk() {
@@ -152,26 +209,89 @@ async fn write_stream(
             tokio::select! {
                 chunk = sub.next_chunk() => match chunk {
                     Some(chunk) => batch.push(chunk),
-                    None => return,
+                    None => return true,
                 },
-                () = client_gone(tcp) => return sub.end(EndReason::ClientGone),
+                () = client_gone(out.tcp) => {
+                    sub.end(EndReason::ClientGone);
+                    return false;
+                }
             }
             continue;
         }
+        if out.framing == Framing::Chunked {
+            frame_chunk(&mut batch, body_from);
+        }
+        body_from = 0;
         // Nearly always the socket takes the whole batch at once: then no
         // timer is armed and no token watched. Only what it does not take
         // waits, watched for a stall and for the hub cutting the stream.
-        match write_now(tcp, &mut batch) {
+        match write_now(out.tcp, &mut batch) {
             Ok(()) if batch.is_empty() => continue,
             Ok(()) => {}
-            Err(e) => return sub.end(why_ended(&e)),
+            Err(e) => {
+                sub.end(why_ended(&e));
+                return false;
+            }
         }
         tokio::select! {
-            written = write_all(tcp, &mut batch, write_timeout) => if let Err(e) = written {
-                return sub.end(why_ended(&e));
+            written = write_all(out.tcp, &mut batch, out.write_timeout) => if let Err(e) = written {
+                sub.end(why_ended(&e));
+                return false;
             },
-            () = lagged.cancelled() => return sub.end(EndReason::Lagged),
+            () = out.lagged.cancelled() => {
+                sub.end(EndReason::Lagged);
+                return finish_chunk(out, &mut batch).await;
+            }
         }
+    }
+}
+
+/// Writes the rest of a chunk in flight, within `--write-timeout` in all,
+/// so that a chunked body cut short (its subscriber fell behind) still
+/// ends at a frame's end with its last chunk: an HTTP client reads that as
+/// an end, where a chunk cut in half is a protocol error. `true` if it
+/// went out.
+async fn finish_chunk(out: &Out<'_>, batch: &mut Vec<Bytes>) -> bool {
+    if out.framing != Framing::Chunked {
+        return false;
+    }
+    let rest = write_all(out.tcp, batch, out.write_timeout);
+    matches!(
+        tokio::time::timeout(out.write_timeout, rest).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Makes the frames of `batch` from `from` on one chunk: its size line
+/// before them, CRLF after. Nothing to frame, nothing added (a chunk of
+/// size 0 would end the body).
+fn frame_chunk(batch: &mut Vec<Bytes>, from: usize) {
+    let size: usize = batch[from..].iter().map(Bytes::len).sum();
+    if size == 0 {
+        return;
+    }
+    batch.insert(from, chunk_size_line(size));
+    batch.push(Bytes::from_static(CHUNK_END));
+}
+
+/// `size` in hex and CRLF: a chunk's first line (no chunk extensions).
+fn chunk_size_line(size: usize) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+    let mut line = Vec::with_capacity(digits + CHUNK_END.len());
+    for shift in (0..digits).rev() {
+        line.push(HEX[(size >> (shift * 4)) & 0xf]);
+    }
+    line.extend_from_slice(CHUNK_END);
+    Bytes::from(line)
+}
+
+/// The end of a body that its stream ended (not its client): the last
+/// chunk of a chunked body; nothing for one the connection's end delimits.
+async fn finish_body(out: &Out<'_>) {
+    if out.framing == Framing::Chunked {
+        let mut last = vec![Bytes::from_static(LAST_CHUNK)];
+        let _ = write_all(out.tcp, &mut last, out.write_timeout).await;
     }
 }
 
@@ -295,6 +415,35 @@ mod tests {
         (0..n)
             .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size]))
             .collect()
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex_without_leading_zeros() {
+        for (size, line) in [
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+            (0x1234_5678_9abc, "123456789abc\r\n"),
+        ] {
+            assert_eq!(chunk_size_line(size), line.as_bytes(), "{size}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_frames_what_follows_the_head_and_nothing_empty() {
+        let mut batch = vec![
+            Bytes::from_static(b"HEAD"),
+            Bytes::from_static(b"id: 1\n\n"),
+            Bytes::from_static(b": ping\n\n"),
+        ];
+        frame_chunk(&mut batch, 1);
+        assert_eq!(batch.concat(), b"HEADf\r\nid: 1\n\n: ping\n\n\r\n");
+
+        let mut head_only = vec![Bytes::from_static(b"HEAD")];
+        frame_chunk(&mut head_only, 1);
+        assert_eq!(head_only.concat(), b"HEAD");
     }
 
     #[tokio::test]

@@ -2,6 +2,11 @@
 //! while before (`--token-expiry-warning`) it carries one `auth-expiring`
 //! event, so a page can refresh its cookie and the browser's reconnect
 //! (with `Last-Event-ID`) carries the new token and misses nothing.
+//!
+//! A token with less than twice the warning left when its stream opens is
+//! warned halfway through what it has left instead: warned at once, a page
+//! whose tokens live shorter than the warning would refresh at every
+//! connect, and get a stream that is only ever about to expire.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -39,10 +44,9 @@ impl ExpiryWatch {
         let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
         let now = Instant::now();
         let end = now + left;
+        let lead = warning.min(left / 2);
         Self::Warning {
-            timer: Box::pin(sleep_until(
-                end.checked_sub(warning).unwrap_or(now).max(now),
-            )),
+            timer: Box::pin(sleep_until(end - lead)),
             expires_at,
             end,
         }
@@ -91,11 +95,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_token_closer_to_expiry_than_the_warning_is_warned_at_once() {
+    async fn a_token_with_less_than_twice_the_warning_left_is_warned_halfway() {
+        let started = Instant::now();
         let expires_at = OffsetDateTime::now_utc() + Duration::from_secs(10);
         let mut watch = ExpiryWatch::new(Some(expires_at), Duration::from_secs(60));
-        let started = Instant::now();
         assert!(matches!(watch.wait().await, Expiry::Warn(_)));
+        let warned = started.elapsed();
+        assert!((4..=5).contains(&warned.as_secs()), "{warned:?}");
+        assert!(matches!(watch.wait().await, Expiry::End));
+        let ended = started.elapsed();
+        assert!((9..=10).contains(&ended.as_secs()), "{ended:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_already_expired_is_warned_and_ended_at_once() {
+        let started = Instant::now();
+        let expires_at = OffsetDateTime::now_utc() - Duration::from_secs(1);
+        let mut watch = ExpiryWatch::new(Some(expires_at), Duration::from_secs(60));
+        assert!(matches!(watch.wait().await, Expiry::Warn(_)));
+        assert!(matches!(watch.wait().await, Expiry::End));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -158,7 +158,11 @@ async fn ids_through(sub: &mut Subscription<MemoryLog>, last: i64) -> Vec<i64> {
             .expect("the subscription goes on")
             .expect("the stream is open");
         let text = std::str::from_utf8(&chunk).unwrap();
-        for frame in text.split("\n\n").filter(|f| f.contains("\ndata: ")) {
+        // Events only: not the opening frame (`event: stream`).
+        let events = text
+            .split("\n\n")
+            .filter(|f| f.contains("\ndata: ") && !f.contains("\nevent: stream\n"));
+        for frame in events {
             let id = frame
                 .strip_prefix("id: ")
                 .unwrap()
@@ -240,7 +244,8 @@ async fn a_cursor_below_the_pruning_floor_gets_a_reset_then_live() {
     log.prune_through(10);
     let mut sub = subscribe(&hub, &log, "mine", Start::After(3));
 
-    // After `retry:`, the reset frame, with the id the stream goes on from.
+    // After the opening frame (the client's own cursor as its `id:`), the
+    // reset frame, with the id the stream goes on from.
     let mut text = String::new();
     while !text.contains("event: reset") {
         let chunk = tokio::time::timeout(Duration::from_secs(5), sub.next_chunk())
@@ -249,8 +254,10 @@ async fn a_cursor_below_the_pruning_floor_gets_a_reset_then_live() {
             .unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+    let opening = "retry: 1000\nid: 3\nevent: stream\n\
+                   data: {\"after\":\"3\",\"topics\":[\"mine\"]}\n\n";
     assert!(
-        text.starts_with("retry: 1000\n\nid: 20\nevent: reset\n"),
+        text.starts_with(&format!("{opening}id: 20\nevent: reset\n")),
         "{text}"
     );
     assert!(text.contains("\"reason\":\"cursor_too_old\""), "{text}");

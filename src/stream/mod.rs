@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, Limits};
 use crate::cors::Cors;
 use crate::error::ApiError;
-use crate::event::retry_frame;
+use crate::event::draining_frame;
 use crate::hub::Hub;
 use crate::log::EventLog;
 use crate::telemetry;
@@ -94,8 +94,9 @@ pub struct StreamResponse {
 pub enum StreamBody {
     /// The event stream.
     Events(Box<Subscription>),
-    /// The instance is stopping: `retry:` and the end, so the client comes
-    /// back (to another instance) rather than failing.
+    /// The instance is stopping: `retry:` (in an `event: stream` frame) and
+    /// the end, so the client comes back (to another instance) rather than
+    /// failing.
     Retry(Bytes),
     /// The request was refused.
     Problem(ApiError),
@@ -123,7 +124,10 @@ impl Streams {
         }
         request.filters = identity.grants.readable(request.filters)?;
         if self.shutdown.is_cancelled() {
-            return Ok(StreamBody::Retry(retry_frame(self.settings.retry)));
+            return Ok(StreamBody::Retry(draining_frame(
+                self.settings.retry,
+                &request.filters,
+            )));
         }
         let address = self
             .limits

@@ -1,4 +1,4 @@
-//! One subscriber's stream: `retry:`, the resume from its cursor (ring or
+//! One subscriber's stream: its opening frame, the resume from its cursor (ring or
 //! log), the hand-over to live frames from the hub, heartbeats, and its end
 //! (fell behind, or the instance is draining).
 //!
@@ -98,7 +98,7 @@ impl ReplaySource for EventLog {
 }
 
 enum State {
-    /// Before `retry:` went out.
+    /// Before the opening frame (`retry:`, `event: stream`) went out.
     Opening,
     /// Deciding where to start: needs the log's head if the cursor is outside
     /// what the hub knows.
@@ -374,19 +374,24 @@ impl<L: ReplaySource> Subscription<L> {
                 return Some(chunk);
             }
             match std::mem::replace(&mut self.state, State::Done) {
-                State::Opening if self.resume.is_none() && self.since.is_none() => {
+                State::Opening => match self.resume {
                     // A stream that starts now attaches before its first
                     // frame goes out, so whatever commits after the client
                     // has seen it arrives; the frame's `id:` is that point.
-                    self.cursor = self.hub.head();
-                    self.out
-                        .push_back(event::opening_frame(self.settings.retry, self.cursor));
-                    self.attach_or_replay();
-                }
-                State::Opening => {
-                    self.out.push_back(event::retry_frame(self.settings.retry));
-                    self.resolve();
-                }
+                    None if self.since.is_none() => {
+                        self.cursor = self.hub.head();
+                        self.open_at(self.cursor);
+                        self.attach_or_replay();
+                    }
+                    // A resume opens at the client's own cursor: the
+                    // frame's `id:` never moves it.
+                    Some(cursor) => {
+                        self.open_at(cursor);
+                        self.resolve();
+                    }
+                    // `since=` opens once its time is a cursor.
+                    None => self.resolve(),
+                },
                 State::Resolve => self.resolve(),
                 State::Replay => self.query_page(),
                 State::Live(mut reg) => {
@@ -440,6 +445,7 @@ impl<L: ReplaySource> Subscription<L> {
         match result {
             Ok(Step::Head(head)) => self.on_head(head),
             Ok(Step::Since(cursor)) => {
+                self.open_at(cursor);
                 self.since = None;
                 self.resume = Some(cursor);
                 self.state = State::Resolve;
@@ -460,6 +466,16 @@ impl<L: ReplaySource> Subscription<L> {
                 };
             }
         }
+    }
+
+    /// The opening frame, with `after` as its `id:`: a client that drops
+    /// before its first event resumes from there (`event::opening_frame`).
+    fn open_at(&mut self, after: i64) {
+        self.out.push_back(event::opening_frame(
+            self.settings.retry,
+            after,
+            &self.filters,
+        ));
     }
 
     /// Where to start: the hub's head for a new client; the cursor for a
@@ -516,7 +532,7 @@ impl<L: ReplaySource> Subscription<L> {
         self.out.push_back(event::reset_frame(
             reason,
             cursor,
-            head.pruned_through + 1,
+            head.oldest_held(),
             head.last_id,
         ));
         self.resume = None;

@@ -445,6 +445,42 @@ async fn anonymous_on_a_non_loopback_address_refuses_to_start() {
     on_purpose.kill().await.unwrap();
 }
 
+/// A secret given both ways (its variable left over in the shell, say) is
+/// one clear refusal that names both variables, for the server and for
+/// `herald token`, before anything is served or signed.
+#[tokio::test]
+async fn a_secret_and_its_file_both_set_is_one_refusal_naming_both_variables() {
+    let db = TestDb::create().await;
+    let secret_file = std::env::temp_dir().join(format!("herald-test-both-{}", std::process::id()));
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    for args in [
+        vec!["--listen", "127.0.0.1:0", "--database-url", &db.url],
+        vec!["token", "--subject", "alice"],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args)
+            .env("HERALD_JWT_SECRET", SECRET)
+            .env("HERALD_JWT_SECRET_FILE", &secret_file)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        for name in [
+            "HERALD_JWT_SECRET ",
+            "HERALD_JWT_SECRET_FILE",
+            "--jwt-secret ",
+        ] {
+            assert!(stderr.contains(name), "{args:?} names {name}: {stderr}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?} printed nothing");
+    }
+    std::fs::remove_file(&secret_file).unwrap();
+}
+
 /// A token in a URL (the last-resort carrier) reaches no log line, even
 /// at trace level, on any endpoint, accepted or refused.
 #[tokio::test]

@@ -193,14 +193,15 @@ fn decode_chunked(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Ids of the complete event frames in SSE text (frames with data; the
-/// opening frame's `id:` marks a position, not an event).
+/// Ids of the complete event frames in SSE text (frames with data, but
+/// not the opening `event: stream` frame, whose `id:` marks a position).
 fn frame_ids(sse: &[u8]) -> Vec<i64> {
     let text = String::from_utf8_lossy(sse);
     let complete = text.rfind("\n\n").map_or("", |end| &text[..end]);
     complete
         .split("\n\n")
         .filter(|block| block.lines().any(|l| l.starts_with("data:")))
+        .filter(|block| !block.lines().any(|l| l == "event: stream"))
         .filter_map(|block| {
             block
                 .lines()

@@ -31,4 +31,5 @@ mod retention;
 mod roundtrip;
 mod since;
 mod stream;
+mod wire;
 mod writers;

@@ -204,7 +204,7 @@ async fn pretty_printed_data_is_delivered_on_a_single_data_line() {
     let raw = String::from_utf8(sse.raw.clone()).unwrap();
     let data_line = raw
         .lines()
-        .find(|l| l.starts_with("data: ") && l.contains(&topic))
+        .find(|l| l.starts_with("data: {\"id\":") && l.contains(&topic))
         .expect("a data line for the event");
     assert!(
         data_line.ends_with(r#""data":{"list":[1,2],"s":"x y"}}"#),

@@ -7,15 +7,19 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use crate::resume::{QUIET, events_through, ids, labeled_metric, open_witness};
 
-/// The frame after `retry:`, which must be the reset; checks its bytes.
-async fn expect_reset(sse: &mut SseClient, continue_from: i64) -> Value {
-    let retry = sse.next_frame().await.unwrap();
-    assert_eq!(retry.retry, Some(200));
+/// The frame after the opening one (which carries the client's own
+/// cursor), which must be the reset; checks their bytes.
+async fn expect_reset(sse: &mut SseClient, topic: &str, cursor: i64, continue_from: i64) -> Value {
+    let opening = sse.next_frame().await.unwrap();
+    assert!(opening.is_stream_frame(), "{opening:?}");
     let reset = sse.next_frame().await.unwrap();
     assert_eq!(reset.event.as_deref(), Some("reset"));
     assert_eq!(reset.id_num(), continue_from);
     let data = reset.data.clone().unwrap();
-    let expected = format!("retry: 200\n\nid: {continue_from}\nevent: reset\ndata: {data}\n\n");
+    let expected = format!(
+        "{}id: {continue_from}\nevent: reset\ndata: {data}\n\n",
+        opening_frame(200, cursor, &[topic])
+    );
     assert_eq!(String::from_utf8(sse.raw.clone()).unwrap(), expected);
     reset.json()
 }
@@ -32,7 +36,7 @@ async fn cursor_ahead_of_the_log_gets_one_reset_then_live_events(writer: Writer)
     .await;
 
     let mut sse = app.stream(&format!("topic={topic}"), Some("999999")).await;
-    let reset = expect_reset(&mut sse, published[2]).await;
+    let reset = expect_reset(&mut sse, &topic, 999_999, published[2]).await;
     let live = app.publish_ok(&topic, json!("live")).await;
     let next = sse.next_frame().await.unwrap();
 
@@ -53,12 +57,30 @@ async fn cursor_ahead_of_the_log_gets_one_reset_then_live_events(writer: Writer)
 }
 over_both_writers!(cursor_ahead_of_the_log_gets_one_reset_then_live_events);
 
+/// A log that holds nothing has no oldest id: the reset says `null`, not
+/// the `"1"` it once said of a log that never held event 1.
+async fn a_reset_on_an_empty_log_says_it_holds_no_oldest_id(writer: Writer) {
+    let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
+    let topic = unique_topic("empty");
+
+    let mut sse = app.stream(&format!("topic={topic}"), Some("999999")).await;
+    let reset = expect_reset(&mut sse, &topic, 999_999, 0).await;
+
+    assert_eq!(reset["reason"], "cursor_ahead");
+    assert_eq!(reset["oldest_id"], Value::Null);
+    assert_eq!(reset["continue_from"], "0");
+    let live = app.publish_ok(&topic, json!("first")).await;
+    assert_eq!(sse.next_event().await.unwrap().id_num(), live);
+    app.stop().await;
+}
+over_both_writers!(a_reset_on_an_empty_log_says_it_holds_no_oldest_id);
+
 async fn reconnecting_with_the_reset_id_gets_no_second_reset(writer: Writer) {
     let app = spawn_app_with(|c| c.heartbeat = QUIET).await.over(writer);
     let topic = unique_topic("ahead");
     let published = app.publish_batch_ok(vec![json!({"topic": topic}); 3]).await;
     let mut first = app.stream(&format!("topic={topic}"), Some("999999")).await;
-    expect_reset(&mut first, published[2]).await;
+    expect_reset(&mut first, &topic, 999_999, published[2]).await;
     drop(first);
 
     let mut again = app
@@ -105,7 +127,7 @@ async fn cursor_older_than_the_log_gets_one_reset_with_oldest_id_then_live_event
     let (app, topic, _witness) = app_with_pruned_log(writer).await;
 
     let mut sse = app.stream(&format!("topic={topic}"), Some("2")).await;
-    let reset = expect_reset(&mut sse, 10).await;
+    let reset = expect_reset(&mut sse, &topic, 2, 10).await;
     let live = app.publish_ok(&topic, json!("live")).await;
     let next = sse.next_frame().await.unwrap();
 

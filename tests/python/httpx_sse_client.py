@@ -38,10 +38,11 @@ def publish(client, type_, data):
 
 
 def events(blocks):
-    """The events among a connection's blocks, without those that carry no
-    data (the `retry:` hint, and the heartbeats that httpx-sse reports as
-    empty messages once an id has been seen)."""
-    return (sse for sse in blocks if sse.data)
+    """The events among a connection's blocks, without the stream's own
+    `event: stream` frames (its opening) and those that carry no data (the
+    heartbeats, which httpx-sse reports as empty messages once an id has
+    been seen)."""
+    return (sse for sse in blocks if sse.data and sse.event != "stream")
 
 
 def connect(client, last_event_id=None):

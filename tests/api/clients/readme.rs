@@ -234,6 +234,7 @@ pub(super) fn shell_commands(block: &str) -> Vec<String> {
 pub(super) fn frame_ids(sse: &str) -> Vec<&str> {
     sse.split("\n\n")
         .filter(|frame| frame.lines().any(|l| l.starts_with("data:")))
+        .filter(|frame| !frame.lines().any(|l| l == "event: stream"))
         .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("id: ")))
         .collect()
 }

@@ -234,7 +234,7 @@ async fn sigterm_drains_streams_over_the_window_then_exits() {
         assert_eq!(res.status(), 200);
         let mut stream = RawStream::new(res);
         let first = stream.read_frame(overall).await;
-        assert_eq!(first, b"retry: 200\nid: 0\n\n");
+        assert_eq!(first, opening_frame(200, 0, &["*"]).as_bytes());
         readers.push(tokio::spawn(stream.until_end(overall)));
     }
 
@@ -265,7 +265,10 @@ async fn sigterm_drains_streams_over_the_window_then_exits() {
     );
     assert_eq!(late.headers()["content-type"], "text/event-stream");
     let late = RawStream::new(late).until_end(overall).await;
-    assert_eq!(late.raw, b"retry: 200\n\n", "{:?}", late.text());
+    assert_eq!(
+        late.text(),
+        "retry: 200\nevent: stream\ndata: {\"draining\":true,\"topics\":[\"*\"]}\n\n"
+    );
     assert!(late.clean, "the late stream ended cleanly");
 
     let mut ends = Vec::new();

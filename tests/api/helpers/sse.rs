@@ -34,8 +34,16 @@ impl SseFrame {
             .expect("numeric id")
     }
 
+    /// An event a page would handle: a frame with data, other than the
+    /// stream's own `event: stream` frames (its opening, a stopping
+    /// server's answer), which a browser fires only at a listener for them.
     pub fn is_event(&self) -> bool {
-        self.data.is_some()
+        self.data.is_some() && !self.is_stream_frame()
+    }
+
+    /// One of the stream's own `event: stream` frames.
+    pub fn is_stream_frame(&self) -> bool {
+        self.event.as_deref() == Some("stream")
     }
 }
 
@@ -94,7 +102,7 @@ impl SseClient {
         }
     }
 
-    /// The next frame that carries data (skipping `retry:` and comments);
+    /// The next event (skipping the `event: stream` frames and comments);
     /// `None` when the stream ended.
     pub async fn next_event(&mut self) -> Option<SseFrame> {
         loop {
@@ -165,4 +173,12 @@ fn parse_block(block: &[u8]) -> SseFrame {
         }
     }
     frame
+}
+
+/// The opening frame herald writes, byte for byte: `retry:`, `id:` the
+/// position the stream starts after, and `event: stream` with its JSON
+/// data (the test config's `retry:` is 200 ms).
+pub fn opening_frame(retry_ms: u64, after: i64, topics: &[&str]) -> String {
+    let data = serde_json::json!({"after": after.to_string(), "topics": topics});
+    format!("retry: {retry_ms}\nid: {after}\nevent: stream\ndata: {data}\n\n")
 }
