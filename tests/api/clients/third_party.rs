@@ -7,7 +7,8 @@
 //!
 //! - a drop before its first event loses nothing: the client has seen only
 //!   the opening frame when herald dies; 20 events are published while it
-//!   is down; the client gets exactly those, once each, in order;
+//!   is down, and the client tries twice in vain; herald comes back; the
+//!   client gets exactly those 20, once each, in order;
 //! - a restart with events in the gap: the same after some events;
 //! - a `401` and a `403` stop it: herald answers one request, and the
 //!   client then stops by itself (its process exits) instead of retrying.
@@ -229,6 +230,16 @@ fn opened(connections: &[Connection]) -> Vec<&Connection> {
         .collect()
 }
 
+/// Waits until the client has tried twice in vain while herald is down
+/// (connections from the `since`th on, left without an answer): it keeps
+/// trying, rather than giving up after a failed reconnect.
+async fn tried_in_vain(tap: &Tap, since: usize) {
+    tap.wait("two reconnect attempts while herald is down", |c| {
+        c[since..].iter().filter(|c| c.status().is_none()).count() >= 2
+    })
+    .await;
+}
+
 async fn drop_before_the_first_event(client: Client) {
     let db = Arc::new(TestDb::create().await);
     let herald = HeraldProcess::start(&db.url, unused_port()).await;
@@ -248,10 +259,12 @@ async fn drop_before_the_first_event(client: Client) {
     );
     assert!(!first[0].event_passed());
 
-    // herald dies; 20 events are published while it is down; it comes
-    // back on the same port.
+    // herald dies; 20 events are published while it is down, and the
+    // client keeps trying; herald comes back on the same port.
+    let since = first.len();
     let port = herald.kill().await;
     let gap = publish(&publisher, &topic, 20).await;
+    tried_in_vain(&tap, since).await;
     let _herald = HeraldProcess::start(&db.url, port).await;
     let connections = tap
         .wait("the client back on herald", |c| opened(c).len() >= 2)
@@ -288,10 +301,12 @@ async fn restart_with_events_in_the_gap(client: Client) {
         .wait("the first events", |out| out.has(&before[2]))
         .await;
 
-    // herald stops as in a deploy; events are published meanwhile; it
-    // comes back on the same port.
+    // herald stops as in a deploy; events are published meanwhile, and
+    // the client keeps trying; herald comes back on the same port.
+    let since = tap.connections().len();
     let port = herald.stop().await;
     let gap = publish(&publisher, &topic, 5).await;
+    tried_in_vain(&tap, since).await;
     let _herald = HeraldProcess::start(&db.url, port).await;
     let connections = tap
         .wait("the client back on herald", |c| opened(c).len() >= 2)
