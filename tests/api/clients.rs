@@ -1,19 +1,22 @@
 //! Real clients against a real herald (issue #5): Debian's Chromium driven by
 //! playwright-core, the Node `eventsource` package, Python's httpx-sse, the
-//! README's curl lines exactly as written (`readme`), and the files in
-//! `examples/`.
+//! README's curl lines exactly as written (`readme`), the files in
+//! `examples/`, and the third-party SSE clients of the README's "Clients",
+//! each running its README snippet (`third_party`).
 //!
 //! Each test arranges herald (in process, or the binary when it must come
 //! back on the same port), runs a script from `tests/browser/` (Node) or
 //! `tests/python/` as a child process ([`run`]), and fails with the
 //! script's output unless it exits 0. Needs what `.ci/run` installs:
-//! `chromium`, `npm ci` in `tests/browser`, and `pip install httpx
-//! httpx-sse`. Screenshots of the console land in `tests/artifacts/`.
+//! `chromium`, `npm ci` in `tests/browser`, and `pip install -r
+//! tests/python/requirements.txt`. Screenshots of the console land in
+//! `tests/artifacts/`.
 
 mod console_tokens;
 mod readme;
 mod readme_tokens;
 mod run;
+mod third_party;
 mod tokens;
 
 use std::path::Path;

@@ -22,8 +22,13 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) fn node(script: &str) -> Command {
     let dir = repo().join("tests/browser");
     assert!(
-        dir.join("node_modules/playwright-core").is_dir()
-            && dir.join("node_modules/eventsource").is_dir(),
+        [
+            "playwright-core",
+            "eventsource",
+            "@microsoft/fetch-event-source"
+        ]
+        .iter()
+        .all(|package| dir.join("node_modules").join(package).is_dir()),
         "the Node clients are not installed: run `npm ci --prefix tests/browser` (.ci/run does)"
     );
     let chromium =
