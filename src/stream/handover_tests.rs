@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::subscription::{Page, ReplaySource};
+use super::replay::{Page, ReplaySource};
 use super::{Parts, Start, StreamRequest, StreamSettings, Subscription};
 use crate::event::{EventType, Filters, StoredEvent, Topic, TopicFilter};
 use crate::hub::Hub;

@@ -1,5 +1,5 @@
 //! `GET /v1/stream`, from the request to the stream's end, whichever writer
-//! sends it (DESIGN.md, "Subscribe" and "One description of a stream").
+//! sends it (docs/ARCHITECTURE.md, "Subscribe" and "One description of a stream").
 //!
 //! [`Streams::open`] decides everything about an answer once: what was
 //! asked ([`request`]), the headers, the allowed origin, the subscription,
@@ -15,12 +15,16 @@
 //!
 //! - [`request`]: the query string and `Last-Event-ID`, parsed.
 //! - [`subscription`]: replay, hand-over to live, heartbeats, the end.
+//! - [`replay`]: where a replay reads what the ring no longer holds.
+//! - [`record`]: how a stream ended, for the metrics and the log.
 //! - [`drain`]: each stream's slot in a stopping instance's drain window.
 
 mod drain;
 mod expiry;
 #[cfg(test)]
 mod handover_tests;
+mod record;
+mod replay;
 mod request;
 mod subscription;
 
@@ -42,12 +46,13 @@ use crate::log::EventLog;
 use crate::telemetry;
 
 use crate::request::RequestHead;
+pub use record::EndReason;
 #[cfg(test)]
 pub use request::SINCE_FLOOR;
 pub use request::{
     Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request,
 };
-pub use subscription::{EndReason, Parts, Subscription};
+pub use subscription::{Parts, Subscription};
 
 /// The route this module answers.
 pub const PATH: &str = "/v1/stream";

@@ -28,74 +28,19 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::drain::EndWatch;
 use super::expiry::{Expiry, ExpiryWatch};
+use super::record::{EndReason, Record};
+use super::replay::{Page, ReplaySource};
 use super::{Start, StreamRequest, StreamSettings};
 use crate::auth::StreamSlot;
-use crate::event::{self, Filters, Frame, ResetReason, StoredEvent};
+use crate::event::{self, Filters, Frame, ResetReason};
 use crate::hub::{Attach, Hub, Registration};
 use crate::log::{EventLog, Head, LogError};
 use crate::telemetry;
 
-/// Events read per replay query, at most.
-const REPLAY_PAGE: i64 = 1000;
-/// Bytes of `data` read per replay query, at most (one event always): a
-/// replaying stream holds one page until its client has taken it, so this
-/// bounds its memory whatever the size of the events.
-pub const REPLAY_PAGE_BYTES: i64 = 256 * 1024;
 /// One live frame in this many is sampled for the delivery-lag histogram.
 const LAG_SAMPLE: u64 = 64;
 /// Wait before retrying a replay query that failed.
 const RETRY_QUERY_AFTER: Duration = Duration::from_secs(1);
-
-/// Where a replay reads what the hub's ring no longer holds: the event log,
-/// or (in unit tests) events in memory.
-pub trait ReplaySource: Clone + Send + Sync + 'static {
-    /// The newest id assigned and the pruning floor.
-    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>>;
-    /// The cursor a `since=` time maps to.
-    fn cursor_at(&self, time: OffsetDateTime) -> BoxFuture<'static, Result<i64, LogError>>;
-    /// The next page of matching events after `after`, in id order.
-    fn page(&self, after: i64, filters: Filters) -> BoxFuture<'static, Result<Page, LogError>>;
-}
-
-/// One page of a replay.
-pub struct Page {
-    pub events: Vec<StoredEvent>,
-    /// No matching event after these in the snapshot the page was read in.
-    pub complete: bool,
-    /// The log's head in that snapshot: a cursor below its pruning floor
-    /// may have had events pruned from under it.
-    pub head: Head,
-}
-
-impl ReplaySource for EventLog {
-    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>> {
-        let log = self.clone();
-        Box::pin(async move { log.head().await })
-    }
-
-    fn cursor_at(&self, time: OffsetDateTime) -> BoxFuture<'static, Result<i64, LogError>> {
-        let log = self.clone();
-        Box::pin(async move { log.cursor_at(time).await })
-    }
-
-    fn page(&self, after: i64, filters: Filters) -> BoxFuture<'static, Result<Page, LogError>> {
-        let log = self.clone();
-        Box::pin(async move {
-            let read = log
-                .read_page(after, &filters, REPLAY_PAGE, REPLAY_PAGE_BYTES)
-                .await?;
-            let bytes: usize = read.events.iter().map(|e| e.data.len()).sum();
-            // Short on both counts: the query found nothing more.
-            let complete =
-                (read.events.len() as i64) < REPLAY_PAGE && (bytes as i64) < REPLAY_PAGE_BYTES;
-            Ok(Page {
-                events: read.events,
-                complete,
-                head: read.head,
-            })
-        })
-    }
-}
 
 enum State {
     /// Before the opening frame (`retry:`, `event: stream`) went out.
@@ -180,83 +125,6 @@ pub struct Subscription<L: ReplaySource = EventLog> {
     _slot: Option<StreamSlot>,
     /// Held for the stream's lifetime: the instance waits for these to go.
     _tracked: TaskTrackerToken,
-}
-
-/// Why a stream ended: the `reason` of `herald_streams_ended_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client closed the connection (or it broke).
-    ClientGone,
-    /// The hub dropped it: its queue filled.
-    Lagged,
-    /// Its client took no bytes for `--write-timeout`.
-    Stalled,
-    /// The instance stopped and the stream's drain slot came.
-    Drain,
-    /// Its token expired.
-    TokenExpired,
-    /// Writing failed otherwise.
-    Error,
-}
-
-impl EndReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::ClientGone => "client_gone",
-            Self::Lagged => "lagged",
-            Self::Stalled => "stalled",
-            Self::Drain => "drain",
-            Self::TokenExpired => "token_expired",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// A stream's life for the metrics and the log, recorded once at its end,
-/// however it ends (a client that leaves raises no error): counted in
-/// `herald_streams_active` meanwhile, then one `herald_streams_ended_total`
-/// by reason, its lifetime, and one log line at `debug` (stream ends are
-/// routine; the counters carry the aggregate).
-struct Record {
-    opened: Instant,
-    events: u64,
-    reason: Option<EndReason>,
-    lagged: CancellationToken,
-}
-
-impl Record {
-    fn new(lagged: CancellationToken) -> Self {
-        telemetry::streams_active().increment(1.0);
-        metrics::counter!(telemetry::STREAMS_OPENED).increment(1);
-        Self {
-            opened: Instant::now(),
-            events: 0,
-            reason: None,
-            lagged,
-        }
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        telemetry::streams_active().decrement(1.0);
-        // Through hyper, a lagging stream ends with its connection before
-        // it learns why: the token says.
-        let reason = self.reason.unwrap_or(if self.lagged.is_cancelled() {
-            EndReason::Lagged
-        } else {
-            EndReason::ClientGone
-        });
-        let lived = self.opened.elapsed();
-        metrics::counter!(telemetry::STREAMS_ENDED, "reason" => reason.label()).increment(1);
-        metrics::histogram!(telemetry::STREAM_SECONDS).record(lived);
-        tracing::debug!(
-            reason = reason.label(),
-            duration_ms = lived.as_millis() as u64,
-            events = self.events,
-            "stream ended"
-        );
-    }
 }
 
 /// What a subscription is made of, apart from the request.

@@ -1,0 +1,86 @@
+//! How a stream ended, and its life for the metrics and the log, recorded
+//! once at its end however it ends.
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry;
+
+/// Why a stream ended: the `reason` of `herald_streams_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed the connection (or it broke).
+    ClientGone,
+    /// The hub dropped it: its queue filled.
+    Lagged,
+    /// Its client took no bytes for `--write-timeout`.
+    Stalled,
+    /// The instance stopped and the stream's drain slot came.
+    Drain,
+    /// Its token expired.
+    TokenExpired,
+    /// Writing failed otherwise.
+    Error,
+}
+
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ClientGone => "client_gone",
+            Self::Lagged => "lagged",
+            Self::Stalled => "stalled",
+            Self::Drain => "drain",
+            Self::TokenExpired => "token_expired",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A stream's life for the metrics and the log, recorded once at its end,
+/// however it ends (a client that leaves raises no error): counted in
+/// `herald_streams_active` meanwhile, then one `herald_streams_ended_total`
+/// by reason, its lifetime, and one log line at `debug` (stream ends are
+/// routine; the counters carry the aggregate).
+pub(super) struct Record {
+    opened: Instant,
+    /// Events written.
+    pub(super) events: u64,
+    /// Why it ended, once known; at its drop, what the writer saw.
+    pub(super) reason: Option<EndReason>,
+    lagged: CancellationToken,
+}
+
+impl Record {
+    pub(super) fn new(lagged: CancellationToken) -> Self {
+        telemetry::streams_active().increment(1.0);
+        metrics::counter!(telemetry::STREAMS_OPENED).increment(1);
+        Self {
+            opened: Instant::now(),
+            events: 0,
+            reason: None,
+            lagged,
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        telemetry::streams_active().decrement(1.0);
+        // Through hyper, a lagging stream ends with its connection before
+        // it learns why: the token says.
+        let reason = self.reason.unwrap_or(if self.lagged.is_cancelled() {
+            EndReason::Lagged
+        } else {
+            EndReason::ClientGone
+        });
+        let lived = self.opened.elapsed();
+        metrics::counter!(telemetry::STREAMS_ENDED, "reason" => reason.label()).increment(1);
+        metrics::histogram!(telemetry::STREAM_SECONDS).record(lived);
+        tracing::debug!(
+            reason = reason.label(),
+            duration_ms = lived.as_millis() as u64,
+            events = self.events,
+            "stream ended"
+        );
+    }
+}
