@@ -1,5 +1,5 @@
 //! The server's configuration: every setting is a flag and an environment
-//! variable (DESIGN.md, "Configuration"). The doc comment of each field is
+//! variable (docs/ARCHITECTURE.md, "Configuration"). The doc comment of each field is
 //! its `--help` text; the README's table lists the same.
 //!
 //! The whole command line, with the terminal client's commands beside these
@@ -221,7 +221,7 @@ impl JwtSecret {
     }
 }
 
-/// Who may read and publish: JWT verification (DESIGN.md, "Configuration").
+/// Who may read and publish: JWT verification (docs/ARCHITECTURE.md, "Configuration").
 /// With no key configured herald runs anonymous, and then only on a
 /// loopback address unless `--allow-anonymous` says so on purpose.
 #[derive(Debug, Clone, Args)]

@@ -1,5 +1,5 @@
 //! Every refusal as an `application/problem+json` body (RFC 9457) with the
-//! status DESIGN.md assigns. Handlers return `Result<_, ApiError>` and use `?`.
+//! status docs/ARCHITECTURE.md assigns. Handlers return `Result<_, ApiError>` and use `?`.
 //!
 //! Problem `type` is `about:blank` (RFC 9457 §4.2.1), so `title` is the
 //! status phrase; the machine-readable reason is the `code` extension member

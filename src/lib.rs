@@ -1,11 +1,13 @@
 //! herald: a Server-Sent Events notification service backed by a PostgreSQL
-//! event log. See `DESIGN.md` in the shared docs and the README.
+//! event log. See `docs/ARCHITECTURE.md` and the README.
 //!
 //! The modules in pipeline order:
 //! - [`config`]: the server's flags and environment variables.
 //! - `server`: the accept loop; streams over HTTP/1.x written straight to
 //!   the socket, the rest through hyper and the axum router (`http`).
-//! - `http`: the axum router; publish, history and ops handlers, CORS.
+//! - `http`: the axum router; publish, history and ops handlers.
+//! - `request`: the request head as both ways in have it; `cors`: one CORS
+//!   decision for every response.
 //! - `stream`: one subscriber's stream whichever writer sends it: the
 //!   request, its one description, replay, hand-over to live, the drain.
 //! - `event`: topics, types, filters, data rules, the envelope, SSE frames.

@@ -1,5 +1,5 @@
 //! The log tail: LISTEN/NOTIFY wakes it, then it reads every row after its
-//! cursor and hands the frames to the hub (DESIGN.md, "One delivery path").
+//! cursor and hands the frames to the hub (docs/ARCHITECTURE.md, "One delivery path").
 //! An append's notification carries the events it committed; when they
 //! are the next ones after the cursor, the listener takes them from the
 //! notification instead of reading them back (`log/notice.rs`).

@@ -1,4 +1,4 @@
-//! Who asks, and may they (DESIGN.md, "Configuration": tokens, grants,
+//! Who asks, and may they (docs/ARCHITECTURE.md, "Configuration": tokens, grants,
 //! caps). One check for every request, whichever writer answers it:
 //! [`Auth::identify`] reads the token from wherever it travels and returns
 //! the caller's [`Identity`]; its [`Grants`] say what it may read and

@@ -1,4 +1,4 @@
-//! The terminal client beside the server in the same binary (DESIGN.md,
+//! The terminal client beside the server in the same binary (docs/ARCHITECTURE.md,
 //! "Configuration"): `herald tail` follows a stream, `herald publish` sends
 //! one event. Both talk to a running herald over its public HTTP API only,
 //! like any other client. Their grammar, and the whole command line's

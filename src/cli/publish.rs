@@ -1,4 +1,4 @@
-//! `herald publish TOPIC [DATA|-]`: one `POST /v1/events` (DESIGN.md,
+//! `herald publish TOPIC [DATA|-]`: one `POST /v1/events` (docs/ARCHITECTURE.md,
 //! "Publish"), the stored envelope on stdout, and an exit status a script can
 //! branch on (see [`super::EXIT_REFUSED`], [`super::EXIT_UNAVAILABLE`]).
 //!

@@ -1,4 +1,4 @@
-//! `herald tail [TOPIC…]`: follow `GET /v1/stream` (DESIGN.md, "Subscribe")
+//! `herald tail [TOPIC…]`: follow `GET /v1/stream` (docs/ARCHITECTURE.md, "Subscribe")
 //! and print each event, readable or as JSON lines, for as long as the user
 //! wants, across dropped connections and server restarts.
 //!

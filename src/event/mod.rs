@@ -170,7 +170,7 @@ fn push_rfc3339(out: &mut String, time: OffsetDateTime) {
 }
 
 /// An event encoded once as SSE bytes; the same `Bytes` go to every
-/// subscriber (DESIGN.md, "Encode once").
+/// subscriber (docs/ARCHITECTURE.md, "Encode once").
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub id: i64,
@@ -191,7 +191,7 @@ impl Frame {
     }
 }
 
-/// The frame that opens a stream (DESIGN.md, "Subscribe"): `retry:`, the
+/// The frame that opens a stream (docs/ARCHITECTURE.md, "Subscribe"): `retry:`, the
 /// `id:` that events follow (`after`), and `event: stream` with a JSON
 /// `data:` line saying what the stream is:
 ///

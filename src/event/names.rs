@@ -1,5 +1,5 @@
 //! Names and filters: topics, event types, idempotency keys and topic
-//! filters, each existing only if its text passed the rules (DESIGN.md,
+//! filters, each existing only if its text passed the rules (docs/ARCHITECTURE.md,
 //! "Events"). Nothing a publisher sends can therefore reach an SSE `id:`,
 //! `event:` or `data:` line with a CR or LF in it.
 
@@ -15,7 +15,7 @@ pub const MAX_KEY_LEN: usize = 256;
 /// Event types the stream itself or browsers give a meaning to: browsers
 /// fire `error` and `open` themselves; herald's streams send `stream`,
 /// `reset` and `auth-expiring`, and `replaced` and `revoked` are kept for
-/// the streams a subject's cap or an admin ends (DESIGN.md, "Streams you
+/// the streams a subject's cap or an admin ends (docs/ARCHITECTURE.md, "Streams you
 /// can name and steer").
 pub const RESERVED_TYPES: [&str; 7] = [
     "reset",

@@ -1,5 +1,5 @@
 //! Which subscribers an event's topic could reach, found without testing
-//! every subscriber (DESIGN.md, "Fan-out costs what it delivers").
+//! every subscriber (docs/ARCHITECTURE.md, "Fan-out costs what it delivers").
 //!
 //! A subscriber is entered once per filter it asked for:
 //! - an exact topic goes into a hash map from topic to subscribers, so the

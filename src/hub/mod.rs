@@ -1,4 +1,4 @@
-//! In-process fan-out and the ring of recent frames (DESIGN.md, "The shape").
+//! In-process fan-out and the ring of recent frames (docs/ARCHITECTURE.md, "The shape").
 //!
 //! The listener is the hub's only writer: it pushes every event it reads from
 //! the log, in id order, already encoded. Each subscriber owns a bounded
@@ -12,7 +12,7 @@
 //! PostgreSQL; the ring copy and the registration happen under one lock, so
 //! nothing falls between the two.
 //!
-//! Costs follow deliveries (DESIGN.md, "Fan-out costs what it delivers"): a
+//! Costs follow deliveries (docs/ARCHITECTURE.md, "Fan-out costs what it delivers"): a
 //! frame finds its subscribers through [`index`] (exact topics by lookup,
 //! prefixes by a trie, all-topics subscribers by a list), never by testing
 //! every subscriber's filters; a resume finds its frames through [`ring`]'s

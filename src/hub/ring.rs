@@ -1,4 +1,4 @@
-//! The ring of recent frames, and its index by topic (DESIGN.md, "Recent
+//! The ring of recent frames, and its index by topic (docs/ARCHITECTURE.md, "Recent
 //! events in memory").
 //!
 //! A resume from a cursor the ring covers copies the frames after it. Two
