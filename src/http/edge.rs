@@ -12,8 +12,8 @@
 //! allocations (callgrind, 3,000 publishes; `BENCHMARKS.md`, "One service
 //! around the router"). Around the whole router this is one reference
 //! count and one boxed future per request. The price is that the route is
-//! not known before routing: [`route_of`] names it from the path, which is
-//! exact because no route has a parameter.
+//! not known before routing: [`Route::of`] names it from the path, as
+//! axum's `MatchedPath` would (`routes.rs`).
 //!
 //! One route is answered here without the router: `POST /v1/events`, the
 //! way in of every event. Routing cost a publish about 4,000 of its 74,300
@@ -39,37 +39,10 @@ use axum::response::{IntoResponse, Response};
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
+use super::routes::Route;
 use super::{AppState, publish};
 use crate::error::ApiError;
 use crate::telemetry;
-
-/// The path of publishing (`POST`, answered by the edge itself) and of
-/// the history (`GET`, by the router).
-pub const EVENTS: &str = "/v1/events";
-
-/// The paths the router answers, each its own `route` label; any other
-/// path is `unmatched`. `router()` routes exactly these.
-pub const ROUTES: [&str; 9] = [
-    "/",
-    "/console.js",
-    "/console.css",
-    "/favicon.svg",
-    EVENTS,
-    crate::stream::PATH,
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
-
-/// The `route` label of a request for `path`: the route it reaches, or
-/// `unmatched` (axum's `MatchedPath`, without routing first).
-pub fn route_of(path: &str) -> &'static str {
-    ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .copied()
-        .unwrap_or("unmatched")
-}
 
 /// The router with what every request passes through. Cheap to clone (one
 /// reference count), as hyper's glue clones it for every request.
@@ -136,7 +109,8 @@ impl Inner {
             return ApiError::HeadTooLarge(format!("a request head over {max} bytes"))
                 .into_response();
         }
-        let route = route_of(req.uri().path());
+        let route = Route::of(req.uri().path());
+        let label = Route::label_of(route);
         let method = telemetry::method_label(req.method());
         // The span names the route, never the full URI: query strings may
         // carry tokens. It is a debug span (on with
@@ -147,12 +121,12 @@ impl Inner {
         // It covers a request until its answer's head: a body streamed
         // after that (a stream over HTTP/2) is outside it, and streams
         // written straight to the socket never had one.
-        let span = tracing::debug_span!("http", method, route);
+        let span = tracing::debug_span!("http", method, route = label);
         let res = self.route(req, route).instrument(span).await;
         // Stream requests are counted where their answer is decided
         // (`Streams::open`), whichever writer sends it.
-        if route != crate::stream::PATH || method != "GET" {
-            telemetry::http_requests(method, route, res.status()).increment(1);
+        if route != Some(Route::Stream) || method != "GET" {
+            telemetry::http_requests(method, label, res.status()).increment(1);
         }
         res
     }
@@ -160,7 +134,7 @@ impl Inner {
     /// A preflight's answer, or the router's with the CORS headers added.
     /// The stream route's answers carry theirs already (from the stream's
     /// description), so they are left as they are.
-    async fn route(&self, req: Request<Body>, route: &'static str) -> Response {
+    async fn route(&self, req: Request<Body>, route: Option<Route>) -> Response {
         let cors = &self.state.streams.cors;
         if !cors.is_enabled() {
             return self.call_route(req, route).await;
@@ -175,7 +149,7 @@ impl Inner {
             return cors.preflight(origin);
         }
         let mut res = self.call_route(req, route).await;
-        if route != crate::stream::PATH {
+        if route != Some(Route::Stream) {
             let h = res.headers_mut();
             for (name, value) in cors.headers(origin) {
                 h.append(name, value);
@@ -185,8 +159,8 @@ impl Inner {
     }
 
     /// The publish handler for a publish; the router for the rest.
-    async fn call_route(&self, req: Request<Body>, route: &'static str) -> Response {
-        if route == EVENTS && req.method() == Method::POST {
+    async fn call_route(&self, req: Request<Body>, route: Option<Route>) -> Response {
+        if route == Some(Route::Events) && req.method() == Method::POST {
             return publish::publish(State(self.state.clone()), req)
                 .await
                 .into_response();
@@ -214,16 +188,6 @@ fn head_size<B>(req: &Request<B>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_are_their_own_labels_and_the_rest_unmatched() {
-        assert_eq!(route_of("/v1/events"), "/v1/events");
-        assert_eq!(route_of("/v1/stream"), "/v1/stream");
-        assert_eq!(route_of("/"), "/");
-        assert_eq!(route_of("/v1/events/"), "unmatched");
-        assert_eq!(route_of("/v1/Events"), "unmatched");
-        assert_eq!(route_of("/nope"), "unmatched");
-    }
 
     #[test]
     fn head_size_counts_what_http1_would_write() {

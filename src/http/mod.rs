@@ -8,6 +8,7 @@
 //!   `server/` writes most streams straight to the socket)
 //! - `history`: `GET /v1/events`
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`
+//! - `routes`: the one table of routes the others are named from
 
 mod console;
 mod edge;
@@ -16,6 +17,7 @@ mod ops;
 mod publish;
 #[cfg(test)]
 mod query_tests;
+pub mod routes;
 mod stream;
 
 use std::sync::Arc;
@@ -32,9 +34,9 @@ use crate::listener::ListenerStatus;
 use crate::log::EventLog;
 use crate::stream::Streams;
 
-use edge::ROUTES;
-pub use edge::{EVENTS, Edge};
+pub use edge::Edge;
 pub use publish::PublishLimits;
+use routes::Route;
 pub use stream::{ConnectionCut, Peer};
 
 /// What every handler shares, behind one `Arc`: axum clones the state for
@@ -72,34 +74,26 @@ pub fn service(state: AppState, max_head: usize) -> Edge {
     Edge::new(router(state.clone()), state, max_head)
 }
 
-/// The routes, one per path of [`ROUTES`] (the `route` label of the
-/// request count, named from the path before routing).
+/// The routes, one per [`Route`] (whose template is also the `route`
+/// label of the request count, named from the path before routing).
 fn router(state: AppState) -> Router {
-    let [
-        index,
-        script,
-        style,
-        icon,
-        events,
-        stream,
-        healthz,
-        readyz,
-        metrics,
-    ] = ROUTES;
     Router::new()
-        .route(index, get(console::index))
-        .route(script, get(console::script))
-        .route(style, get(console::style))
-        .route(icon, get(console::icon))
+        .route(Route::Console.template(), get(console::index))
+        .route(Route::ConsoleScript.template(), get(console::script))
+        .route(Route::ConsoleStyle.template(), get(console::style))
+        .route(Route::Icon.template(), get(console::icon))
         // The edge answers `POST` (publishing) before routing (`edge.rs`).
         // It is named here too, with the same handler, so that the router
         // still describes every method of every route: a 405 lists them
         // in `Allow`.
-        .route(events, get(history::history).post(publish::publish))
-        .route(stream, get(stream::stream))
-        .route(healthz, get(ops::healthz))
-        .route(readyz, get(ops::readyz))
-        .route(metrics, get(ops::metrics))
+        .route(
+            Route::Events.template(),
+            get(history::history).post(publish::publish),
+        )
+        .route(Route::Stream.template(), get(stream::stream))
+        .route(Route::Healthz.template(), get(ops::healthz))
+        .route(Route::Readyz.template(), get(ops::readyz))
+        .route(Route::Metrics.template(), get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

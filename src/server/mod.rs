@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::error::ApiError;
+use crate::http::routes::Route;
 use crate::http::{ConnectionCut, Edge, Peer};
 use crate::stream::Streams;
 use head::{Head, Parsed};
@@ -309,7 +310,7 @@ async fn serve_hyper(io: Prefixed, protocol: Protocol, peer: IpAddr, edge: Edge,
     let service = TowerToHyperService::new(edge.map_request({
         let cut = cut.clone();
         move |mut req: Request<Incoming>| {
-            if req.uri().path() == crate::stream::PATH {
+            if Route::of(req.uri().path()) == Some(Route::Stream) {
                 req.extensions_mut().insert(ConnectionCut(cut.clone()));
                 req.extensions_mut().insert(Peer(peer));
             }

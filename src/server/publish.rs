@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::head::Head;
 use super::raw;
-use crate::http::{EVENTS, Edge};
+use crate::http::Edge;
+use crate::http::routes::Route;
 
 /// The largest body this path reads, before knowing who sends it; a
 /// publish is usually far smaller.
@@ -72,7 +73,7 @@ pub(super) enum Served {
 /// Takes `head` if it is a publish this path answers (see the module's
 /// comment); `None` leaves it to hyper.
 pub(super) fn accept(head: &Head<'_>, max_body: usize) -> Option<Plain> {
-    if head.method != "POST" || head.path() != EVENTS || head.version != 1 {
+    if head.method != "POST" || Route::of(head.path()) != Some(Route::Events) || head.version != 1 {
         return None;
     }
     let mut length = None;

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::head::Head;
 use crate::error::ApiError;
-use crate::stream::{self, EndReason, StreamBody, StreamResponse, Streams, Subscription};
+use crate::http::routes::Route;
+use crate::stream::{EndReason, StreamBody, StreamResponse, Streams, Subscription};
 
 /// Most chunks sent in one vectored write.
 const MAX_BATCH: usize = 64;
@@ -62,7 +63,10 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Takes the request if it is `GET /v1/stream` over HTTP/1.x without a
 /// body or an upgrade; `None` hands it to hyper.
 pub fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<StreamConn> {
-    if head.method != "GET" || head.path() != stream::PATH || head.has_body_or_upgrade() {
+    if head.method != "GET"
+        || Route::of(head.path()) != Some(Route::Stream)
+        || head.has_body_or_upgrade()
+    {
         return None;
     }
     let lagged = CancellationToken::new();
