@@ -1,5 +1,5 @@
 //! `GET /v1/events`: the log as JSON, with the same envelopes publish
-//! answered and the stream sends (DESIGN.md, "History").
+//! answered and the stream sends (docs/ARCHITECTURE.md, "History").
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! Idempotency keys: the `key` field, the `Idempotency-Key` header, batches,
-//! and racing repeats (DESIGN.md, "Publish").
+//! and racing repeats (docs/ARCHITECTURE.md, "Publish").
 
 use serde_json::{Value, json};
 
@@ -105,7 +105,7 @@ async fn batch_repeated_with_same_idempotency_header_returns_same_events_with_20
     app.stop().await;
 }
 
-/// A 256-character key is valid (DESIGN.md; `MAX_KEY_LEN`), so it must be
+/// A 256-character key is valid (docs/ARCHITECTURE.md; `MAX_KEY_LEN`), so it must be
 /// accepted for a batch as it is for a single event.
 #[tokio::test]
 async fn batch_accepts_idempotency_header_of_maximum_length() {

@@ -209,7 +209,7 @@ async fn publish_answer_is_byte_identical_to_stored_envelope() {
 
 // ----- database that stops answering ------------------------------------
 
-/// DESIGN.md: a database that cannot answer is a 503, and the pool wait is
+/// docs/ARCHITECTURE.md: a database that cannot answer is a 503, and the pool wait is
 /// bounded by `db_timeout` (1 s here). A database that stops answering
 /// without closing the connection must not hold a publish forever.
 #[tokio::test]

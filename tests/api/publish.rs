@@ -1,5 +1,5 @@
 //! `POST /v1/events`: single events and batches, and SSE framing safety of
-//! what publishers send (DESIGN.md, "Publish").
+//! what publishers send (docs/ARCHITECTURE.md, "Publish").
 
 use serde_json::{Value, json};
 

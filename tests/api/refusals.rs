@@ -1,5 +1,5 @@
 //! Every refusal of a publish is problem+json with the right status, and
-//! stores nothing (DESIGN.md, "Errors").
+//! stores nothing (docs/ARCHITECTURE.md, "Errors").
 
 use serde_json::{Value, json};
 

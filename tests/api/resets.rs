@@ -1,4 +1,4 @@
-//! The `reset` frame (DESIGN.md, "Subscribe"): a cursor newer than any id
+//! The `reset` frame (docs/ARCHITECTURE.md, "Subscribe"): a cursor newer than any id
 //! the log assigned, or older than what it still holds, gets one reset
 //! before live events, and no second one after a reconnect.
 

@@ -1,4 +1,4 @@
-//! Resuming a stream from a cursor (DESIGN.md, "Subscribe", resume): replay
+//! Resuming a stream from a cursor (docs/ARCHITECTURE.md, "Subscribe", resume): replay
 //! from the ring or the log, the hand-over to live events with no gap and no
 //! duplicate, `event: reset` for cursors the log cannot serve, refusals of
 //! cursors that are not ids, and resuming on another instance.

@@ -1,4 +1,4 @@
-//! `GET /v1/stream` (DESIGN.md, "Subscribe"): headers, the opening `retry:`,
+//! `GET /v1/stream` (docs/ARCHITECTURE.md, "Subscribe"): headers, the opening `retry:`,
 //! heartbeats, framing byte for byte, topic filters, refusals, a standard
 //! SSE parser. Delivery under load is in `delivery.rs`.
 

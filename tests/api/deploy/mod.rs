@@ -48,7 +48,7 @@ fn longest_stop(drain: Duration) -> Duration {
     drain + 2 * herald::app::STOP_GRACE
 }
 
-/// Variables DESIGN.md fixes for settings that herald does not read yet
+/// Variables docs/ARCHITECTURE.md fixes for settings that herald does not read yet
 /// (tokens, retention): deploy files set them ahead, and herald ignores
 /// unknown variables until then.
 const PLANNED_VARIABLES: &[&str] = &[

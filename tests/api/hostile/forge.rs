@@ -201,7 +201,7 @@ pub fn padded(key: Key, len: usize) -> String {
     token
 }
 
-/// Where a token travels (DESIGN.md, "Token carriers").
+/// Where a token travels (docs/ARCHITECTURE.md, "Token carriers").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carrier {
     Bearer,
