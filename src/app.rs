@@ -21,15 +21,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, Limits};
+use crate::auth::{Access, Auth, Limits};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits, Shared};
 use crate::hub::Hub;
-use crate::listener::{self, Listener, ListenerStatus};
 use crate::log::{EventLog, Kept, Policy};
 use crate::retention::Retention;
 use crate::stream::{StreamSettings, Streams};
+use crate::tail::{self, ListenerStatus, LogTail};
 use crate::{db, server, telemetry};
 
 /// Extra time after the drain window for publishes and writes in flight.
@@ -66,7 +66,7 @@ impl Instance {
         .await?;
         let (log, committer) = EventLog::start(pool, config.db_timeout);
         let hub = Hub::new(config.ring_size, 0);
-        listener::warm(&log, &hub, config.ring_size)
+        tail::warm(&log, &hub, config.ring_size)
             .await
             .context("cannot read the event log")?;
         let tcp =
@@ -77,7 +77,7 @@ impl Instance {
         // get live events until the server has finished.
         let tasks_stop = CancellationToken::new();
         let status = Arc::new(ListenerStatus::default());
-        let tail = Listener {
+        let tail = LogTail {
             log: log.clone(),
             hub: hub.clone(),
             status: status.clone(),
@@ -101,6 +101,11 @@ impl Instance {
             telemetry::spawn_upkeep(metrics.clone()),
             tokio::spawn(limits_upkeep(limits.clone())),
         ];
+        let access = Access {
+            auth,
+            limits,
+            cors: Cors::new(&config.cors_origins),
+        };
         let state = AppState::new(Shared {
             streams: Streams {
                 hub,
@@ -111,16 +116,15 @@ impl Instance {
                     drain: config.drain,
                     queue_capacity: config.subscriber_queue,
                     write_timeout: config.write_timeout,
-                    expiry_warning: auth.expiry_warning,
+                    expiry_warning: access.auth.expiry_warning,
                 }),
-                cors: Cors::new(&config.cors_origins),
                 shutdown,
                 open: TaskTracker::new(),
-                auth,
-                limits,
+                access: access.clone(),
             },
+            access,
             log,
-            limits: PublishLimits {
+            publish_limits: PublishLimits {
                 max_data_bytes: config.max_data_bytes,
                 max_body_bytes: config.max_body_bytes,
                 max_batch: config.max_batch,

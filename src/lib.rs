@@ -12,7 +12,8 @@
 //!   request, its one description, replay, hand-over to live, the drain.
 //! - `event`: topics, types, filters, data rules, the envelope, SSE frames.
 //! - `log`: the PostgreSQL event log; group commit in id = commit order.
-//! - `listener`: LISTEN/NOTIFY wake-ups, reading the log after a cursor.
+//! - `tail`: the log tail; LISTEN/NOTIFY wake-ups, reading the log after a
+//!   cursor.
 //! - `retention`: pruning old events, one instance at a time; the ring
 //!   follows the log's floor.
 //! - `hub`: in-process fan-out by topic index, the ring of recent frames.
@@ -38,13 +39,13 @@ mod error;
 mod event;
 mod http;
 mod hub;
-mod listener;
 mod log;
 mod request;
 mod retention;
 mod server;
 pub mod signal;
 mod stream;
+mod tail;
 pub mod telemetry;
 
 pub use app::{Instance, run};

@@ -22,17 +22,30 @@ mod limits;
 mod token;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 use crate::config::AuthConfig;
+use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::request::RequestHead;
 
 pub use grants::Grants;
 pub use limits::{Limits, StreamSlot};
 pub use token::{Claims, HeraldClaim, mint};
+
+/// The gate every request passes: who asks ([`Auth`]), under which caps
+/// and rates ([`Limits`]), and from which origin ([`Cors`]). The router's
+/// state and the streams each hold it, so no route reaches through
+/// another's context for it. Cheap to clone.
+#[derive(Clone)]
+pub struct Access {
+    pub auth: Arc<Auth>,
+    pub limits: Arc<Limits>,
+    pub cors: Cors,
+}
 
 /// The query parameter a token may travel in.
 pub const QUERY_PARAMETER: &str = "access_token";

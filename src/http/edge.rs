@@ -52,7 +52,7 @@ pub struct Edge(Arc<Inner>);
 struct Inner {
     router: Router,
     /// What the publish handler is given (the router's own state), and
-    /// the CORS decision (`state.streams.cors`).
+    /// the CORS decision (`state.access.cors`).
     state: AppState,
     /// Largest request head taken (431 beyond).
     max_head: usize,
@@ -79,7 +79,7 @@ impl Edge {
 
     /// The largest publish body taken (`--max-body-bytes`).
     pub fn max_body_bytes(&self) -> usize {
-        self.0.state.limits.max_body_bytes
+        self.0.state.publish_limits.max_body_bytes
     }
 }
 
@@ -135,7 +135,7 @@ impl Inner {
     /// The stream route's answers carry theirs already (from the stream's
     /// description), so they are left as they are.
     async fn route(&self, req: Request<Body>, route: Option<Route>) -> Response {
-        let cors = &self.state.streams.cors;
+        let cors = &self.state.access.cors;
         if !cors.is_enabled() {
             return self.call_route(req, route).await;
         }

@@ -30,7 +30,7 @@ pub async fn history(State(state): State<AppState>, req: Request) -> Result<Resp
 async fn history_request(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, _) = req.into_parts();
     let (after, filters, limit) = parse_query(parts.uri.query().unwrap_or(""))?;
-    let identity = state.streams.auth.identify(&parts)?;
+    let identity = state.access.auth.identify(&parts)?;
     let filters = identity.grants.readable(filters)?;
     let read = match after {
         After::Id(id) => {

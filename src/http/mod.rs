@@ -29,10 +29,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::Access;
 use crate::error::ApiError;
-use crate::listener::ListenerStatus;
 use crate::log::EventLog;
 use crate::stream::Streams;
+use crate::tail::ListenerStatus;
 
 pub use edge::Edge;
 pub use publish::PublishLimits;
@@ -49,7 +50,10 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub log: EventLog,
     pub streams: Streams,
-    pub limits: PublishLimits,
+    /// Who may ask, under which caps and rates, from which origin.
+    pub access: Access,
+    /// How large and how many events a publish may carry.
+    pub publish_limits: PublishLimits,
     pub listener: Arc<ListenerStatus>,
     pub metrics: PrometheusHandle,
 }

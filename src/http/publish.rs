@@ -78,18 +78,18 @@ async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiE
     let (parts, body) = req.into_parts();
     // Who asks comes first: a caller without a valid token learns nothing
     // about what its body would have been refused for.
-    let identity = state.streams.auth.identify(&parts)?;
+    let identity = state.access.auth.identify(&parts)?;
     require_json(&parts.headers)?;
     let header_key = idempotency_header(&parts.headers)?;
-    let body = read_body(body, &state.limits).await?;
-    let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.limits)?;
+    let body = read_body(body, &state.publish_limits).await?;
+    let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.publish_limits)?;
     // Every event of a batch, or none: nothing is stored for a batch with
     // one topic outside the grants.
     identity
         .grants
         .check_publish(events.iter().map(|e| &e.topic))?;
     state
-        .streams
+        .access
         .limits
         .publish(identity.subject.as_deref(), events.len())?;
 

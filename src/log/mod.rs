@@ -138,14 +138,14 @@ pub(crate) async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, s
 
 /// What the log holds: the newest id ever assigned and the pruning floor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Head {
+pub struct Bounds {
     pub last_id: i64,
     /// Every event at or below this id has been pruned (retention); the
     /// oldest event the log may still hold is the next one.
     pub pruned_through: i64,
 }
 
-impl Head {
+impl Bounds {
     /// The oldest event the log holds, if it holds any: ids are dense, so
     /// every id above the floor up to the newest is held.
     pub fn oldest_held(&self) -> Option<i64> {
@@ -161,7 +161,7 @@ impl Head {
 #[derive(Debug, Clone)]
 pub struct Read {
     pub events: Vec<StoredEvent>,
-    pub head: Head,
+    pub head: Bounds,
 }
 
 impl Read {
@@ -196,7 +196,7 @@ type HeadRow = (
 );
 
 fn read_from_rows(rows: Vec<HeadRow>) -> Read {
-    let head = rows.first().map_or_else(Head::default, |r| Head {
+    let head = rows.first().map_or_else(Bounds::default, |r| Bounds {
         last_id: r.0,
         pruned_through: r.1,
     });
@@ -480,7 +480,7 @@ impl EventLog {
 
     /// # Errors
     /// [`LogError`] when the query fails.
-    pub async fn head(&self) -> Result<Head, LogError> {
+    pub async fn head(&self) -> Result<Bounds, LogError> {
         let (last_id, pruned_through): (i64, i64) = self
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
@@ -489,7 +489,7 @@ impl EventLog {
                     .await
             })
             .await?;
-        Ok(Head {
+        Ok(Bounds {
             last_id,
             pruned_through,
         })

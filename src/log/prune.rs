@@ -38,7 +38,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::Head;
+use super::Bounds;
 use crate::telemetry;
 
 /// Key of the session-level advisory lock that makes one instance prune at
@@ -104,7 +104,7 @@ pub enum Round {
     /// Another instance holds [`PRUNE_LOCK`]: nothing done.
     Skipped,
     /// Pruned through `head.pruned_through` (possibly nothing new).
-    Done { head: Head, deleted: u64 },
+    Done { head: Bounds, deleted: u64 },
     /// Stopped between batches because the instance is stopping.
     Stopped,
 }
@@ -216,7 +216,7 @@ async fn prune(
 /// older than the retention (found through the `events_time` index; ids
 /// follow commit times), or `last_id - count`, whichever is higher. The
 /// cutoff time is PostgreSQL's clock, the one that stamped the events.
-async fn target(conn: &mut PgConnection, policy: Policy) -> Result<(Head, i64), sqlx::Error> {
+async fn target(conn: &mut PgConnection, policy: Policy) -> Result<(Bounds, i64), sqlx::Error> {
     let age = policy.max_age.map_or(0.0, |a| a.as_secs_f64());
     let count = policy
         .max_count
@@ -236,7 +236,7 @@ async fn target(conn: &mut PgConnection, policy: Policy) -> Result<(Head, i64), 
     .fetch_one(&mut *conn)
     .await?;
     Ok((
-        Head {
+        Bounds {
             last_id,
             pruned_through,
         },

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::replay::{Page, ReplaySource};
-use super::{Parts, Start, StreamRequest, StreamSettings, Subscription};
+use super::{Start, StreamRequest, StreamSettings, Subscription, Wiring};
 use crate::event::{EventType, Filters, StoredEvent, Topic, TopicFilter};
 use crate::hub::Hub;
-use crate::log::{Head, LogError};
+use crate::log::{Bounds, LogError};
 
 /// The log, in memory: pages of `page_size`, and a hook that runs before
 /// each page is read (to commit more events meanwhile).
@@ -54,8 +54,8 @@ impl MemoryLog {
         self.pruned_through.store(through, Ordering::SeqCst);
     }
 
-    fn head_now(&self) -> Head {
-        Head {
+    fn head_now(&self) -> Bounds {
+        Bounds {
             last_id: self.last_id(),
             pruned_through: self.pruned_through.load(Ordering::SeqCst),
         }
@@ -79,7 +79,7 @@ impl MemoryLog {
 }
 
 impl ReplaySource for MemoryLog {
-    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>> {
+    fn head(&self) -> BoxFuture<'static, Result<Bounds, LogError>> {
         let head = self.head_now();
         Box::pin(async move { Ok(head) })
     }
@@ -135,7 +135,7 @@ fn subscribe(hub: &Hub, log: &MemoryLog, filter: &str, start: Start) -> Subscrip
     };
     Subscription::new(
         request,
-        Parts {
+        Wiring {
             hub: hub.clone(),
             log: log.clone(),
             settings: settings(),

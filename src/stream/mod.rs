@@ -2,7 +2,7 @@
 //! sends it (docs/ARCHITECTURE.md, "Subscribe" and "One description of a stream").
 //!
 //! [`Streams::open`] decides everything about an answer once: what was
-//! asked ([`request`]), the headers, the allowed origin, the subscription,
+//! asked ([`query`]), the headers, the allowed origin, the subscription,
 //! and the request's count in the metrics. Two writers render the
 //! [`StreamResponse`] it returns and decide nothing themselves:
 //! `server::raw` writes HTTP/1.x streams straight to the socket, and
@@ -13,7 +13,8 @@
 //! once and the [`Subscription`] does the rest, so a database outage never
 //! turns into a status that makes a browser's `EventSource` give up.
 //!
-//! - [`request`]: the query string and `Last-Event-ID`, parsed.
+//! - [`query`]: what a stream asks for (its query string and
+//!   `Last-Event-ID`), parsed.
 //! - [`subscription`]: replay, hand-over to live, heartbeats, the end.
 //! - [`replay`]: where a replay reads what the ring no longer holds.
 //! - [`record`]: how a stream ended, for the metrics and the log.
@@ -23,9 +24,9 @@ mod drain;
 mod expiry;
 #[cfg(test)]
 mod handover_tests;
+mod query;
 mod record;
 mod replay;
-mod request;
 mod subscription;
 
 use std::net::IpAddr;
@@ -37,8 +38,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, Limits};
-use crate::cors::Cors;
+use crate::auth::Access;
 use crate::error::ApiError;
 use crate::event::draining_frame;
 use crate::hub::Hub;
@@ -46,13 +46,11 @@ use crate::log::EventLog;
 use crate::telemetry;
 
 use crate::request::RequestHead;
-pub use record::EndReason;
 #[cfg(test)]
-pub use request::SINCE_FLOOR;
-pub use request::{
-    Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request,
-};
-pub use subscription::{Parts, Subscription};
+pub use query::SINCE_FLOOR;
+pub use query::{Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request};
+pub use record::EndReason;
+pub use subscription::{Subscription, Wiring};
 
 /// The route this module answers.
 pub const PATH: &str = "/v1/stream";
@@ -77,14 +75,13 @@ pub struct Streams {
     pub hub: Hub,
     pub log: EventLog,
     pub settings: Arc<StreamSettings>,
-    pub cors: Cors,
     /// Cancelled when the instance begins to stop.
     pub shutdown: CancellationToken,
     /// One token per open stream, so a stopping instance knows when the
     /// last one has ended.
     pub open: TaskTracker,
-    pub auth: Arc<Auth>,
-    pub limits: Arc<Limits>,
+    /// Who may open a stream, under which caps, from which origin.
+    pub access: Access,
 }
 
 /// The answer to one stream request, for a writer to render.
@@ -118,7 +115,7 @@ impl Streams {
         lagged: CancellationToken,
     ) -> Result<StreamBody, ApiError> {
         let mut request = stream_request(head.query(), &head.header_values("last-event-id"))?;
-        let identity = self.auth.identify(head)?;
+        let identity = self.access.auth.identify(head)?;
         // A stream never runs past its token's `exp`: one at or past it
         // (within the verifier's leeway) would end as soon as it opened.
         if identity
@@ -135,14 +132,16 @@ impl Streams {
             )));
         }
         let address = self
+            .access
             .limits
             .client_address(peer, &head.header_values("x-forwarded-for"));
         let slot = self
+            .access
             .limits
             .open_stream(identity.subject.as_deref(), address)?;
         Ok(StreamBody::Events(Box::new(Subscription::new(
             request,
-            Parts {
+            Wiring {
                 hub: self.hub.clone(),
                 log: self.log.clone(),
                 settings: self.settings.clone(),
@@ -157,7 +156,7 @@ impl Streams {
 
     /// Decides the answer to a stream request from `peer`: what was asked,
     /// who asks and may they, under which caps. `lagged` is cancelled if
-    /// the subscriber falls behind (see [`Parts::lagged`]).
+    /// the subscriber falls behind (see [`Wiring::lagged`]).
     pub fn open(
         &self,
         head: &impl RequestHead,
@@ -165,7 +164,7 @@ impl Streams {
         lagged: CancellationToken,
     ) -> StreamResponse {
         let origin = head.header_values("origin").first().copied();
-        let mut headers = self.cors.headers(origin);
+        let mut headers = self.access.cors.headers(origin);
         let (status, body) = match self.subscribe(head, peer, lagged) {
             Err(refused) => (refused.status(), StreamBody::Problem(refused)),
             Ok(body) => (StatusCode::OK, body),

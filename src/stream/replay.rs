@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
 use crate::event::{Filters, StoredEvent};
-use crate::log::{EventLog, Head, LogError};
+use crate::log::{Bounds, EventLog, LogError};
 
 /// Events read per replay query, at most.
 const REPLAY_PAGE: i64 = 1000;
@@ -20,7 +20,7 @@ pub const REPLAY_PAGE_BYTES: i64 = 256 * 1024;
 /// or (in unit tests) events in memory.
 pub trait ReplaySource: Clone + Send + Sync + 'static {
     /// The newest id assigned and the pruning floor.
-    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>>;
+    fn head(&self) -> BoxFuture<'static, Result<Bounds, LogError>>;
     /// The cursor a `since=` time maps to.
     fn cursor_at(&self, time: OffsetDateTime) -> BoxFuture<'static, Result<i64, LogError>>;
     /// The next page of matching events after `after`, in id order.
@@ -34,11 +34,11 @@ pub struct Page {
     pub complete: bool,
     /// The log's head in that snapshot: a cursor below its pruning floor
     /// may have had events pruned from under it.
-    pub head: Head,
+    pub head: Bounds,
 }
 
 impl ReplaySource for EventLog {
-    fn head(&self) -> BoxFuture<'static, Result<Head, LogError>> {
+    fn head(&self) -> BoxFuture<'static, Result<Bounds, LogError>> {
         let log = self.clone();
         Box::pin(async move { log.head().await })
     }

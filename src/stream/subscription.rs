@@ -34,7 +34,7 @@ use super::{Start, StreamRequest, StreamSettings};
 use crate::auth::StreamSlot;
 use crate::event::{self, Filters, Frame, ResetReason};
 use crate::hub::{Attach, Hub, Registration};
-use crate::log::{EventLog, Head, LogError};
+use crate::log::{Bounds, EventLog, LogError};
 use crate::telemetry;
 
 /// One live frame in this many is sampled for the delivery-lag histogram.
@@ -79,7 +79,7 @@ enum Wake {
 }
 
 enum Step {
-    Head(Head),
+    Bounds(Bounds),
     /// The cursor a `since=` time maps to.
     Since(i64),
     Page {
@@ -128,7 +128,7 @@ pub struct Subscription<L: ReplaySource = EventLog> {
 }
 
 /// What a subscription is made of, apart from the request.
-pub struct Parts<L> {
+pub struct Wiring<L> {
     pub hub: Hub,
     pub log: L,
     pub settings: Arc<StreamSettings>,
@@ -145,8 +145,8 @@ pub struct Parts<L> {
 }
 
 impl<L: ReplaySource> Subscription<L> {
-    pub fn new(request: StreamRequest, parts: Parts<L>) -> Self {
-        let Parts {
+    pub fn new(request: StreamRequest, parts: Wiring<L>) -> Self {
+        let Wiring {
             hub,
             log,
             settings,
@@ -311,7 +311,7 @@ impl<L: ReplaySource> Subscription<L> {
     fn on_query(&mut self, result: Result<Step, LogError>) {
         self.state = State::Done;
         match result {
-            Ok(Step::Head(head)) => self.on_head(head),
+            Ok(Step::Bounds(head)) => self.on_head(head),
             Ok(Step::Since(cursor)) => {
                 self.open_at(cursor);
                 self.since = None;
@@ -363,14 +363,14 @@ impl<L: ReplaySource> Subscription<L> {
             // Only the log knows whether this cursor is too old or too new:
             // the hub may merely be a few ms behind another instance.
             let query = self.log.head();
-            self.state = State::Querying(Box::pin(async move { query.await.map(Step::Head) }));
+            self.state = State::Querying(Box::pin(async move { query.await.map(Step::Bounds) }));
             return;
         }
         self.cursor = resume;
         self.attach_or_replay();
     }
 
-    fn on_head(&mut self, head: Head) {
+    fn on_head(&mut self, head: Bounds) {
         let resume = self.resume.unwrap_or(0);
         if resume > head.last_id {
             self.reset(ResetReason::CursorAhead, resume, head);
@@ -385,7 +385,7 @@ impl<L: ReplaySource> Subscription<L> {
     /// Events after `cursor` were pruned (or may have been, before the read
     /// that saw `head`): a `since=` start that has written nothing begins
     /// at the oldest event held; anything else is reset.
-    fn below_floor(&mut self, cursor: i64, head: Head) {
+    fn below_floor(&mut self, cursor: i64, head: Bounds) {
         if self.from_since {
             self.cursor = head.pruned_through;
         } else {
@@ -395,7 +395,7 @@ impl<L: ReplaySource> Subscription<L> {
 
     /// One `event: reset` frame; the client refetches its state, and live
     /// events go on from the log's newest id.
-    fn reset(&mut self, reason: ResetReason, cursor: i64, head: Head) {
+    fn reset(&mut self, reason: ResetReason, cursor: i64, head: Bounds) {
         metrics::counter!(telemetry::RESETS, "reason" => reason_label(reason)).increment(1);
         self.out.push_back(event::reset_frame(
             reason,

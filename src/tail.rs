@@ -45,7 +45,7 @@ impl ListenerStatus {
     }
 }
 
-pub struct Listener {
+pub struct LogTail {
     pub log: EventLog,
     pub hub: Hub,
     pub status: Arc<ListenerStatus>,
@@ -71,7 +71,7 @@ pub async fn warm(log: &EventLog, hub: &Hub, ring_size: usize) -> Result<(), Log
     Ok(())
 }
 
-impl Listener {
+impl LogTail {
     /// Runs until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let probe_payload = format!("probe:{}", std::process::id());
