@@ -299,12 +299,13 @@ impl State {
         if f.comment && f.data.is_none() {
             self.out.pings += 1;
         }
+        // herald's own `event: stream` frame (a stream's opening) names
+        // the position it starts after: its `id:` is where to resume, but
+        // it is no event, and on a resume it repeats the client's cursor.
+        let event = f.data.is_some() && f.event != Some(b"stream");
         if let Some(id) = f.id {
-            // Only events are ordered; a frame without data may repeat the
-            // cursor (herald opens a stream with `id: <its start>`).
-            if f.data.is_some()
-                && let Some(order) = target.id_order(id)
-            {
+            // Only events are ordered.
+            if event && let Some(order) = target.id_order(id) {
                 if self.last_order.is_some_and(|last| order <= last) {
                     self.out.id_regressions += 1;
                 }
