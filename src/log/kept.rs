@@ -31,7 +31,7 @@
 //! whoever marked it `close_on_drop`.
 //!
 //! A connection whose session timeouts were shortened for one statement
-//! (the committer does so for a group that waited, `append.rs`) is kept
+//! (the committer does so for a group that waited, `append/group.rs`) is kept
 //! with [`Kept::keep_shortened`]: the next take restores them with `RESET`
 //! (back to the values the connection was opened with) in place of its
 //! test. Closing it instead made an overloaded committer open a new

@@ -3,7 +3,7 @@
 //! Every append notifies [`NOTIFY_CHANNEL`](super::NOTIFY_CHANNEL) in the
 //! statement that commits it, and PostgreSQL delivers notifications in the
 //! order their transactions committed, which here is id order (appends are
-//! serialized on `log_head`, see `append.rs`). So a notification that
+//! serialized on `log_head`, see `append/`). So a notification that
 //! carries the events it announces, read by a listener whose cursor is
 //! just before them, gives it the next events of the log, as committed:
 //! it delivers them without reading them back, a query per commit on
