@@ -11,11 +11,13 @@
 //! under Python's `requests`) wait for a full read buffer and hold events
 //! back for seconds. HTTP/1.0 has no chunks: its body is delimited by the
 //! connection's end (RFC 9112 §6.3). Either way the connection ends with
-//! the stream (`Connection: close`). A stream ends when its subscription does, when the
-//! client goes away, when the hub drops it for falling behind, or when the
-//! client has taken no bytes for `--write-timeout` while there were some
-//! to send (a replay is not in the hub, so only this notices a client that
-//! stopped reading it).
+//! the stream (`Connection: close`).
+//!
+//! A stream ends when its subscription does, when the client goes away,
+//! when the hub drops it for falling behind, or when the client has taken
+//! no bytes for `--write-timeout` while there were some to send (a replay
+//! is not in the hub, so only this notices a client that stopped reading
+//! it).
 
 use std::io::IoSlice;
 use std::net::IpAddr;
