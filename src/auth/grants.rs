@@ -6,9 +6,17 @@
 //! A request asking for more than its grants is refused (403), never
 //! silently narrowed: a client that asked for `incident:*` and got only
 //! part of it could not tell.
+//!
+//! `{sub}` is a literal: it expands only to a subject that is one topic
+//! segment (`[A-Za-z0-9._-]`). A subject with `*` would turn `user:{sub}`
+//! into a prefix grant (the subject `*` reading every user's topics, `a*`
+//! reading `user:alice:…`), and one with a separator would reach into
+//! another subject's topics (`alice:inbox` in `user:{sub}` is alice's
+//! inbox); such a subject, or an empty one, grants nothing through
+//! `{sub}` (docs/ARCHITECTURE.md, "Configuration").
 
 use crate::error::ApiError;
-use crate::event::{Filters, Topic, TopicFilter};
+use crate::event::{Filters, Topic, TopicFilter, is_topic_segment};
 
 use super::token::HeraldClaim;
 
@@ -31,10 +39,11 @@ impl Grants {
         }
     }
 
-    /// The grants of a token's `herald` claim for `subject`. An entry that
-    /// is not a filter once `{sub}` is replaced (a subject with characters
-    /// topics cannot hold, or no subject at all) grants nothing.
+    /// The grants of a token's `herald` claim for `subject`. An entry with
+    /// `{sub}` grants nothing unless the subject is one topic segment (see
+    /// the module's comment), nor does an entry that is not a filter.
     pub fn from_claim(claim: Option<&HeraldClaim>, subject: Option<&str>) -> Self {
+        let subject = subject.filter(|s| is_topic_segment(s));
         let expand = |entries: &[String]| -> Vec<TopicFilter> {
             entries
                 .iter()
@@ -177,6 +186,33 @@ mod tests {
         assert!(grants.readable(Filters::default()).is_err());
         let no_subject = Grants::from_claim(Some(&claim(&["user:{sub}:*"], &[])), None);
         assert!(no_subject.readable(Filters::default()).is_err());
+    }
+
+    #[test]
+    fn sub_is_a_literal_that_never_widens_a_grant() {
+        // A subject that is not one topic segment grants nothing through
+        // `{sub}`: not a prefix (`*`, `a*`), not another's topics
+        // (`alice:*`, `alice:inbox`, `x/y`), not the bare prefix ("").
+        for subject in ["*", "a*", "alice:*", "alice:inbox", "x/y", ""] {
+            for grant in ["user:{sub}", "{sub}", "user:{sub}:*"] {
+                let grants = Grants::from_claim(Some(&claim(&[grant], &[grant])), Some(subject));
+                for asked in [&["user:alice:inbox"][..], &["user:alice:*"], &["user:*"]] {
+                    assert!(
+                        grants.readable(Filters::of(asked)).is_err(),
+                        "subject {subject:?}, grant {grant:?}, asked {asked:?}"
+                    );
+                }
+                assert!(
+                    grants.readable(Filters::default()).is_err(),
+                    "subject {subject:?}, grant {grant:?}: no filter reads nothing"
+                );
+                let inbox = Topic::parse("user:alice:inbox").unwrap();
+                assert!(grants.check_publish([&inbox]).is_err());
+            }
+        }
+        // A grant without `{sub}` is not affected by the subject.
+        let plain = Grants::from_claim(Some(&claim(&["news"], &[])), Some("*"));
+        assert!(plain.readable(Filters::of(&["news"])).is_ok());
     }
 
     #[test]

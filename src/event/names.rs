@@ -54,6 +54,12 @@ fn is_name_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')
 }
 
+/// Whether `s` is one topic segment: non-empty, of `[A-Za-z0-9._-]` only,
+/// with no separator and no `*`.
+pub fn is_topic_segment(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_TOPIC_LEN && s.bytes().all(is_name_char)
+}
+
 fn is_separator(c: u8) -> bool {
     matches!(c, b':' | b'/')
 }

@@ -107,6 +107,43 @@ async fn a_stream_outside_the_grants_is_403_before_any_byte(writer: Writer) {
 }
 over_both_writers!(a_stream_outside_the_grants_is_403_before_any_byte);
 
+/// `{sub}` is a literal: a subject that is not one topic segment (`*`,
+/// `a*`, `alice:*`, empty) reads nothing of alice's topics through a
+/// `user:{sub}` or `{sub}` grant, by stream or history, asked for by name
+/// or by no filter at all. Found from outside: the subject `*` read every
+/// user's topics, and `a*` read `user:alice:…`.
+async fn a_subject_that_is_not_one_segment_reads_nothing_through_sub(writer: Writer) {
+    let app = spawn_app_with_tokens(|_| {}).await;
+    let history = reqwest::Client::new();
+    for subject in ["*", "a*", "alice:*", ""] {
+        for grant in ["user:{sub}", "{sub}"] {
+            let t = token(subject, &[grant], &[], Duration::from_secs(600));
+            for query in ["topic=user:alice:inbox", "topic=user:*", ""] {
+                let res = stream_with(&app, writer, "bearer", &t, query).await;
+                let what = format!("subject {subject:?}, grant {grant:?}, stream {query:?}");
+                assert!(
+                    matches!(res.status().as_u16(), 401 | 403),
+                    "{what}: {}",
+                    res.status()
+                );
+                let res = history
+                    .get(app.url(&format!("/v1/events?{query}")))
+                    .bearer_auth(&t)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(res.status().as_u16(), 401 | 403),
+                    "{what} (history): {}",
+                    res.status()
+                );
+            }
+        }
+    }
+    app.stop().await;
+}
+over_both_writers!(a_subject_that_is_not_one_segment_reads_nothing_through_sub);
+
 /// No filter means "everything I may read": alice's own topics, not
 /// bob's, and not a silently narrowed `*`.
 async fn a_stream_without_filters_reads_everything_granted(writer: Writer) {
