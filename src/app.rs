@@ -39,6 +39,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct Instance {
     tcp: TcpListener,
     state: AppState,
+    /// Client connections served in full at once (`--max-connections`).
+    max_connections: usize,
     drain: Duration,
     cors: Vec<String>,
     instance: Option<String>,
@@ -56,6 +58,10 @@ impl Instance {
         let auth = Arc::new(Auth::new(&config.auth).context("cannot configure tokens")?);
         refuse_open_anonymous(&config, &auth)?;
         let limits = Arc::new(Limits::new(&config.limits));
+        // Before anything opens a file: the pool, the listener, clients.
+        let file_limit = server::raise_file_limit();
+        let max_connections =
+            server::max_connections(config.max_connections, file_limit, config.db_pool);
         let metrics = telemetry::metrics_handle();
         let pool = db::connect(
             &config.database_url,
@@ -136,6 +142,7 @@ impl Instance {
         Ok(Self {
             tcp,
             state,
+            max_connections,
             drain: config.drain,
             cors: config.cors_origins,
             instance: config.instance_name,
@@ -165,6 +172,7 @@ impl Instance {
         let Self {
             tcp,
             state,
+            max_connections,
             drain,
             cors,
             instance,
@@ -175,7 +183,7 @@ impl Instance {
         let pool = state.log.pool().clone();
         // The CORS origins too: a browser whose origin is not listed gives up
         // for good, so a typo there should be easy to spot.
-        tracing::info!(address = %tcp.local_addr()?, instance = instance.as_deref().unwrap_or("herald"), cors_origins = ?cors, "herald is serving");
+        tracing::info!(address = %tcp.local_addr()?, instance = instance.as_deref().unwrap_or("herald"), cors_origins = ?cors, max_connections, "herald is serving");
 
         // Connections are still accepted during the drain window: a load
         // balancer sees `/readyz` fail, and a stream that arrives is told to
@@ -183,7 +191,13 @@ impl Instance {
         let stop_accepting = CancellationToken::new();
         let streams = state.streams.open.clone();
         let edge = http::service(state.clone(), server::MAX_HEAD);
-        let serve = server::serve(tcp, state.streams.clone(), edge, stop_accepting.clone());
+        let serve = server::serve(
+            tcp,
+            state.streams.clone(),
+            edge,
+            stop_accepting.clone(),
+            max_connections,
+        );
         let mut server = tokio::spawn(async move {
             serve.await;
             Ok::<(), std::io::Error>(())

@@ -53,6 +53,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_RING_SIZE", default_value_t = 65_536)]
     pub ring_size: usize,
 
+    /// Client connections held at most; 0 derives it from the file limit
+    /// (raised to its hard limit at start) less a reserve for PostgreSQL,
+    /// health checks and scrapes. Beyond it a request gets 503
+    /// problem+json with Retry-After, but /healthz, /readyz and /metrics
+    /// are still answered.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
     /// Frames a subscriber may have queued before it counts as too slow and
     /// its stream is ended.
     #[arg(long, env = "HERALD_SUBSCRIBER_QUEUE", default_value_t = 4096)]

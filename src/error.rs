@@ -56,6 +56,13 @@ pub enum ApiError {
         reason: &'static str,
         retry_after: std::time::Duration,
     },
+    /// The instance holds as many connections as it may
+    /// (`--max-connections`): a 503 with `Retry-After`, so the client
+    /// comes back, to this instance or another.
+    #[error(
+        "herald holds as many connections as it may ({0}); retry later, or on another instance"
+    )]
+    TooManyConnections(usize),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("{0} is not allowed here")]
@@ -117,7 +124,9 @@ impl ApiError {
             Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) | Self::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::OutcomeUnknown(_) | Self::TooManyConnections(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RefusedByLog(_) => StatusCode::BAD_REQUEST,
             Self::CursorTooOld { .. } => StatusCode::GONE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -144,6 +153,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::Limited { reason, .. } => reason,
+            Self::TooManyConnections(_) => "too_many_connections",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unavailable(_) => "database_unavailable",

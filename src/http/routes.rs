@@ -57,6 +57,12 @@ impl Route {
         }
     }
 
+    /// A health check or a scrape: still answered beyond
+    /// `--max-connections`, so a full instance is not taken for a dead one.
+    pub fn is_ops(self) -> bool {
+        matches!(self, Self::Healthz | Self::Readyz | Self::Metrics)
+    }
+
     /// The route `path` reaches, if any.
     pub fn of(path: &str) -> Option<Self> {
         Self::ALL

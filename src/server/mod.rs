@@ -21,9 +21,12 @@
 //!   (`http::ConnectionCut`), and so is one whose client takes no bytes for
 //!   `--write-timeout` ([`Prefixed`]).
 
+mod capacity;
 mod head;
 mod publish;
 mod raw;
+
+pub use capacity::{max_connections, raise_file_limit};
 
 use std::io;
 use std::net::IpAddr;
@@ -40,6 +43,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -48,6 +52,7 @@ use crate::error::ApiError;
 use crate::http::routes::Route;
 use crate::http::{ConnectionCut, Edge, Peer};
 use crate::stream::Streams;
+use capacity::{Capacity, OVER_CAP_HEAD_TIMEOUT};
 use head::{Head, Parsed};
 use publish::Served;
 
@@ -70,14 +75,17 @@ const H2_MAX_HEADER_LIST: u32 = 128 * 1024;
 
 /// Accepts connections until `stop_accepting`, then waits for the requests
 /// in flight on hyper's connections. Stream connections end through the
-/// shutdown token and are waited for by the caller.
+/// shutdown token and are waited for by the caller. At most
+/// `max_connections` are served in full (`capacity.rs`).
 pub async fn serve(
     listener: TcpListener,
     streams: Streams,
     edge: Edge,
     stop_accepting: CancellationToken,
+    max_connections: usize,
 ) {
     let graceful = GracefulShutdown::new();
+    let capacity = Capacity::new(max_connections);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -95,24 +103,36 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (streams, edge, watcher) = (streams.clone(), edge.clone(), graceful.watcher());
         let stop = stop_accepting.clone();
-        tokio::spawn(handle(tcp, peer.ip(), streams, edge, watcher, stop));
+        let slot = capacity.take();
+        tokio::spawn(handle(tcp, peer.ip(), slot, streams, edge, watcher, stop));
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
+/// Serves one connection. `slot` is its place under `--max-connections`,
+/// held for its life, or the cap when there was none: then only health
+/// checks and scrapes are served, one per connection, and the rest is
+/// refused (`capacity.rs`).
 async fn handle(
     mut tcp: TcpStream,
     peer: IpAddr,
+    slot: Result<OwnedSemaphorePermit, usize>,
     streams: Streams,
     edge: Edge,
     watcher: Watcher,
     stop_accepting: CancellationToken,
 ) {
     let write_timeout = streams.settings.write_timeout;
+    let over_cap = slot.as_ref().err().copied();
+    let head_timeout = if over_cap.is_some() {
+        OVER_CAP_HEAD_TIMEOUT
+    } else {
+        HEADER_READ_TIMEOUT
+    };
     let mut buf = BytesMut::with_capacity(1024);
     if !matches!(
-        tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut tcp, &mut buf)).await,
+        tokio::time::timeout(head_timeout, read_head(&mut tcp, &mut buf)).await,
         Ok(true)
     ) {
         // Timed out or closed before a request: nothing to answer.
@@ -122,6 +142,7 @@ async fn handle(
         peer,
         streams: &streams,
         edge: &edge,
+        over_cap,
     };
     let mut way = conn.decide(&buf);
     if let Way::Publish(plain) = way {
@@ -143,7 +164,10 @@ async fn handle(
         }
         Way::Hyper(protocol) => {
             let io = Prefixed::new(buf.freeze(), tcp, write_timeout);
-            serve_hyper(io, protocol, peer, edge, watcher).await;
+            // Beyond the cap, the one health check or scrape is answered
+            // and the connection ends: it holds no slot.
+            let keep_alive = over_cap.is_none();
+            serve_hyper(io, protocol, peer, edge, watcher, keep_alive).await;
         }
         Way::Publish(_) | Way::Closed => raw::close(tcp).await,
     }
@@ -169,6 +193,8 @@ struct Conn<'a> {
     peer: IpAddr,
     streams: &'a Streams,
     edge: &'a Edge,
+    /// The cap, when this connection holds no slot under it.
+    over_cap: Option<usize>,
 }
 
 impl Conn<'_> {
@@ -181,6 +207,12 @@ impl Conn<'_> {
                 format!("a request head over {MAX_HEAD} bytes"),
             )),
             Parsed::Complete(head) => {
+                if let Some(max) = self.over_cap
+                    && !Route::of(head.path()).is_some_and(Route::is_ops)
+                {
+                    capacity::count_refusal();
+                    return Way::Refuse(ApiError::TooManyConnections(max));
+                }
                 if let Some(stream) = raw::accept(self.streams, &head, self.peer) {
                     Way::Stream(stream)
                 } else if let Some(plain) = publish::accept(&head, self.edge.max_body_bytes()) {
@@ -188,6 +220,12 @@ impl Conn<'_> {
                 } else {
                     Way::Hyper(Protocol::Http1)
                 }
+            }
+            // An HTTP/2 connection beyond the cap is closed unanswered: its
+            // requests could not be told apart before hyper has it.
+            Parsed::Http2 if self.over_cap.is_some() => {
+                capacity::count_refusal();
+                Way::Closed
             }
             Parsed::Http2 => Way::Hyper(Protocol::Http2),
             Parsed::Invalid(why) => Way::Refuse(ApiError::MalformedRequest(why)),
@@ -300,7 +338,14 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> bool {
     }
 }
 
-async fn serve_hyper(io: Prefixed, protocol: Protocol, peer: IpAddr, edge: Edge, watcher: Watcher) {
+async fn serve_hyper(
+    io: Prefixed,
+    protocol: Protocol,
+    peer: IpAddr,
+    edge: Edge,
+    watcher: Watcher,
+    keep_alive: bool,
+) {
     let cut = CancellationToken::new();
     // The edge and its router as one service per connection (an Arc
     // clone). A stream request is told how to end its connection and
@@ -325,6 +370,7 @@ async fn serve_hyper(io: Prefixed, protocol: Protocol, peer: IpAddr, edge: Edge,
         Protocol::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
+                .keep_alive(keep_alive)
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, service);
             watch(watcher.watch(conn), &cut).await

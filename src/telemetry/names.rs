@@ -28,6 +28,8 @@ pub const LOG_HEAD: &str = "herald_log_head_id";
 pub const RING_FRAMES: &str = "herald_ring_frames";
 pub const RING_OLDEST: &str = "herald_ring_oldest_id";
 pub const DB_CONNECTIONS: &str = "herald_db_pool_connections";
+pub const CONNECTIONS_REFUSED: &str = "herald_connections_refused_total";
+pub const CONNECTIONS_MAX: &str = "herald_connections_max";
 pub const DB_POOL_MAX: &str = "herald_db_pool_max_connections";
 pub const DB_WAITING: &str = "herald_db_pool_waiting";
 pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
@@ -91,6 +93,14 @@ pub(super) const REPLAY_BUCKETS: &[f64] = &[
 pub(super) fn describe() {
     describe_gauge!(STREAMS_ACTIVE, "SSE streams open on this instance.");
     describe_counter!(STREAMS_OPENED, "SSE streams opened since start.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Requests answered 503 because the instance held --max-connections already (health checks and scrapes are still served)."
+    );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "Client connections this instance holds at most (--max-connections, or derived from the file limit)."
+    );
     describe_counter!(
         STREAMS_LAGGED,
         "Streams ended because their subscriber fell behind (its queue filled)."
@@ -227,6 +237,7 @@ pub(super) fn zero() {
         EVENTS_DELIVERED,
         LISTENER_RECONNECTS,
         RETENTION_PRUNED,
+        CONNECTIONS_REFUSED,
     ] {
         metrics::counter!(name).absolute(0);
     }

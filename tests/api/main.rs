@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod capacity;
 mod cli;
 mod clients;
 mod cluster;

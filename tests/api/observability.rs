@@ -85,6 +85,8 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         "herald_retention_last_prune_timestamp_seconds",
         "herald_retention_pruned_events_total",
         "herald_retention_enabled",
+        "herald_connections_refused_total",
+        "herald_connections_max",
     ] {
         assert!(found.contains_key(name), "{name} missing:\n{text}");
     }

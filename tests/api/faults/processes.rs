@@ -278,7 +278,37 @@ impl HeraldProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_herald")),
+            database_url,
+            extra,
+            env,
+        )
+        .await
+    }
+
+    /// As [`Self::start`], under limits of `soft` and `hard` open files
+    /// (util-linux's `prlimit`, which then runs herald in its place).
+    pub(crate) async fn start_with_file_limits(
+        database_url: &str,
+        extra: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_herald"));
+        Self::spawn(command, database_url, extra, &[("RUST_LOG", "info")]).await
+    }
+
+    async fn spawn(
+        mut command: Command,
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         command
             .args(["--listen", "127.0.0.1:0"])
             // JSON lines unless the test asks for another format.
