@@ -167,7 +167,12 @@ async fn handle(
             // Beyond the cap, the one health check or scrape is answered
             // and the connection ends: it holds no slot.
             let keep_alive = over_cap.is_none();
-            serve_hyper(io, protocol, peer, edge, watcher, keep_alive).await;
+            // Boxed, as the publish loop is: a task is as large as its
+            // largest state, and hyper's connection (both protocols' state
+            // in one future) made every connection's task, an idle
+            // stream's included, 3 KiB larger (7.8 KiB an idle stream
+            // against 4.8, found by bisecting to e04a932).
+            Box::pin(serve_hyper(io, protocol, peer, edge, watcher, keep_alive)).await;
         }
         Way::Publish(_) | Way::Closed => raw::close(tcp).await,
     }
