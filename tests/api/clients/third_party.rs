@@ -240,6 +240,59 @@ async fn tried_in_vain(tap: &Tap, since: usize) {
     .await;
 }
 
+/// How herald goes away between two of a client's connections.
+#[derive(Clone, Copy)]
+enum Down {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a deploy.
+    Stop,
+}
+
+/// What happened while herald was away and once it was back.
+struct Back {
+    /// The ids published while herald was down.
+    gap: Vec<String>,
+    /// The id published once the client was back.
+    live: Vec<String>,
+    /// Every connection the tap saw.
+    connections: Vec<Connection>,
+    /// herald, back on its port; stops when dropped.
+    _herald: HeraldProcess,
+}
+
+/// herald goes down; `n` events are published while it is, and the
+/// client tries twice in vain; herald comes back on the same port; once
+/// the client's stream is open again, one more event is published.
+async fn down_and_back(
+    herald: HeraldProcess,
+    down: Down,
+    db: &TestDb,
+    tap: &Tap,
+    publisher: &TestApp,
+    topic: &str,
+    n: usize,
+) -> Back {
+    let since = tap.connections().len();
+    let port = match down {
+        Down::Kill => herald.kill().await,
+        Down::Stop => herald.stop().await,
+    };
+    let gap = publish(publisher, topic, n).await;
+    tried_in_vain(tap, since).await;
+    let herald = HeraldProcess::start(&db.url, port).await;
+    let connections = tap
+        .wait("the client back on herald", |c| opened(c).len() >= 2)
+        .await;
+    let live = publish(publisher, topic, 1).await;
+    Back {
+        gap,
+        live,
+        connections,
+        _herald: herald,
+    }
+}
+
 async fn drop_before_the_first_event(client: Client) {
     let db = Arc::new(TestDb::create().await);
     let herald = HeraldProcess::start(&db.url, unused_port()).await;
@@ -261,15 +314,8 @@ async fn drop_before_the_first_event(client: Client) {
 
     // herald dies; 20 events are published while it is down, and the
     // client keeps trying; herald comes back on the same port.
-    let since = first.len();
-    let port = herald.kill().await;
-    let gap = publish(&publisher, &topic, 20).await;
-    tried_in_vain(&tap, since).await;
-    let _herald = HeraldProcess::start(&db.url, port).await;
-    let connections = tap
-        .wait("the client back on herald", |c| opened(c).len() >= 2)
-        .await;
-    let live = publish(&publisher, &topic, 1).await;
+    let back = down_and_back(herald, Down::Kill, &db, &tap, &publisher, &topic, 20).await;
+    let (gap, live, connections) = (back.gap, back.live, back.connections);
 
     let out = subscriber
         .wait("the event published after the reconnect", |out| {
@@ -303,15 +349,8 @@ async fn restart_with_events_in_the_gap(client: Client) {
 
     // herald stops as in a deploy; events are published meanwhile, and
     // the client keeps trying; herald comes back on the same port.
-    let since = tap.connections().len();
-    let port = herald.stop().await;
-    let gap = publish(&publisher, &topic, 5).await;
-    tried_in_vain(&tap, since).await;
-    let _herald = HeraldProcess::start(&db.url, port).await;
-    let connections = tap
-        .wait("the client back on herald", |c| opened(c).len() >= 2)
-        .await;
-    let live = publish(&publisher, &topic, 1).await;
+    let back = down_and_back(herald, Down::Stop, &db, &tap, &publisher, &topic, 5).await;
+    let (gap, live, connections) = (back.gap, back.live, back.connections);
 
     let out = subscriber
         .wait("the event published after the reconnect", |out| {
