@@ -27,6 +27,8 @@ pub const SUBJECT_PLACEHOLDER: &str = "{sub}";
 pub struct Grants {
     subscribe: Vec<TopicFilter>,
     publish: Vec<TopicFilter>,
+    /// `"herald": {"admin": true}`: the admin API.
+    admin: bool,
 }
 
 impl Grants {
@@ -36,6 +38,7 @@ impl Grants {
         Self {
             subscribe: vec![all.clone()],
             publish: vec![all],
+            admin: true,
         }
     }
 
@@ -61,10 +64,12 @@ impl Grants {
             Some(claim) => Self {
                 subscribe: expand(&claim.subscribe),
                 publish: expand(&claim.publish),
+                admin: claim.admin,
             },
             None => Self {
                 subscribe: Vec::new(),
                 publish: Vec::new(),
+                admin: false,
             },
         }
     }
@@ -94,6 +99,20 @@ impl Grants {
                 describe(refused)
             ))),
             None => Ok(asked),
+        }
+    }
+
+    /// Whether the bearer may use the admin API.
+    ///
+    /// # Errors
+    /// 403 saying which grant is missing.
+    pub fn check_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "the token does not grant the admin API (\"herald\": {\"admin\": true})".into(),
+            ))
         }
     }
 
@@ -141,6 +160,7 @@ mod tests {
         HeraldClaim {
             subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
             publish: publish.iter().map(|s| (*s).to_owned()).collect(),
+            admin: false,
         }
     }
 

@@ -29,6 +29,14 @@ pub struct Claims {
     /// NumericDate may have a fraction (RFC 7519 §2).
     #[serde(default, deserialize_with = "numeric_date")]
     pub exp: i64,
+    /// When the token was issued: a revocation of its subject refuses the
+    /// tokens issued before it (and those that do not say).
+    #[serde(
+        default,
+        deserialize_with = "optional_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iat: Option<i64>,
     /// Written by `herald token`; jsonwebtoken checks it, herald never
     /// reads it.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
@@ -51,6 +59,9 @@ pub struct HeraldClaim {
     pub subscribe: Vec<String>,
     #[serde(default)]
     pub publish: Vec<String>,
+    /// The admin API: list streams, end them, revoke subjects.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// Checks tokens against the configured key(s).
@@ -172,6 +183,14 @@ fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error>
     let seconds = serde_json::Value::deserialize(d)?.as_f64().unwrap_or(0.0);
     // `as` saturates; jsonwebtoken refuses dates out of its range.
     Ok(seconds.floor() as i64)
+}
+
+/// An optional NumericDate as whole seconds; anything but a number is as
+/// if it were missing.
+fn optional_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?
+        .as_f64()
+        .map(|seconds| seconds.floor() as i64))
 }
 
 fn algorithm_of(alg: JwtAlgorithm) -> Algorithm {

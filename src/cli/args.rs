@@ -102,6 +102,10 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
 
+    /// Grant the admin API: list and end streams, revoke subjects.
+    #[arg(long)]
+    pub admin: bool,
+
     /// The audience (`aud`) to put in the token.
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
     pub audience: Option<String>,

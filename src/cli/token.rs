@@ -31,15 +31,18 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
                  --jwt-secret"
         )
     })?;
-    let exp = OffsetDateTime::now_utc() + args.ttl;
+    let now = OffsetDateTime::now_utc();
+    let exp = now + args.ttl;
     let claims = Claims {
         sub: Some(args.subject.clone()),
         exp: exp.unix_timestamp(),
+        iat: Some(now.unix_timestamp()),
         nbf: None,
         aud: args.audience.clone(),
         herald: Some(HeraldClaim {
             subscribe: args.subscribe.clone(),
             publish: args.publish.clone(),
+            admin: args.admin,
         }),
     };
     mint(secret.as_bytes(), &claims)
