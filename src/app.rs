@@ -27,6 +27,7 @@ use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits, Shared};
 use crate::hub::Hub;
 use crate::log::{EventLog, Kept, Policy};
+use crate::registry::{Registry, RegistrySettings};
 use crate::retention::Retention;
 use crate::stream::{StreamSettings, Streams};
 use crate::tail::{self, ListenerStatus, LogTail};
@@ -45,6 +46,9 @@ pub struct Instance {
     cors: Vec<String>,
     instance: Option<String>,
     tasks: Vec<JoinHandle<()>>,
+    /// The registry's writer, control tail and lease: stopped after the
+    /// streams, so the writer records their ends before the instance goes.
+    registry_tasks: Vec<JoinHandle<()>>,
     tasks_stop: CancellationToken,
 }
 
@@ -70,7 +74,7 @@ impl Instance {
             config.db_timeout,
         )
         .await?;
-        let (log, committer) = EventLog::start(pool, config.db_timeout);
+        let (log, committer) = EventLog::start(pool.clone(), config.db_timeout);
         let hub = Hub::new(config.ring_size, 0);
         tail::warm(&log, &hub, config.ring_size)
             .await
@@ -82,6 +86,22 @@ impl Instance {
         // The listener outlives `shutdown`: streams in their drain slot still
         // get live events until the server has finished.
         let tasks_stop = CancellationToken::new();
+        let (registry, registry_tasks) = Registry::start(
+            pool,
+            config.instance_name.clone(),
+            auth.revoked.clone(),
+            RegistrySettings {
+                max_streams_per_subject: config.limits.max_streams_per_subject,
+                max_streams_per_ip: config.limits.max_streams_per_ip,
+                lease: config.lease,
+                retention: config.retention,
+                revocation_window: config.revocation_window,
+                poll_interval: config.poll_interval,
+            },
+            tasks_stop.clone(),
+        )
+        .await
+        .context("cannot start the stream registry")?;
         let status = Arc::new(ListenerStatus::default());
         let tail = LogTail {
             log: log.clone(),
@@ -127,6 +147,7 @@ impl Instance {
                 shutdown,
                 open: TaskTracker::new(),
                 access: access.clone(),
+                registry,
             },
             access,
             log,
@@ -138,6 +159,7 @@ impl Instance {
             },
             listener: status,
             metrics,
+            max_topics_per_stream: config.max_topics_per_stream,
         });
         Ok(Self {
             tcp,
@@ -147,6 +169,7 @@ impl Instance {
             cors: config.cors_origins,
             instance: config.instance_name,
             tasks,
+            registry_tasks,
             tasks_stop,
         })
     }
@@ -177,6 +200,7 @@ impl Instance {
             cors,
             instance,
             tasks,
+            registry_tasks,
             tasks_stop,
         } = self;
         let shutdown = state.streams.shutdown.clone();
@@ -207,6 +231,9 @@ impl Instance {
             result = &mut server => {
                 shutdown.cancel();
                 tasks_stop.cancel();
+                for task in registry_tasks {
+                    task.abort();
+                }
                 return result.context("server task failed")?.context("server failed");
             }
             () = stop => {}
@@ -228,6 +255,14 @@ impl Instance {
             }
         }
         tasks_stop.cancel();
+        // The registry's writer records what is queued (the drained
+        // streams' ends) before it stops.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            for task in registry_tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
         for task in &tasks {
             task.abort();
         }

@@ -133,6 +133,23 @@ pub struct Config {
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
 
+    /// How long an instance's lease in the stream registry lasts; it is
+    /// renewed every third of it. Streams of an instance whose lease passed
+    /// (killed, cut off) are listed as ended (`instance_lost`).
+    #[arg(long, env = "HERALD_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Most topic filters one stream may hold (on the URL or set with
+    /// `PUT /v1/streams/{handle}`).
+    #[arg(long, env = "HERALD_MAX_TOPICS_PER_STREAM", default_value_t = 64)]
+    pub max_topics_per_stream: usize,
+
+    /// How long a revocation (`DELETE /v1/subjects/{sub}/streams`) refuses
+    /// the subject's tokens issued before it: make it your longest token
+    /// lifetime.
+    #[arg(long, env = "HERALD_REVOCATION_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub revocation_window: Duration,
+
     #[command(flatten)]
     pub auth: AuthConfig,
 
@@ -307,18 +324,22 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Caps")]
 pub struct LimitConfig {
-    /// Open streams one token subject may hold (every tab of a browser is
-    /// one). Not applied to anonymous clients, who have no subject.
+    /// Open streams one token subject may hold across all instances (every
+    /// tab of a browser is one); a new stream over it ends the subject's
+    /// oldest (`event: replaced`). Not applied to anonymous clients, who
+    /// have no subject.
     #[arg(long, env = "HERALD_MAX_STREAMS_PER_SUBJECT", default_value_t = 64)]
     pub max_streams_per_subject: usize,
 
-    /// Open streams one client address may hold. Off by default: behind a
+    /// Open streams one client address may hold across all instances, the
+    /// oldest ended as for subjects. Off by default: behind a
     /// proxy every client has the proxy's address unless the proxy is
     /// listed in --trusted-proxies; and one office's NAT is one address.
     #[arg(long, env = "HERALD_MAX_STREAMS_PER_IP", default_value_t = 0)]
     pub max_streams_per_ip: usize,
 
-    /// Events one subject may publish per second, with a burst of as many.
+    /// Events one subject may publish per second, with a burst of as many;
+    /// counted by each instance on its own.
     #[arg(long, env = "HERALD_PUBLISH_RATE_PER_SUBJECT", default_value_t = 1000)]
     pub publish_rate_per_subject: u32,
 

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Request headers a page may send cross-origin.
 const ALLOWED_HEADERS: &str = "content-type, authorization, last-event-id, idempotency-key";
-const ALLOWED_METHODS: &str = "GET, POST";
+const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE";
 
 /// The listed origins; cheap to clone.
 #[derive(Clone, Default)]

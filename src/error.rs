@@ -65,6 +65,17 @@ pub enum ApiError {
     TooManyConnections(usize),
     #[error("no route for {0}")]
     NotFound(String),
+    /// A stream handle this caller does not hold: unknown, or another
+    /// subject's (not told apart, so a handle's existence does not leak).
+    #[error("no stream {0:?} of yours is known")]
+    UnknownStream(String),
+    /// The request conflicts with the state of a stream: `code` says which
+    /// (`stream_replaced`, `stream_ended`, `stream_not_connected`).
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// Well-formed, but more than herald takes (`too_many_topics`).
+    #[error("{detail}")]
+    Unprocessable { code: &'static str, detail: String },
     #[error("{0} is not allowed here")]
     MethodNotAllowed(String),
     /// The cause is for the log line, never the client.
@@ -122,7 +133,9 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::UnknownStream(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) | Self::OutcomeUnknown(_) | Self::TooManyConnections(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -155,6 +168,8 @@ impl ApiError {
             Self::Limited { reason, .. } => reason,
             Self::TooManyConnections(_) => "too_many_connections",
             Self::NotFound(_) => "not_found",
+            Self::UnknownStream(_) => "unknown_stream",
+            Self::Conflict { code, .. } | Self::Unprocessable { code, .. } => code,
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unavailable(_) => "database_unavailable",
             Self::OutcomeUnknown(_) => "outcome_unknown",

@@ -17,6 +17,9 @@
 //! - `retention`: pruning old events, one instance at a time; the ring
 //!   follows the log's floor.
 //! - `hub`: in-process fan-out by topic index, the ring of recent frames.
+//! - `registry`: every stream of every instance in PostgreSQL (batched
+//!   records, leases, caps across instances), and control through the
+//!   database: topic changes, ends, revocations.
 //! - `auth`: who asks and may they: tokens, grants, caps and rates.
 //! - `error`: refusals as `application/problem+json`.
 //! - [`telemetry`]: tracing and the Prometheus metric set.
@@ -40,6 +43,7 @@ mod event;
 mod http;
 mod hub;
 mod log;
+mod registry;
 mod request;
 mod retention;
 mod server;

@@ -1,17 +1,17 @@
-//! Caps on open streams (per token subject, per client address) and a
-//! token-bucket rate on publishing (per subject, governor). Over one: `429`
-//! problem+json with `Retry-After`, counted in `herald_limited_total` by
-//! reason.
+//! A token-bucket rate on publishing (per subject, governor; over it:
+//! `429` problem+json with `Retry-After`, counted in `herald_limited_total`),
+//! and who the client of a request is. The rate is per instance: N
+//! instances behind a balancer allow up to N times it. The caps on open
+//! streams hold across instances, and live in the registry
+//! (`registry/writer.rs`).
 //!
 //! The client address is the connection's peer, or, when the peer is a
 //! proxy listed in `--trusted-proxies`, the nearest address in
 //! `X-Forwarded-For` that is not one: a header anyone can send is believed
 //! only from a proxy that sets it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -22,43 +22,9 @@ use crate::config::LimitConfig;
 use crate::error::ApiError;
 use crate::telemetry;
 
-/// How long a client refused for too many streams should wait: long enough
-/// for a tab it closed to be gone.
-const STREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
-
 pub struct Limits {
-    per_subject: usize,
-    per_ip: usize,
-    open: Mutex<HashMap<Holder, usize>>,
     publish: Option<DefaultKeyedRateLimiter<String>>,
     trusted: Vec<IpNet>,
-}
-
-/// Who holds open streams.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Holder {
-    Subject(String),
-    Address(IpAddr),
-}
-
-/// One open stream's place under the caps; given back when dropped.
-pub struct StreamSlot {
-    limits: Arc<Limits>,
-    holders: Vec<Holder>,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
-        for holder in self.holders.drain(..) {
-            if let Some(n) = open.get_mut(&holder) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&holder);
-                }
-            }
-        }
-    }
 }
 
 impl Limits {
@@ -66,9 +32,6 @@ impl Limits {
         let publish = NonZeroU32::new(config.publish_rate_per_subject)
             .map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
         Self {
-            per_subject: config.max_streams_per_subject,
-            per_ip: config.max_streams_per_ip,
-            open: Mutex::default(),
             publish,
             trusted: config.trusted_proxies.clone(),
         }
@@ -97,47 +60,6 @@ impl Limits {
 
     fn is_trusted(&self, addr: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&addr))
-    }
-
-    /// A place for one more stream of `subject` from `address`.
-    ///
-    /// # Errors
-    /// 429 when either already holds its cap.
-    pub fn open_stream(
-        self: &Arc<Self>,
-        subject: Option<&str>,
-        address: IpAddr,
-    ) -> Result<StreamSlot, ApiError> {
-        let mut wanted = Vec::with_capacity(2);
-        if let Some(subject) = subject.filter(|_| self.per_subject > 0) {
-            wanted.push((Holder::Subject(subject.to_owned()), self.per_subject));
-        }
-        if self.per_ip > 0 {
-            wanted.push((Holder::Address(address), self.per_ip));
-        }
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        for (holder, cap) in &wanted {
-            if open.get(holder).copied().unwrap_or(0) >= *cap {
-                let (reason, whom) = match holder {
-                    Holder::Subject(_) => ("too_many_streams_per_subject", "this token's subject"),
-                    Holder::Address(_) => ("too_many_streams_per_address", "this client address"),
-                };
-                return Err(limited(
-                    reason,
-                    format!("{whom} already holds {cap} open streams, the most allowed"),
-                    STREAM_RETRY_AFTER,
-                ));
-            }
-        }
-        let mut holders = Vec::with_capacity(wanted.len());
-        for (holder, _) in wanted {
-            *open.entry(holder.clone()).or_insert(0) += 1;
-            holders.push(holder);
-        }
-        Ok(StreamSlot {
-            limits: self.clone(),
-            holders,
-        })
     }
 
     /// Takes `events` from `subject`'s bucket.
@@ -179,11 +101,6 @@ impl Limits {
             limiter.retain_recent();
         }
     }
-
-    #[cfg(test)]
-    fn holders(&self) -> usize {
-        self.open.lock().unwrap().len()
-    }
 }
 
 fn limited(reason: &'static str, detail: String, retry_after: Duration) -> ApiError {
@@ -199,37 +116,17 @@ fn limited(reason: &'static str, detail: String, retry_after: Duration) -> ApiEr
 mod tests {
     use super::*;
 
-    fn limits(per_subject: usize, per_ip: usize, rate: u32, trusted: &[&str]) -> Arc<Limits> {
-        Arc::new(Limits::new(&LimitConfig {
+    fn limits(per_subject: usize, per_ip: usize, rate: u32, trusted: &[&str]) -> Limits {
+        Limits::new(&LimitConfig {
             max_streams_per_subject: per_subject,
             max_streams_per_ip: per_ip,
             publish_rate_per_subject: rate,
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
-        }))
+        })
     }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn streams_are_capped_per_subject_and_given_back() {
-        let l = limits(2, 0, 0, &[]);
-        let a = l.open_stream(Some("alice"), ip("10.0.0.1")).unwrap();
-        let _b = l.open_stream(Some("alice"), ip("10.0.0.2")).unwrap();
-        assert!(l.open_stream(Some("alice"), ip("10.0.0.3")).is_err());
-        assert!(l.open_stream(Some("bob"), ip("10.0.0.3")).is_ok());
-        drop(a);
-        assert!(l.open_stream(Some("alice"), ip("10.0.0.3")).is_ok());
-    }
-
-    #[test]
-    fn streams_are_capped_per_address_and_entries_go_when_empty() {
-        let l = limits(0, 1, 0, &[]);
-        let a = l.open_stream(None, ip("10.0.0.1")).unwrap();
-        assert!(l.open_stream(Some("x"), ip("10.0.0.1")).is_err());
-        drop(a);
-        assert_eq!(l.holders(), 0);
     }
 
     #[test]

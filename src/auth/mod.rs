@@ -19,6 +19,7 @@
 
 mod grants;
 mod limits;
+mod revoked;
 mod token;
 
 use std::borrow::Cow;
@@ -33,7 +34,8 @@ use crate::error::ApiError;
 use crate::request::RequestHead;
 
 pub use grants::Grants;
-pub use limits::{Limits, StreamSlot};
+pub use limits::Limits;
+pub use revoked::{Revocation, Revoked};
 pub use token::{Claims, HeraldClaim, mint};
 
 /// The gate every request passes: who asks ([`Auth`]), under which caps
@@ -56,6 +58,8 @@ pub struct Auth {
     cookie: String,
     /// How long before its token expires a stream is warned.
     pub expiry_warning: Duration,
+    /// Subjects whose older tokens are refused.
+    pub revoked: Revoked,
 }
 
 /// Who is asking.
@@ -77,6 +81,7 @@ impl Auth {
             verifier: token::Verifier::from_config(config)?,
             cookie: config.auth_cookie.clone(),
             expiry_warning: config.token_expiry_warning,
+            revoked: Revoked::default(),
         })
     }
 
@@ -108,6 +113,13 @@ impl Auth {
         let claims = verifier
             .verify(&token)
             .map_err(|why| ApiError::Unauthorized(why.to_owned()))?;
+        if let Some(subject) = &claims.sub
+            && self.revoked.refuses(subject, claims.iat)
+        {
+            return Err(ApiError::Unauthorized(
+                "the token's subject was revoked after the token was issued".into(),
+            ));
+        }
         Ok(Identity {
             grants: Grants::from_claim(claims.herald.as_ref(), claims.sub.as_deref()),
             expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).ok(),

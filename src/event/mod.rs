@@ -209,11 +209,19 @@ impl Frame {
 /// A browser fires `stream` only at a listener for it, so a page that
 /// listens to `message` and its own types sees no change. On a resume
 /// `after` is the client's own cursor, so the `id:` never moves it.
-pub fn opening_frame(retry: std::time::Duration, after: i64, filters: &Filters) -> Bytes {
-    let data = serde_json::json!({
+pub fn opening_frame(
+    retry: std::time::Duration,
+    after: i64,
+    filters: &Filters,
+    handle: Option<&str>,
+) -> Bytes {
+    let mut data = serde_json::json!({
         "after": after.to_string(),
         "topics": topic_list(filters),
     });
+    if let Some(handle) = handle {
+        data["stream"] = handle.into();
+    }
     Bytes::from(format!(
         "retry: {}\nid: {after}\nevent: stream\ndata: {data}\n\n",
         retry.as_millis()
@@ -231,9 +239,30 @@ pub fn draining_frame(retry: std::time::Duration, filters: &Filters) -> Bytes {
     ))
 }
 
+/// A named stream's topics changed: events after `effective_at` follow
+/// `filters`. The frame's `id:` is `effective_at`, which is never below an
+/// id the stream has written, so a client's cursor only moves on.
+pub fn topics_changed_frame(handle: &str, effective_at: i64, filters: &Filters) -> Bytes {
+    let data = serde_json::json!({
+        "stream": handle,
+        "topics": topic_list(filters),
+        "effective_at": effective_at.to_string(),
+    });
+    Bytes::from(format!(
+        "id: {effective_at}\nevent: stream\ndata: {data}\n\n"
+    ))
+}
+
+/// The last frame of a stream ended from outside: `event: replaced` (the
+/// subject or address opened a stream over its cap) or `event: revoked`
+/// (an admin ended it, or revoked its subject). No `id:`: the cursor stays.
+pub fn ended_frame(event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
 /// A stream's filters as the `topics` of its `stream` frames; no filter
 /// at all reads every topic, `*`.
-fn topic_list(filters: &Filters) -> Vec<std::borrow::Cow<'_, str>> {
+pub fn topic_list(filters: &Filters) -> Vec<std::borrow::Cow<'_, str>> {
     if filters.iter().next().is_none() {
         return vec!["*".into()];
     }
@@ -381,13 +410,18 @@ mod tests {
             TopicFilter::parse("incident:*").unwrap(),
             TopicFilter::parse("ops").unwrap(),
         ]);
-        let f = opening_frame(std::time::Duration::from_millis(1700), 42, &filters);
+        let f = opening_frame(std::time::Duration::from_millis(1700), 42, &filters, None);
         assert_eq!(
             std::str::from_utf8(&f).unwrap(),
             "retry: 1700\nid: 42\nevent: stream\n\
              data: {\"after\":\"42\",\"topics\":[\"incident:*\",\"ops\"]}\n\n"
         );
-        let all = opening_frame(std::time::Duration::from_secs(3), 0, &Filters::default());
+        let all = opening_frame(
+            std::time::Duration::from_secs(3),
+            0,
+            &Filters::default(),
+            None,
+        );
         assert!(all.ends_with(b"\"topics\":[\"*\"]}\n\n"));
     }
 

@@ -266,6 +266,34 @@ impl Filters {
         self.0.iter()
     }
 
+    /// Filters from their text (as a stream's record keeps them).
+    ///
+    /// # Errors
+    /// The first text that is not a filter.
+    pub fn parse_list<S: AsRef<str>>(list: &[S]) -> Result<Self, Invalid> {
+        let filters: Vec<TopicFilter> = list
+            .iter()
+            .map(|f| TopicFilter::parse(f.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self(filters))
+    }
+
+    /// Every topic any of `sets` matches.
+    pub fn union<'a>(sets: impl IntoIterator<Item = &'a Filters>) -> Self {
+        let mut out: Vec<TopicFilter> = Vec::new();
+        for set in sets {
+            if set.is_all() {
+                return Self::default();
+            }
+            for f in &set.0 {
+                if !out.contains(f) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        Self(out)
+    }
+
     pub fn is_all(&self) -> bool {
         self.0.is_empty()
             || self

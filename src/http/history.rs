@@ -4,7 +4,9 @@
 //! and their envelopes are exactly those the stream sends, oldest first; to
 //! page on, pass the last id as the next `after`. An `after` below the
 //! retention floor is answered `410 cursor_too_old`, the counterpart of the
-//! stream's reset frame.
+//! stream's reset frame. `until=ID` (inclusive) stops at an id: a client
+//! that added a topic to a named stream fetches that topic's state up to
+//! the change's `effective_at`, and the stream brings the rest.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -29,10 +31,10 @@ pub async fn history(State(state): State<AppState>, req: Request) -> Result<Resp
 
 async fn history_request(state: AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, _) = req.into_parts();
-    let (after, filters, limit) = parse_query(parts.uri.query().unwrap_or(""))?;
+    let (after, filters, limit, until) = parse_query(parts.uri.query().unwrap_or(""))?;
     let identity = state.access.auth.identify(&parts)?;
     let filters = identity.grants.readable(filters)?;
-    let read = match after {
+    let mut read = match after {
         After::Id(id) => {
             let read = state.log.read_after(id, &filters, limit).await?;
             // Events after `id` may have been pruned: say so rather than
@@ -53,6 +55,10 @@ async fn history_request(state: AppState, req: Request) -> Result<Response, ApiE
             state.log.read_after(cursor, &filters, limit).await?
         }
     };
+    if let Some(until) = until {
+        // Reads are in id order: what passes `until` is a tail.
+        read.events.retain(|e| e.id <= until);
+    }
     Ok(json_response(
         StatusCode::OK,
         StoredEvent::envelopes_json(&read.events),
@@ -66,8 +72,9 @@ pub(super) enum After {
     Since(time::OffsetDateTime),
 }
 
-pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError> {
+pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64, Option<i64>), ApiError> {
     let mut after = None;
+    let mut until = None;
     let mut since = None;
     let mut filters = Vec::new();
     let mut limit = DEFAULT_LIMIT;
@@ -75,6 +82,7 @@ pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError
         match &*name {
             "after" => after = Some(parse_cursor("after", &value)?),
             "since" => since = Some(parse_since(&value)?),
+            "until" => until = Some(parse_cursor("until", &value)?),
             "topic" => filters.push(TopicFilter::parse(&value)?),
             "limit" => {
                 limit = value
@@ -90,8 +98,8 @@ pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError
             crate::auth::QUERY_PARAMETER => {}
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: expected after, since, topic, limit or \
-                     access_token"
+                    "unknown query parameter {other:?}: expected after, since, until, topic, \
+                     limit or access_token"
                 )));
             }
         }
@@ -105,5 +113,5 @@ pub(super) fn parse_query(query: &str) -> Result<(After, Filters, i64), ApiError
         (None, Some(time)) => After::Since(time),
         (None, None) => After::Start,
     };
-    Ok((after, filters, limit))
+    Ok((after, filters, limit, until))
 }

@@ -7,9 +7,12 @@
 //! - `stream`: `GET /v1/stream` through hyper (the accept loop in
 //!   `server/` writes most streams straight to the socket)
 //! - `history`: `GET /v1/events`
+//! - `streams`: `PUT /v1/streams/{handle}`, a named stream's topics
+//! - `admin`: listing streams, ending them, revoking subjects
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`
 //! - `routes`: the one table of routes the others are named from
 
+mod admin;
 mod console;
 mod edge;
 mod history;
@@ -19,6 +22,7 @@ mod publish;
 mod query_tests;
 pub mod routes;
 mod stream;
+mod streams;
 
 use std::sync::Arc;
 
@@ -26,7 +30,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Access;
@@ -56,6 +60,8 @@ pub struct Shared {
     pub publish_limits: PublishLimits,
     pub listener: Arc<ListenerStatus>,
     pub metrics: PrometheusHandle,
+    /// `--max-topics-per-stream`, for `PUT /v1/streams/{handle}`.
+    pub max_topics_per_stream: usize,
 }
 
 impl AppState {
@@ -95,6 +101,12 @@ fn router(state: AppState) -> Router {
             get(history::history).post(publish::publish),
         )
         .route(Route::Stream.template(), get(stream::stream))
+        .route(Route::Streams.template(), get(admin::list))
+        .route(
+            Route::StreamHandle.template(),
+            axum::routing::put(streams::put).delete(admin::end_one),
+        )
+        .route(Route::SubjectStreams.template(), delete(admin::revoke))
         .route(Route::Healthz.template(), get(ops::healthz))
         .route(Route::Readyz.template(), get(ops::readyz))
         .route(Route::Metrics.template(), get(ops::metrics))

@@ -124,7 +124,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Api
 }
 
 /// `application/json` or any `application/*+json`, parameters allowed.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -74,7 +74,7 @@ proptest! {
     #[test]
     fn history_query_is_in_range_or_a_400(q in query()) {
         match history::parse_query(&q) {
-            Ok((after, _, limit)) => {
+            Ok((after, _, limit, _)) => {
                 prop_assert!((1..=history::MAX_LIMIT).contains(&limit));
                 match after {
                     After::Id(id) => prop_assert!(id >= 0),

@@ -20,6 +20,12 @@ pub enum Route {
     Events,
     /// `GET`: a stream (mostly written by the socket writer).
     Stream,
+    /// `GET`: the streams of the registry (admin).
+    Streams,
+    /// `PUT`: a named stream's topics; `DELETE`: end it (admin).
+    StreamHandle,
+    /// `DELETE`: end a subject's streams and revoke its tokens (admin).
+    SubjectStreams,
     Healthz,
     Readyz,
     Metrics,
@@ -30,13 +36,16 @@ pub const UNMATCHED: &str = "unmatched";
 
 impl Route {
     /// Every route, in the order the router lists them.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::Console,
         Self::ConsoleScript,
         Self::ConsoleStyle,
         Self::Icon,
         Self::Events,
         Self::Stream,
+        Self::Streams,
+        Self::StreamHandle,
+        Self::SubjectStreams,
         Self::Healthz,
         Self::Readyz,
         Self::Metrics,
@@ -51,6 +60,9 @@ impl Route {
             Self::Icon => "/favicon.svg",
             Self::Events => "/v1/events",
             Self::Stream => crate::stream::PATH,
+            Self::Streams => "/v1/streams",
+            Self::StreamHandle => "/v1/streams/{handle}",
+            Self::SubjectStreams => "/v1/subjects/{sub}/streams",
             Self::Healthz => "/healthz",
             Self::Readyz => "/readyz",
             Self::Metrics => "/metrics",
@@ -117,6 +129,14 @@ mod tests {
         assert_eq!(label("/v1/Events"), UNMATCHED);
         assert_eq!(label("/nope"), UNMATCHED);
         assert_eq!(Route::of("/v1/stream"), Some(Route::Stream));
+        assert_eq!(
+            label("/v1/streams/abcdefghijklmnop"),
+            "/v1/streams/{handle}"
+        );
+        assert_eq!(
+            label("/v1/subjects/alice/streams"),
+            "/v1/subjects/{sub}/streams"
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub async fn stream(State(state): State<AppState>, req: Request) -> Response {
         .extensions
         .get::<Peer>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
-    let answer = state.streams.open(&parts, peer, cut);
+    let answer = state.streams.open(&parts, peer, cut).await;
     let mut res = match answer.body {
         StreamBody::Events(sub) => Response::new(Body::from_stream(chunks(sub))),
         StreamBody::Retry(retry) => Response::new(Body::from(retry)),

@@ -216,6 +216,21 @@ impl Hub {
         }
     }
 
+    /// Gives a registered subscriber new filters (a named stream's topic
+    /// change), under the lock: every frame up to the returned head was
+    /// offered under the old filters (it is in the queue, or the
+    /// subscriber was dropped), every later one is offered under the new.
+    pub fn reattach(&self, live: &Registration, filters: &Filters) -> i64 {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if let Some(sub) = s.subscribers.get_mut(&live.seq) {
+            let old = std::mem::replace(&mut sub.filters, filters.clone());
+            s.index.remove(live.seq, &old);
+            s.index.insert(live.seq, filters);
+        }
+        s.head
+    }
+
     /// Pushes frames (in id order, newer than `head`) to the ring and to every
     /// matching subscriber. Subscribers whose queue is full are dropped.
     ///

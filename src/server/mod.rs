@@ -144,7 +144,10 @@ async fn handle(
         edge: &edge,
         over_cap,
     };
-    let mut way = conn.decide(&buf);
+    // Boxed: deciding may await a named stream's record, with the parsed
+    // head held meanwhile, and every connection's task, an idle stream's
+    // included, would otherwise be as large as that.
+    let mut way = Box::pin(conn.decide(&buf)).await;
     if let Way::Publish(plain) = way {
         // Boxed: the answer's future is large, and every connection's
         // task would otherwise be as large, an idle stream's included.
@@ -204,7 +207,7 @@ struct Conn<'a> {
 
 impl Conn<'_> {
     /// The way of the request head at the start of `buf`.
-    fn decide(self, buf: &[u8]) -> Way {
+    async fn decide(self, buf: &[u8]) -> Way {
         match Head::parse(buf) {
             // A head read with others (pipelined) can be whole past the limit
             // `read_head` stops at.
@@ -218,7 +221,7 @@ impl Conn<'_> {
                     capacity::count_refusal();
                     return Way::Refuse(ApiError::TooManyConnections(max));
                 }
-                if let Some(stream) = raw::accept(self.streams, &head, self.peer) {
+                if let Some(stream) = raw::accept(self.streams, &head, self.peer).await {
                     Way::Stream(stream)
                 } else if let Some(plain) = publish::accept(&head, self.edge.max_body_bytes()) {
                     Way::Publish(plain)
@@ -288,7 +291,7 @@ impl Conn<'_> {
             if !next {
                 return Way::Closed;
             }
-            plain = match self.decide(buf) {
+            plain = match self.decide(buf).await {
                 Way::Publish(plain) => plain,
                 // Only a connection's first bytes may be HTTP/2's preface.
                 Way::Hyper(Protocol::Http2) => {

@@ -64,7 +64,7 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Takes the request if it is `GET /v1/stream` over HTTP/1.x without a
 /// body or an upgrade; `None` hands it to hyper.
-pub fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<StreamConn> {
+pub async fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<StreamConn> {
     if head.method != "GET"
         || Route::of(head.path()) != Some(Route::Stream)
         || head.has_body_or_upgrade()
@@ -73,7 +73,7 @@ pub fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<Stream
     }
     let lagged = CancellationToken::new();
     Some(StreamConn {
-        response: streams.open(head, peer, lagged.clone()),
+        response: streams.open(head, peer, lagged.clone()).await,
         lagged,
         framing: if head.version >= 1 {
             Framing::Chunked

@@ -132,6 +132,7 @@ fn subscribe(hub: &Hub, log: &MemoryLog, filter: &str, start: Start) -> Subscrip
         filters: Filters::new(vec![TopicFilter::parse(filter).unwrap()]),
         start,
         message_events: false,
+        handle: None,
     };
     Subscription::new(
         request,
@@ -143,7 +144,8 @@ fn subscribe(hub: &Hub, log: &MemoryLog, filter: &str, start: Start) -> Subscrip
             tracked: TaskTracker::new().token(),
             lagged: CancellationToken::new(),
             expires_at: None,
-            slot: None,
+            enrolment: None,
+            named: None,
         },
     )
 }

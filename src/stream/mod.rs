@@ -20,6 +20,7 @@
 //! - [`record`]: how a stream ended, for the metrics and the log.
 //! - [`drain`]: each stream's slot in a stopping instance's drain window.
 
+mod control;
 mod drain;
 mod expiry;
 #[cfg(test)]
@@ -40,15 +41,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::event::draining_frame;
+use crate::event::{Filters, draining_frame};
 use crate::hub::Hub;
 use crate::log::EventLog;
+use crate::registry::{Opening, Registry};
 use crate::telemetry;
 
 use crate::request::RequestHead;
+pub use control::{CapOf, ChangeFailed, Command, Control, Ending};
 #[cfg(test)]
 pub use query::SINCE_FLOOR;
-pub use query::{Start, StreamRequest, bounded_filters, parse_cursor, parse_since, stream_request};
+pub use query::{
+    Start, StreamRequest, bounded_filters, is_handle, parse_cursor, parse_since, stream_request,
+};
 pub use record::EndReason;
 pub use subscription::{Subscription, Wiring};
 
@@ -82,6 +87,8 @@ pub struct Streams {
     pub open: TaskTracker,
     /// Who may open a stream, under which caps, from which origin.
     pub access: Access,
+    /// Every stream's record, named streams' topics, control.
+    pub registry: Registry,
 }
 
 /// The answer to one stream request, for a writer to render.
@@ -108,7 +115,7 @@ impl Streams {
     /// The body of a stream that may open: everything is decided before
     /// the first byte is written, so a refusal is a status, never a
     /// stream that ends at once.
-    fn subscribe(
+    async fn subscribe(
         &self,
         head: &impl RequestHead,
         peer: IpAddr,
@@ -124,6 +131,43 @@ impl Streams {
         {
             return Err(ApiError::Unauthorized("the token has expired".into()));
         }
+        // A named stream seen before takes its own topics, not the URL's,
+        // and its resume follows its topics over time.
+        let mut named = None;
+        if let Some(handle) = request.handle.clone() {
+            let cursor = match request.start {
+                Start::After(id) => id,
+                Start::Now => self.hub.head(),
+                Start::Since(_) => 0,
+            };
+            let known = match self.registry.handle(&handle, cursor).await {
+                Ok(known) => known,
+                Err(e) => {
+                    // 200 and `retry:`: an `EventSource` comes back.
+                    tracing::warn!(error = %e, "cannot read a named stream's record");
+                    return Ok(StreamBody::Retry(draining_frame(
+                        self.settings.retry,
+                        &request.filters,
+                    )));
+                }
+            };
+            let schedule = match known {
+                None => Vec::new(),
+                Some(known) => {
+                    if known.subject != identity.subject {
+                        return Err(ApiError::Forbidden(
+                            "this stream handle is another subject's; pick a new one".into(),
+                        ));
+                    }
+                    if let Some(reason) = known.ended {
+                        return Err(ended_handle(&reason));
+                    }
+                    request.filters = known.topics;
+                    known.history
+                }
+            };
+            named = Some((handle, identity.subject.clone(), schedule));
+        }
         request.filters = identity.grants.readable(request.filters)?;
         if self.shutdown.is_cancelled() {
             return Ok(StreamBody::Retry(draining_frame(
@@ -135,10 +179,31 @@ impl Streams {
             .access
             .limits
             .client_address(peer, &head.header_values("x-forwarded-for"));
-        let slot = self
-            .access
-            .limits
-            .open_stream(identity.subject.as_deref(), address)?;
+        // The hub matches the union of the topics in force since the
+        // cursor; the stream takes from it what each id's topics take.
+        let mut filters = request.filters.clone();
+        if let Some((_, _, schedule)) = &named
+            && schedule.len() > 1
+        {
+            filters = Filters::union(schedule.iter().map(|(_, f)| f));
+            request.filters = filters.clone();
+        }
+        let enrolment = self.registry.enroll(Opening {
+            handle: named.as_ref().map(|(h, _, _)| h.clone()),
+            subject: identity.subject.clone(),
+            client_addr: address.to_string(),
+            user_agent: head
+                .header_values("user-agent")
+                .first()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.chars().take(256).collect()),
+            filters,
+            start_cursor: match request.start {
+                Start::After(id) => id,
+                Start::Now | Start::Since(_) => self.hub.head(),
+            },
+            resumed: matches!(request.start, Start::After(_)),
+        });
         Ok(StreamBody::Events(Box::new(Subscription::new(
             request,
             Wiring {
@@ -149,7 +214,8 @@ impl Streams {
                 tracked: self.open.token(),
                 lagged,
                 expires_at: identity.expires_at,
-                slot: Some(slot),
+                enrolment: Some(enrolment),
+                named,
             },
         ))))
     }
@@ -157,7 +223,7 @@ impl Streams {
     /// Decides the answer to a stream request from `peer`: what was asked,
     /// who asks and may they, under which caps. `lagged` is cancelled if
     /// the subscriber falls behind (see [`Wiring::lagged`]).
-    pub fn open(
+    pub async fn open(
         &self,
         head: &impl RequestHead,
         peer: IpAddr,
@@ -165,7 +231,7 @@ impl Streams {
     ) -> StreamResponse {
         let origin = head.header_values("origin").first().copied();
         let mut headers = self.access.cors.headers(origin);
-        let (status, body) = match self.subscribe(head, peer, lagged) {
+        let (status, body) = match self.subscribe(head, peer, lagged).await {
             Err(refused) => (refused.status(), StreamBody::Problem(refused)),
             Ok(body) => (StatusCode::OK, body),
         };
@@ -190,5 +256,23 @@ impl Streams {
             headers,
             body,
         }
+    }
+}
+
+/// The answer to a reconnect of a named stream that was ended for good:
+/// `409`, so an `EventSource` stops rather than fights for a slot.
+fn ended_handle(reason: &str) -> ApiError {
+    match reason {
+        "replaced" => ApiError::Conflict {
+            code: "stream_replaced",
+            detail: "this stream was replaced by a newer one of the same subject, over the cap \
+                     of open streams; open a new stream (with a new handle) if this page \
+                     still needs one"
+                .into(),
+        },
+        _ => ApiError::Conflict {
+            code: "stream_ended",
+            detail: format!("this stream was ended ({reason}); it will not be served again"),
+        },
     }
 }

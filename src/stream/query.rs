@@ -35,6 +35,18 @@ pub struct StreamRequest {
     /// Send events without their `event:` line, so a browser dispatches
     /// every one as `message` (the type stays in the envelope).
     pub message_events: bool,
+    /// `stream=<handle>`: the stream is named, and steerable.
+    pub handle: Option<String>,
+}
+
+/// Whether `text` is a stream handle: 16 to 64 of `[A-Za-z0-9_-]`, long
+/// enough that a client's random one (`crypto.randomUUID()`) is nobody
+/// else's.
+pub fn is_handle(text: &str) -> bool {
+    (16..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// What a stream request asks for, from its query string and the values of
@@ -72,6 +84,7 @@ pub fn stream_request(query: &str, last_event_ids: &[&[u8]]) -> Result<StreamReq
         filters: q.filters,
         start,
         message_events: q.message_events,
+        handle: q.handle,
     })
 }
 
@@ -152,6 +165,7 @@ struct StreamQuery {
     last_event_id: Option<i64>,
     since: Option<OffsetDateTime>,
     message_events: bool,
+    handle: Option<String>,
 }
 
 fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
@@ -159,9 +173,17 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
     let mut last_event_id = None;
     let mut since = None;
     let mut message_events = false;
+    let mut handle = None;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
             "topic" => filters.push(TopicFilter::parse(&value)?),
+            "stream" if is_handle(&value) => handle = Some(value.into_owned()),
+            "stream" => {
+                return Err(ApiError::BadRequest(format!(
+                    "stream must be a handle of 16 to 64 characters from [A-Za-z0-9_-] \
+                     (a random UUID will do), got {value:?}"
+                )));
+            }
             "since" => since = Some(parse_since(&value)?),
             "message_events" => {
                 message_events = match &*value {
@@ -181,8 +203,8 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
             "last_event_id" => last_event_id = Some(parse_cursor("last_event_id", &value)?),
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: expected topic, last_event_id, since, \
-                     message_events or access_token"
+                    "unknown query parameter {other:?}: expected topic, stream, last_event_id, \
+                     since, message_events or access_token"
                 )));
             }
         }
@@ -198,5 +220,6 @@ fn parse_query(query: &str) -> Result<StreamQuery, ApiError> {
         last_event_id,
         since,
         message_events,
+        handle,
     })
 }

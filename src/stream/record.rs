@@ -4,6 +4,7 @@
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::Enrolment;
 use crate::telemetry;
 
 /// Why a stream ended: the `reason` of `herald_streams_ended_total`.
@@ -19,6 +20,12 @@ pub enum EndReason {
     Drain,
     /// Its token expired.
     TokenExpired,
+    /// Its subject (or address) opened a stream over its cap.
+    Replaced,
+    /// An admin ended it, or revoked its subject.
+    Revoked,
+    /// The same named stream connected again.
+    Superseded,
     /// Writing failed otherwise.
     Error,
 }
@@ -31,6 +38,9 @@ impl EndReason {
             Self::Stalled => "stalled",
             Self::Drain => "drain",
             Self::TokenExpired => "token_expired",
+            Self::Replaced => "replaced",
+            Self::Revoked => "revoked",
+            Self::Superseded => "superseded",
             Self::Error => "error",
         }
     }
@@ -39,24 +49,30 @@ impl EndReason {
 /// A stream's life for the metrics and the log, recorded once at its end,
 /// however it ends (a client that leaves raises no error): counted in
 /// `herald_streams_active` meanwhile, then one `herald_streams_ended_total`
-/// by reason, its lifetime, and one log line at `debug` (stream ends are
-/// routine; the counters carry the aggregate).
+/// by reason, its lifetime, its record in the registry, and one log line
+/// (the registry's).
 pub(super) struct Record {
     opened: Instant,
     /// Events written.
     pub(super) events: u64,
+    /// The id of the last event written (or the cursor it started from).
+    pub(super) last_id: i64,
+    /// Its place in the registry (and its mailbox); none in unit tests.
+    pub(super) enrolment: Option<Enrolment>,
     /// Why it ended, once known; at its drop, what the writer saw.
     pub(super) reason: Option<EndReason>,
     lagged: CancellationToken,
 }
 
 impl Record {
-    pub(super) fn new(lagged: CancellationToken) -> Self {
+    pub(super) fn new(lagged: CancellationToken, enrolment: Option<Enrolment>) -> Self {
         telemetry::streams_active().increment(1.0);
         metrics::counter!(telemetry::STREAMS_OPENED).increment(1);
         Self {
             opened: Instant::now(),
             events: 0,
+            last_id: 0,
+            enrolment,
             reason: None,
             lagged,
         }
@@ -76,11 +92,8 @@ impl Drop for Record {
         let lived = self.opened.elapsed();
         metrics::counter!(telemetry::STREAMS_ENDED, "reason" => reason.label()).increment(1);
         metrics::histogram!(telemetry::STREAM_SECONDS).record(lived);
-        tracing::debug!(
-            reason = reason.label(),
-            duration_ms = lived.as_millis() as u64,
-            events = self.events,
-            "stream ended"
-        );
+        if let Some(enrolment) = &self.enrolment {
+            enrolment.end(reason.label(), self.last_id, self.events, lived);
+        }
     }
 }

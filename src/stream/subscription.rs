@@ -26,15 +26,16 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::control::{ChangeFailed, Command, Ending};
 use super::drain::EndWatch;
 use super::expiry::{Expiry, ExpiryWatch};
 use super::record::{EndReason, Record};
 use super::replay::{Page, ReplaySource};
 use super::{Start, StreamRequest, StreamSettings};
-use crate::auth::StreamSlot;
 use crate::event::{self, Filters, Frame, ResetReason};
 use crate::hub::{Attach, Hub, Registration};
 use crate::log::{Bounds, EventLog, LogError};
+use crate::registry::Enrolment;
 use crate::telemetry;
 
 /// One live frame in this many is sampled for the delivery-lag histogram.
@@ -76,6 +77,10 @@ enum Wake {
     /// The instance is stopping and this stream's drain slot has come.
     End,
     Expiry(Expiry),
+    /// A command may be in the stream's mailbox.
+    Control,
+    /// A topic change was recorded (or not).
+    Recorded(Result<(), sqlx::Error>),
 }
 
 enum Step {
@@ -121,10 +126,60 @@ pub struct Subscription<L: ReplaySource = EventLog> {
     record: Record,
     /// Events written before the stream went live (the replay).
     replayed: u64,
-    /// Its place under the stream caps, given back when it ends.
-    _slot: Option<StreamSlot>,
+    /// A named stream's handle and its subject.
+    named: Option<Box<Named>>,
+    /// A topic change applied to the hub, being recorded.
+    switch: Option<Box<Switch>>,
+    /// Topic changes that came while the stream was not live, or while
+    /// another was being recorded; applied in turn.
+    deferred: VecDeque<TopicsAsked>,
     /// Held for the stream's lifetime: the instance waits for these to go.
     _tracked: TaskTrackerToken,
+}
+
+/// What a named stream carries beyond an unnamed one.
+struct Named {
+    handle: String,
+    subject: Option<String>,
+    /// Its topics over time since the cursor it resumed from: `(effective_at,
+    /// filters)`, oldest first, each for the ids above its `effective_at`
+    /// (the first also for those at or below). Empty when one set of topics
+    /// covers every id the stream can write; the hub then matches exactly.
+    schedule: Vec<(i64, Filters)>,
+}
+
+impl Named {
+    /// Whether a frame of `topic` at `id` is one the stream's topics at
+    /// that id take.
+    fn takes(&self, id: i64, topic: &str) -> bool {
+        let Some(first) = self.schedule.first() else {
+            return true;
+        };
+        let in_force = self
+            .schedule
+            .iter()
+            .rev()
+            .find(|(at, _)| *at < id)
+            .unwrap_or(first);
+        in_force.1.matches(topic)
+    }
+}
+
+struct TopicsAsked {
+    filters: Filters,
+    reply_to: Option<i64>,
+    reply: tokio::sync::oneshot::Sender<Result<i64, ChangeFailed>>,
+}
+
+/// A topic change applied to the hub at `at`: frames up to `at` follow the
+/// old topics and are still in the queue; the later ones wait until the
+/// change is recorded, then an `event: stream` frame with `id: at` goes out
+/// before them.
+struct Switch {
+    at: i64,
+    filters: Filters,
+    asked: Option<TopicsAsked>,
+    record: BoxFuture<'static, Result<(), sqlx::Error>>,
 }
 
 /// What a subscription is made of, apart from the request.
@@ -141,8 +196,15 @@ pub struct Wiring<L> {
     pub lagged: CancellationToken,
     /// When the caller's token expires: the stream ends then.
     pub expires_at: Option<OffsetDateTime>,
-    pub slot: Option<StreamSlot>,
+    /// Its place in the registry; none in unit tests.
+    pub enrolment: Option<Enrolment>,
+    /// A named stream: its handle, subject and topics over time.
+    pub named: Option<NamedWiring>,
 }
+
+/// A named stream's handle, its subject, and its topics over time since
+/// the cursor (`(effective_at, filters)`, oldest first).
+pub type NamedWiring = (String, Option<String>, Vec<(i64, Filters)>);
 
 impl<L: ReplaySource> Subscription<L> {
     pub fn new(request: StreamRequest, parts: Wiring<L>) -> Self {
@@ -154,12 +216,26 @@ impl<L: ReplaySource> Subscription<L> {
             tracked,
             lagged,
             expires_at,
-            slot,
+            enrolment,
+            named,
         } = parts;
         Self {
             end: EndWatch::next(shutdown, settings.drain),
             expiry: ExpiryWatch::new(expires_at, settings.expiry_warning),
-            _slot: slot,
+            named: named.map(|(handle, subject, schedule)| {
+                Box::new(Named {
+                    handle,
+                    subject,
+                    // One set of topics throughout needs no schedule.
+                    schedule: if schedule.len() > 1 {
+                        schedule
+                    } else {
+                        Vec::new()
+                    },
+                })
+            }),
+            switch: None,
+            deferred: VecDeque::new(),
             next_ping: Instant::now() + settings.heartbeat,
             ping_timer: Box::pin(sleep_until(Instant::now() + settings.heartbeat)),
             hub,
@@ -180,7 +256,7 @@ impl<L: ReplaySource> Subscription<L> {
             read_database: false,
             state: State::Opening,
             out: VecDeque::new(),
-            record: Record::new(lagged.clone()),
+            record: Record::new(lagged.clone(), enrolment),
             replayed: 0,
             lagged,
             _tracked: tracked,
@@ -216,6 +292,18 @@ impl<L: ReplaySource> Subscription<L> {
                 Wake::Expiry(Expiry::End) => return self.finish(EndReason::TokenExpired),
                 Wake::Expiry(Expiry::Warn(expires_at)) => {
                     self.out.push_back(event::auth_expiring_frame(expires_at));
+                }
+                // An end from outside has a last frame to send first: the
+                // loop sends what is queued, then sees the end.
+                Wake::Control => {
+                    if let Some(reason) = self.on_commands() {
+                        self.end(reason);
+                    }
+                }
+                Wake::Recorded(result) => {
+                    if let Some(reason) = self.on_recorded(result) {
+                        self.end(reason);
+                    }
                 }
                 Wake::Ping => {
                     // The timer is only re-armed when it fires, not per
@@ -262,6 +350,11 @@ impl<L: ReplaySource> Subscription<L> {
                 },
                 State::Resolve => self.resolve(),
                 State::Replay => self.query_page(),
+                // While a topic change is recorded, later frames wait.
+                live @ State::Live(_) if self.switch.is_some() => {
+                    self.state = live;
+                    return None;
+                }
                 State::Live(mut reg) => {
                     let frame = reg.queue.try_recv();
                     self.state = State::Live(reg);
@@ -283,7 +376,18 @@ impl<L: ReplaySource> Subscription<L> {
     /// stream's end. Borrows the state in place, so dropping it loses nothing.
     async fn wait(&mut self) -> Wake {
         let ping = self.ping_timer.as_mut();
-        let end = ending(&mut self.end, &mut self.expiry);
+        let end = ending(
+            &mut self.end,
+            &mut self.expiry,
+            self.record.enrolment.as_ref(),
+        );
+        if let (Some(switch), State::Live(_)) = (&mut self.switch, &self.state) {
+            return tokio::select! {
+                result = &mut switch.record => Wake::Recorded(result),
+                () = ping => Wake::Ping,
+                wake = end => wake,
+            };
+        }
         match &mut self.state {
             State::Querying(query) => tokio::select! {
                 result = query => Wake::Query(result),
@@ -339,11 +443,16 @@ impl<L: ReplaySource> Subscription<L> {
     /// The opening frame, with `after` as its `id:`: a client that drops
     /// before its first event resumes from there (`event::opening_frame`).
     fn open_at(&mut self, after: i64) {
-        self.out.push_back(event::opening_frame(
-            self.settings.retry,
-            after,
-            &self.filters,
-        ));
+        let (topics, handle) = match &self.named {
+            Some(named) => (
+                named.schedule.last().map_or(&self.filters, |(_, f)| f),
+                Some(named.handle.as_str()),
+            ),
+            None => (&self.filters, None),
+        };
+        let frame = event::opening_frame(self.settings.retry, after, topics, handle);
+        self.out.push_back(frame);
+        self.record.last_id = after;
     }
 
     /// Where to start: the hub's head for a new client; the cursor for a
@@ -429,6 +538,7 @@ impl<L: ReplaySource> Subscription<L> {
                         .record(self.replayed as f64);
                 }
                 self.state = State::Live(live);
+                self.next_topics();
             }
             Attach::NotCovered => self.state = State::Replay,
         }
@@ -471,7 +581,13 @@ impl<L: ReplaySource> Subscription<L> {
         if frame.id <= self.cursor {
             return;
         }
+        if let Some(named) = &self.named
+            && !named.takes(frame.id, frame.topic.as_str())
+        {
+            return;
+        }
         self.cursor = frame.id;
+        self.record.last_id = frame.id;
         self.from_since = false;
         if self.message_events {
             self.out.extend(frame.without_event_line());
@@ -488,6 +604,149 @@ impl<L: ReplaySource> Subscription<L> {
             let lag = time::OffsetDateTime::now_utc() - frame.committed;
             metrics::histogram!(telemetry::DELIVERY_LAG).record(lag.as_seconds_f64().max(0.0));
         }
+    }
+
+    /// The commands in the mailbox: an end ends the stream (with its last
+    /// frame); topic changes are applied in turn.
+    fn on_commands(&mut self) -> Option<EndReason> {
+        let commands = match &self.record.enrolment {
+            Some(enrolment) => enrolment.control.take(),
+            None => return None,
+        };
+        for command in commands {
+            match command {
+                Command::End(ending) => return Some(self.ended_from_outside(ending)),
+                Command::Topics {
+                    filters,
+                    reply_to,
+                    reply,
+                } => self.deferred.push_back(TopicsAsked {
+                    filters,
+                    reply_to,
+                    reply,
+                }),
+            }
+        }
+        self.next_topics();
+        None
+    }
+
+    /// The last frame of a stream ended by a command, and why it ended.
+    fn ended_from_outside(&mut self, ending: Ending) -> EndReason {
+        let (event, data, reason) = match ending {
+            Ending::Replaced { cap_of, cap } => (
+                "replaced",
+                serde_json::json!({ "reason": cap_of.reason(), "cap": cap }),
+                EndReason::Replaced,
+            ),
+            Ending::Revoked => (
+                "revoked",
+                serde_json::json!({ "reason": "subject_revoked" }),
+                EndReason::Revoked,
+            ),
+            Ending::Ended => (
+                "revoked",
+                serde_json::json!({ "reason": "stream_ended" }),
+                EndReason::Revoked,
+            ),
+            Ending::Superseded => return EndReason::Superseded,
+        };
+        self.out.push_back(event::ended_frame(event, &data));
+        reason
+    }
+
+    /// Applies the next topic change asked for, if the stream is live and
+    /// no other is being recorded: the hub takes the new topics at its
+    /// head, which becomes the change's `effective_at`.
+    fn next_topics(&mut self) {
+        if self.switch.is_some() {
+            return;
+        }
+        let State::Live(reg) = &self.state else {
+            return;
+        };
+        let Some(asked) = self.deferred.pop_front() else {
+            return;
+        };
+        let (Some(named), Some(enrolment)) = (&mut self.named, &self.record.enrolment) else {
+            let _ = asked.reply.send(Err(ChangeFailed::Gone));
+            return;
+        };
+        let at = self.hub.reattach(reg, &asked.filters);
+        self.filters = asked.filters.clone();
+        if !named.schedule.is_empty() {
+            named.schedule.push((at, asked.filters.clone()));
+        }
+        let registry = enrolment.registry().clone();
+        let handle = named.handle.clone();
+        let subject = named.subject.clone();
+        let filters = asked.filters.clone();
+        let reply_to = asked.reply_to;
+        self.switch = Some(Box::new(Switch {
+            at,
+            filters: asked.filters.clone(),
+            asked: Some(asked),
+            record: Box::pin(async move {
+                registry
+                    .record_change(&handle, subject.as_deref(), at, &filters, reply_to)
+                    .await
+            }),
+        }));
+    }
+
+    /// The change being recorded is: the frames up to its `effective_at`
+    /// go out, then its `event: stream` frame, then the later ones.
+    fn on_recorded(&mut self, result: Result<(), sqlx::Error>) -> Option<EndReason> {
+        let switch = self.switch.take()?;
+        let Switch {
+            at, filters, asked, ..
+        } = *switch;
+        let mut later = None;
+        let mut before = Vec::new();
+        if let State::Live(reg) = &mut self.state {
+            while let Ok(frame) = reg.queue.try_recv() {
+                if frame.id > at {
+                    later = Some(frame);
+                    break;
+                }
+                before.push(frame);
+            }
+        }
+        for frame in &before {
+            self.write_event(frame);
+        }
+        let reply = asked.map(|a| a.reply);
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot record a topic change; ending the stream");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ChangeFailed::Unrecorded));
+            }
+            return Some(EndReason::Error);
+        }
+        let handle = self.named.as_ref().map_or("", |n| n.handle.as_str());
+        self.out
+            .push_back(event::topics_changed_frame(handle, at, &filters));
+        self.cursor = self.cursor.max(at);
+        self.record.last_id = self.cursor;
+        if let Some(enrolment) = &self.record.enrolment {
+            enrolment.topics_changed(&filters);
+            tracing::info!(
+                stream = %enrolment.id(),
+                handle,
+                subject = self.named.as_ref().and_then(|n| n.subject.as_deref()).unwrap_or(""),
+                topics = ?event::topic_list(&filters),
+                effective_at = at,
+                "stream topics changed"
+            );
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(at));
+        }
+        if let Some(frame) = later {
+            self.write_event(&frame);
+        }
+        self.next_topics();
+        None
     }
 
     /// Ends the stream for `reason`, unless it already ended for another.
@@ -511,11 +770,22 @@ impl<L: ReplaySource> Subscription<L> {
 }
 
 /// The stream's end, whichever comes first: its drain slot, or its
-/// token's expiry (or the warning before it).
-async fn ending(end: &mut EndWatch, expiry: &mut ExpiryWatch) -> Wake {
+/// token's expiry (or the warning before it); or a command.
+async fn ending(
+    end: &mut EndWatch,
+    expiry: &mut ExpiryWatch,
+    enrolment: Option<&Enrolment>,
+) -> Wake {
+    let control = async {
+        match enrolment {
+            Some(enrolment) => enrolment.control.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = end.wait() => Wake::End,
         e = expiry.wait() => Wake::Expiry(e),
+        () = control => Wake::Control,
     }
 }
 

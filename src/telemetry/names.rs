@@ -30,6 +30,9 @@ pub const RING_OLDEST: &str = "herald_ring_oldest_id";
 pub const DB_CONNECTIONS: &str = "herald_db_pool_connections";
 pub const CONNECTIONS_REFUSED: &str = "herald_connections_refused_total";
 pub const CONNECTIONS_MAX: &str = "herald_connections_max";
+pub const STREAM_TOPIC_CHANGES: &str = "herald_stream_topic_changes_total";
+pub const REGISTRY_LAG: &str = "herald_registry_write_lag_seconds";
+pub const REVOCATIONS_ACTIVE: &str = "herald_revocations_active";
 pub const DB_POOL_MAX: &str = "herald_db_pool_max_connections";
 pub const DB_WAITING: &str = "herald_db_pool_waiting";
 pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
@@ -42,12 +45,15 @@ pub const RETENTION_ENABLED: &str = "herald_retention_enabled";
 pub const RETENTION_PRUNED: &str = "herald_retention_pruned_events_total";
 
 /// Why a stream ended: the values of `herald_streams_ended_total{reason}`.
-pub const END_REASONS: [&str; 6] = [
+pub const END_REASONS: [&str; 9] = [
     "client_gone",
     "lagged",
     "stalled",
     "drain",
     "token_expired",
+    "replaced",
+    "revoked",
+    "superseded",
     "error",
 ];
 /// Where a resume's missed events came from.
@@ -55,11 +61,7 @@ pub const RESUME_SOURCES: [&str; 2] = ["ring", "database"];
 /// Where the listener took events from (`log/notice.rs`).
 pub const LISTENER_SOURCES: [&str; 2] = ["notification", "log"];
 pub const RESET_REASONS: [&str; 2] = ["cursor_too_old", "cursor_ahead"];
-pub const LIMIT_REASONS: [&str; 3] = [
-    "too_many_streams_per_subject",
-    "too_many_streams_per_address",
-    "publish_rate",
-];
+pub const LIMIT_REASONS: [&str; 1] = ["publish_rate"];
 /// Why a publish was refused: the status class it got.
 pub const PUBLISH_REFUSALS: [&str; 5] = [
     "invalid",
@@ -108,7 +110,9 @@ pub(super) fn describe() {
     describe_counter!(
         STREAMS_ENDED,
         "Streams ended, by reason: client_gone, lagged (fell behind), stalled (took no bytes \
-         for --write-timeout), drain (the instance stopped), token_expired, error."
+         for --write-timeout), drain (the instance stopped), token_expired, replaced (its \
+         subject or address opened a stream over its cap), revoked (an admin ended it or \
+         revoked its subject), superseded (the named stream reconnected), error."
     );
     describe_histogram!(
         STREAM_SECONDS,
@@ -165,6 +169,20 @@ pub(super) fn describe() {
         LISTENER_EVENTS,
         "Events the listener handed to this instance's streams, by where it took them from: \
          the commit's notification, or a read of the log."
+    );
+    describe_counter!(
+        STREAM_TOPIC_CHANGES,
+        "Topic changes applied to named streams of this instance (PUT /v1/streams/{handle})."
+    );
+    describe_gauge!(
+        REGISTRY_LAG,
+        Unit::Seconds,
+        "Age of the oldest stream record in the registry writer's last batch when it was \
+         written (or, while writes fail, now): how far the registry is behind."
+    );
+    describe_gauge!(
+        REVOCATIONS_ACTIVE,
+        "Subjects revoked whose revocation window has not passed, as this instance holds them."
     );
     describe_gauge!(
         LISTENER_ATTACHED,
@@ -238,6 +256,7 @@ pub(super) fn zero() {
         LISTENER_RECONNECTS,
         RETENTION_PRUNED,
         CONNECTIONS_REFUSED,
+        STREAM_TOPIC_CHANGES,
     ] {
         metrics::counter!(name).absolute(0);
     }

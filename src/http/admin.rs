@@ -1,0 +1,138 @@
+//! The admin API (the grant `"herald": {"admin": true}`, or anyone in
+//! anonymous mode): who is connected, across instances, and ending their
+//! streams (docs/ARCHITECTURE.md, "Streams you can name and steer").
+//!
+//! - `GET /v1/streams?subject=S&topic=T&handle=H&state=open|ended|all&limit=N`
+//!   lists streams from the registry, newest first (open ones by default).
+//! - `DELETE /v1/streams/{handle}` ends one stream (by handle, or by the id
+//!   the list gives an unnamed one) on whichever instance holds it, with
+//!   `event: revoked`; a named one's reconnect is then `409 stream_ended`.
+//! - `DELETE /v1/subjects/{sub}/streams` ends every stream of the subject
+//!   everywhere (`event: revoked`) and refuses its tokens issued before the
+//!   call for `--revocation-window`.
+//!
+//! The registry is written in batches, so a stream opened a moment ago may
+//! not be listed yet; ends travel through PostgreSQL and land within a
+//! second.
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::routes::Route;
+use super::{AppState, json_response};
+use crate::error::ApiError;
+use crate::registry::{ListQuery, StreamState};
+use crate::stream::parse_cursor;
+
+const LIST: &str = Route::Streams.template();
+const ONE: &str = Route::StreamHandle.template();
+const SUBJECT: &str = Route::SubjectStreams.template();
+
+pub async fn list(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let answer = async {
+        let (parts, _) = req.into_parts();
+        state.access.auth.identify(&parts)?.grants.check_admin()?;
+        let query = parse_list(parts.uri.query().unwrap_or(""))?;
+        let streams = state.streams.registry.list(&query).await?;
+        let body = serde_json::json!({ "streams": streams });
+        Ok::<_, ApiError>(json_response(StatusCode::OK, body.to_string()))
+    }
+    .await;
+    if let Err(refused) = &answer {
+        refused.log(LIST);
+    }
+    answer
+}
+
+pub async fn end_one(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let answer = async {
+        let (parts, _) = req.into_parts();
+        state.access.auth.identify(&parts)?.grants.check_admin()?;
+        if !state.streams.registry.end_stream(&target).await? {
+            return Err(ApiError::UnknownStream(target));
+        }
+        let body = serde_json::json!({ "stream": target, "ended": true });
+        Ok(json_response(StatusCode::OK, body.to_string()))
+    }
+    .await;
+    if let Err(refused) = &answer {
+        refused.log(ONE);
+    }
+    answer
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let answer = async {
+        let (parts, _) = req.into_parts();
+        state.access.auth.identify(&parts)?.grants.check_admin()?;
+        let revocation = state.streams.registry.revoke(&subject).await?;
+        let format = time::format_description::well_known::Rfc3339;
+        let body = serde_json::json!({
+            "subject": subject,
+            "revoked_at": revocation.revoked_at.format(&format).unwrap_or_default(),
+            "tokens_refused_until": revocation.expires_at.format(&format).unwrap_or_default(),
+        });
+        Ok::<_, ApiError>(json_response(StatusCode::OK, body.to_string()))
+    }
+    .await;
+    if let Err(refused) = &answer {
+        refused.log(SUBJECT);
+    }
+    answer
+}
+
+fn parse_list(query: &str) -> Result<ListQuery, ApiError> {
+    let mut list = ListQuery {
+        subject: None,
+        topic: None,
+        handle: None,
+        state: StreamState::Open,
+        limit: 100,
+    };
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "subject" => list.subject = Some(value.into_owned()),
+            "topic" => list.topic = Some(value.into_owned()),
+            "handle" => list.handle = Some(value.into_owned()),
+            "state" => {
+                list.state = match &*value {
+                    "open" => StreamState::Open,
+                    "ended" => StreamState::Ended,
+                    "all" => StreamState::All,
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "state must be open, ended or all, got {other:?}"
+                        )));
+                    }
+                };
+            }
+            "limit" => {
+                let n = parse_cursor("limit", &value)?;
+                if !(1..=crate::registry::MAX_LISTED).contains(&n) {
+                    return Err(ApiError::BadRequest(format!(
+                        "limit must be from 1 to {}, got {n}",
+                        crate::registry::MAX_LISTED
+                    )));
+                }
+                list.limit = n;
+            }
+            crate::auth::QUERY_PARAMETER => {}
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: expected subject, topic, handle, state, \
+                     limit or access_token"
+                )));
+            }
+        }
+    }
+    Ok(list)
+}

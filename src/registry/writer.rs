@@ -1,0 +1,390 @@
+//! The registry's writer: one task per instance that writes stream records
+//! in batches (whatever queued while the last batch was written, as the
+//! committer groups publishes), then holds the caps across instances.
+//!
+//! A batch that fails is kept and tried again a second later: records are
+//! late, never lost, while the instance runs. At stop, what is queued is
+//! written before the task ends.
+//!
+//! Caps (`--max-streams-per-subject`, `--max-streams-per-ip`): after a batch
+//! that opened streams, the open streams of those subjects and addresses on
+//! every instance with a live lease are counted, and the oldest beyond the
+//! cap are marked ended (`replaced`) with a control row for their holder,
+//! which sends `event: replaced` and ends them. Two instances doing this at
+//! once mark the same rows; the update is idempotent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use sqlx::{Postgres, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Opening, Registry, control};
+use crate::event::topic_list;
+use crate::stream::CapOf;
+use crate::telemetry;
+
+/// Most records in one batch.
+const MAX_BATCH: usize = 2000;
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub enum Op {
+    Open(Box<Open>),
+    Topics {
+        id: String,
+        topics: Vec<String>,
+        queued: Instant,
+    },
+    End {
+        id: String,
+        at: OffsetDateTime,
+        reason: &'static str,
+        last_id: i64,
+        queued: Instant,
+    },
+}
+
+pub struct Open {
+    id: String,
+    opening: Opening,
+    topics: Vec<String>,
+    opened_at: OffsetDateTime,
+    queued: Instant,
+}
+
+impl Op {
+    pub fn open(id: String, opening: Opening) -> Self {
+        let topics = topic_list(&opening.filters)
+            .into_iter()
+            .map(|t| t.into_owned())
+            .collect();
+        Self::Open(Box::new(Open {
+            id,
+            opening,
+            topics,
+            opened_at: OffsetDateTime::now_utc(),
+            queued: Instant::now(),
+        }))
+    }
+
+    fn queued(&self) -> Instant {
+        match self {
+            Self::Open(open) => open.queued,
+            Self::Topics { queued, .. } | Self::End { queued, .. } => *queued,
+        }
+    }
+}
+
+pub async fn run(
+    registry: Registry,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        if batch.is_empty() {
+            let first = tokio::select! {
+                op = ops.recv() => op,
+                () = stop.cancelled() => {
+                    // Write what is queued, then end.
+                    while let Ok(op) = ops.try_recv() {
+                        batch.push(op);
+                    }
+                    if !batch.is_empty() {
+                        let _ = write(&registry, &batch).await;
+                    }
+                    return;
+                }
+            };
+            let Some(first) = first else { return };
+            batch.push(first);
+        }
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        match write(&registry, &batch).await {
+            Ok(()) => {
+                let oldest = batch.iter().map(Op::queued).min();
+                if let Some(oldest) = oldest {
+                    metrics::gauge!(telemetry::REGISTRY_LAG).set(oldest.elapsed().as_secs_f64());
+                }
+                let opened: Vec<&Open> = batch
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Open(open) => Some(&**open),
+                        _ => None,
+                    })
+                    .collect();
+                if let Err(e) = hold_caps(&registry, &opened).await {
+                    tracing::warn!(error = %e, "cannot hold the stream caps; trying with the next batch");
+                }
+                batch.clear();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, records = batch.len(), "cannot write stream records; retrying");
+                if let Some(oldest) = batch.iter().map(Op::queued).min() {
+                    metrics::gauge!(telemetry::REGISTRY_LAG).set(oldest.elapsed().as_secs_f64());
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_AFTER) => {}
+                    () = stop.cancelled() => {}
+                }
+                if stop.is_cancelled() && write(&registry, &batch).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One batch, one transaction: opens, then topic changes, then ends, so
+/// a stream that opened and ended within a batch is recorded as both.
+async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
+    let mut opens = Columns::default();
+    let mut topics: HashMap<&str, &Vec<String>> = HashMap::new();
+    let mut ends = Vec::new();
+    for op in batch {
+        match op {
+            Op::Open(open) => opens.push(open, registry.instance()),
+            Op::Topics { id, topics: t, .. } => {
+                topics.insert(id, t);
+            }
+            Op::End {
+                id,
+                at,
+                reason,
+                last_id,
+                ..
+            } => ends.push((id.as_str(), *at, *reason, *last_id)),
+        }
+    }
+    let mut tx = registry.pool().begin().await?;
+    if !opens.id.is_empty() {
+        opens.insert(&mut tx).await?;
+    }
+    if !topics.is_empty() {
+        let (ids, lists): (Vec<&str>, Vec<String>) = topics
+            .into_iter()
+            .map(|(id, t)| (id, serde_json::to_string(t).unwrap_or_default()))
+            .unzip();
+        sqlx::query(
+            "UPDATE herald_streams s SET topics = ARRAY(SELECT jsonb_array_elements_text(u.t::jsonb)) \
+             FROM UNNEST($1::text[], $2::text[]) AS u(id, t) WHERE s.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&lists)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !ends.is_empty() {
+        let ids: Vec<&str> = ends.iter().map(|e| e.0).collect();
+        let ats: Vec<OffsetDateTime> = ends.iter().map(|e| e.1).collect();
+        let reasons: Vec<&str> = ends.iter().map(|e| e.2).collect();
+        let last: Vec<i64> = ends.iter().map(|e| e.3).collect();
+        // An end decided elsewhere (replaced, revoked, ended) keeps its
+        // time and reason; the holder adds the last id written.
+        sqlx::query(
+            "UPDATE herald_streams s SET ended_at = coalesce(s.ended_at, u.at), \
+             end_reason = coalesce(s.end_reason, u.reason), last_id = u.last \
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int8[]) AS u(id, at, reason, last) \
+             WHERE s.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&ats)
+        .bind(&reasons)
+        .bind(&last)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// The open records of a batch, column by column.
+#[derive(Default)]
+struct Columns<'a> {
+    id: Vec<&'a str>,
+    handle: Vec<Option<&'a str>>,
+    subject: Vec<Option<&'a str>>,
+    instance: Vec<&'a str>,
+    client_addr: Vec<&'a str>,
+    user_agent: Vec<Option<&'a str>>,
+    topics: Vec<String>,
+    opened_at: Vec<OffsetDateTime>,
+    start_cursor: Vec<i64>,
+    resumed: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, open: &'a Open, instance: &'a str) {
+        let o = &open.opening;
+        self.id.push(&open.id);
+        self.handle.push(o.handle.as_deref());
+        self.subject.push(o.subject.as_deref());
+        self.instance.push(instance);
+        self.client_addr.push(&o.client_addr);
+        self.user_agent.push(o.user_agent.as_deref());
+        self.topics
+            .push(serde_json::to_string(&open.topics).unwrap_or_default());
+        self.opened_at.push(open.opened_at);
+        self.start_cursor.push(o.start_cursor);
+        self.resumed.push(o.resumed);
+    }
+
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO herald_streams (id, handle, subject, instance, client_addr, user_agent, \
+             topics, opened_at, start_cursor, resumed) \
+             SELECT u.id, u.handle, u.subject, u.instance, u.addr, u.agent, \
+             ARRAY(SELECT jsonb_array_elements_text(u.topics::jsonb)), u.opened_at, u.start, u.resumed \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::timestamptz[], $9::int8[], $10::bool[]) \
+             AS u(id, handle, subject, instance, addr, agent, topics, opened_at, start, resumed) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&self.id)
+        .bind(&self.handle)
+        .bind(&self.subject)
+        .bind(&self.instance)
+        .bind(&self.client_addr)
+        .bind(&self.user_agent)
+        .bind(&self.topics)
+        .bind(&self.opened_at)
+        .bind(&self.start_cursor)
+        .bind(&self.resumed)
+        .execute(&mut **tx)
+        .await?;
+        if self.handle.iter().any(Option::is_some) {
+            // A new handle's record, and its topics from its start; a
+            // handle seen before keeps its own.
+            sqlx::query(
+                "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) \
+                 AS u(handle, subject, topics, start) WHERE handle IS NOT NULL), \
+                 new AS (INSERT INTO herald_handles (handle, subject, topics) \
+                 SELECT handle, subject, ARRAY(SELECT jsonb_array_elements_text(topics::jsonb)) FROM u \
+                 ON CONFLICT (handle) DO NOTHING RETURNING handle, topics) \
+                 INSERT INTO herald_topic_changes (handle, effective_at, topics) \
+                 SELECT new.handle, u.start, new.topics FROM new JOIN u USING (handle) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.handle)
+            .bind(&self.subject)
+            .bind(&self.topics)
+            .bind(&self.start_cursor)
+            .execute(&mut **tx)
+            .await?;
+            // An older connection of the same handle, still open in the
+            // records, is over: the client is on the new one.
+            let handles: Vec<&str> = self.handle.iter().flatten().copied().collect();
+            let superseded: Vec<(String,)> = sqlx::query_as(
+                "WITH newest AS (SELECT DISTINCT ON (handle) handle, id FROM herald_streams \
+                 WHERE handle = ANY($1) AND ended_at IS NULL ORDER BY handle, opened_at DESC, id DESC) \
+                 UPDATE herald_streams s SET ended_at = now(), end_reason = 'superseded' \
+                 FROM newest WHERE s.handle = newest.handle AND s.id <> newest.id \
+                 AND s.ended_at IS NULL RETURNING s.id",
+            )
+            .bind(&handles)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (id,) in &superseded {
+                control::insert(
+                    tx,
+                    control::Row {
+                        kind: "end",
+                        target: Some(id),
+                        reason: Some("superseded"),
+                        ..control::Row::default()
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends the oldest open streams beyond the caps of the subjects and
+/// addresses that just opened streams.
+async fn hold_caps(registry: &Registry, opened: &[&Open]) -> Result<(), sqlx::Error> {
+    let settings = &registry.inner.settings;
+    let subjects: BTreeSet<&str> = opened
+        .iter()
+        .filter_map(|o| o.opening.subject.as_deref())
+        .collect();
+    let addresses: BTreeSet<&str> = opened
+        .iter()
+        .map(|o| o.opening.client_addr.as_str())
+        .collect();
+    let caps = [
+        (
+            CapOf::Subject,
+            "subject",
+            settings.max_streams_per_subject,
+            subjects,
+        ),
+        (
+            CapOf::Address,
+            "client_addr",
+            settings.max_streams_per_ip,
+            addresses,
+        ),
+    ];
+    for (cap_of, column, cap, keys) in caps {
+        if cap == 0 || keys.is_empty() {
+            continue;
+        }
+        let keys: Vec<&str> = keys.into_iter().collect();
+        let mut tx = registry.pool().begin().await?;
+        // `column` is one of two names above, never input.
+        let over: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH ranked AS (SELECT s.id, row_number() OVER (PARTITION BY s.{column} \
+             ORDER BY s.opened_at DESC, s.id DESC) AS n FROM herald_streams s \
+             JOIN herald_instances i ON i.id = s.instance AND i.lease_until > now() \
+             WHERE s.ended_at IS NULL AND s.{column} = ANY($1)) \
+             UPDATE herald_streams s SET ended_at = now(), end_reason = 'replaced' \
+             FROM ranked WHERE s.id = ranked.id AND ranked.n > $2 AND s.ended_at IS NULL \
+             RETURNING s.id, s.handle"
+        )))
+        .bind(&keys)
+        .bind(cap as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if over.is_empty() {
+            continue;
+        }
+        let handles: Vec<&str> = over.iter().filter_map(|(_, h)| h.as_deref()).collect();
+        sqlx::query(
+            "UPDATE herald_handles SET ended_at = now(), end_reason = 'replaced' \
+             WHERE handle = ANY($1) AND ended_at IS NULL",
+        )
+        .bind(&handles)
+        .execute(&mut *tx)
+        .await?;
+        for (id, _) in &over {
+            control::insert(
+                &mut tx,
+                control::Row {
+                    kind: "end",
+                    target: Some(id),
+                    reason: Some(cap_of.reason()),
+                    cap: Some(cap as i32),
+                    ..control::Row::default()
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            cap = cap_of.reason(),
+            limit = cap,
+            ended = over.len(),
+            "streams over a cap replaced"
+        );
+    }
+    Ok(())
+}
