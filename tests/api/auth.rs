@@ -353,60 +353,58 @@ async fn a_stream_ends_with_its_token_and_resumes_with_a_new_one(writer: Writer)
 over_both_writers!(a_stream_ends_with_its_token_and_resumes_with_a_new_one);
 
 #[tokio::test]
-async fn streams_per_subject_are_capped_with_429_and_given_back() {
+async fn a_stream_over_the_subject_cap_replaces_the_oldest_not_the_newest() {
     let app = spawn_app_with_tokens(|c| c.limits.max_streams_per_subject = 2).await;
     let alice = alice();
     let open = |n: usize| {
         let (app, alice) = (&app, alice.clone());
         async move {
-            stream_with(
+            let res = stream_with(
                 app,
                 Writer::Http1,
                 "bearer",
                 &alice,
                 &format!("topic=user:alice:{n}"),
             )
-            .await
+            .await;
+            assert_eq!(res.status(), 200, "every stream opens");
+            let mut sse = SseClient::new(res);
+            sse.next_frame().await.unwrap();
+            sse
         }
     };
 
-    let first = open(1).await;
-    let second = open(2).await;
-    assert_eq!(
-        (first.status().as_u16(), second.status().as_u16()),
-        (200, 200)
-    );
-    let third = open(3).await;
-    assert!(third.headers().contains_key("retry-after"));
-    assert_problem(third, 429, "too_many_streams_per_subject", "2 open streams").await;
+    let mut first = open(1).await;
+    let _second = open(2).await;
     let bob = token("bob", &["user:{sub}:*"], &[], HOUR);
     let other = stream_with(&app, Writer::Http1, "bearer", &bob, "topic=user:bob:1").await;
     assert_eq!(other.status(), 200, "another subject is not affected");
-
-    drop(first);
-    wait_for("the closed stream's place to come back", || async {
-        open(4).await.status() == 200
-    })
-    .await;
-    assert!(app.metric("herald_limited_total").await >= 1.0);
+    let _third = open(3).await;
+    let frame = first.next_frame().await.unwrap();
+    assert_eq!(frame.event.as_deref(), Some("replaced"));
+    assert_eq!(
+        frame.json(),
+        json!({"reason": "max_streams_per_subject", "cap": 2})
+    );
+    assert!(first.next_frame().await.is_none(), "the oldest ends");
     app.stop().await;
 }
 
 #[tokio::test]
-async fn streams_per_client_address_are_capped() {
+async fn a_stream_over_the_address_cap_replaces_the_oldest() {
     let app = spawn_app_with(|c| c.limits.max_streams_per_ip = 1).await;
 
-    let first = app.stream_response("topic=a", None).await;
-    assert_eq!(first.status(), 200);
-    let second = app.stream_response("topic=b", None).await;
-    assert_problem(
-        second,
-        429,
-        "too_many_streams_per_address",
-        "client address",
-    )
-    .await;
-    drop(first);
+    let mut first = app.stream("topic=a", None).await;
+    first.next_frame().await.unwrap();
+    let mut second = app.stream("topic=b", None).await;
+    second.next_frame().await.unwrap();
+    let frame = first.next_frame().await.unwrap();
+    assert_eq!(frame.event.as_deref(), Some("replaced"));
+    assert_eq!(
+        frame.json(),
+        json!({"reason": "max_streams_per_ip", "cap": 1})
+    );
+    assert!(first.next_frame().await.is_none());
     app.stop().await;
 }
 

@@ -96,12 +96,16 @@ async fn listener_reattaches_after_its_connection_is_terminated() {
     let mut conn = app.db.connect().await;
     let killed: Vec<bool> = sqlx::query_scalar(
         "select pg_terminate_backend(pid) from pg_stat_activity \
-         where datname = current_database() and query ilike 'listen%'",
+         where datname = current_database() and query ilike 'listen%herald_events%'",
     )
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(killed, vec![true], "exactly one LISTEN connection");
+    assert_eq!(
+        killed,
+        vec![true],
+        "exactly one LISTEN connection on the log"
+    );
     let mut ids = vec![first];
     for i in 0..20 {
         ids.push(app.publish_ok(&topic, json!(i)).await);

@@ -32,5 +32,6 @@ mod retention;
 mod roundtrip;
 mod since;
 mod stream;
+mod streams;
 mod wire;
 mod writers;

@@ -527,3 +527,52 @@ async fn instances_started_together_on_a_missing_database_all_serve() {
         assert!(herald.wait_exit(WAIT).await.success(), "{}", herald.logs());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_streams_are_listed_ended_within_a_lease() {
+    // Arrange: A and B on one database, with a 1 s lease; a stream on A.
+    let db = TestDb::create().await;
+    let mut a = HeraldProcess::start(&db.url, &["--lease", "1s"]).await;
+    let b = HeraldProcess::start(&db.url, &["--lease", "1s"]).await;
+    a.api.wait_ready().await;
+    b.api.wait_ready().await;
+    let topic = unique_topic("lost");
+    let mut sse = a.api.open_stream(&format!("topic={topic}"), None).await;
+    assert!(sse.next_frame().await.unwrap().retry.is_some());
+    let list = |state: &'static str| {
+        let (b, topic) = (b.api.clone(), topic.clone());
+        async move {
+            let body: Value = b
+                .client
+                .get(b.url(&format!("/v1/streams?topic={topic}&state={state}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["streams"].as_array().unwrap().clone()
+        }
+    };
+    wait_for("A's stream to be listed open", || async {
+        list("open").await.len() == 1
+    })
+    .await;
+
+    // Act: kill -9 A.
+    a.kill9().await;
+    let killed = Instant::now();
+
+    // Assert: within a lease (1 s, and the tick that notices), listed ended.
+    wait_for("A's stream to be listed ended", || async {
+        let ended = list("ended").await;
+        ended.len() == 1 && ended[0]["end_reason"] == "instance_lost"
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_millis(1500),
+        "listed ended {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(list("open").await.is_empty());
+}
