@@ -46,6 +46,62 @@ pub enum Command {
     /// Mint a token from the configured HS256 secret (development and
     /// operations).
     Token(TokenArgs),
+    /// List streams across every instance (the admin API).
+    Streams(StreamsArgs),
+    /// End every stream of a subject, everywhere, and refuse its tokens
+    /// issued before now (the admin API).
+    Revoke(RevokeArgs),
+}
+
+/// `herald streams [--subject S] [--topic T] [--ended] [--json]`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Lists streams from the stream registry (GET /v1/streams), newest first: open
+ones, or with --ended the ones that ended and why. One line per stream: its id,
+handle (- for an unnamed one), subject, instance, client address, when it
+opened, and its topics; with --json the API's JSON. Needs a token with
+\"herald\": {\"admin\": true} (herald token --admin), except against an
+anonymous herald.
+
+Exit status: 0 listed, 1 refused by the server, 3 the server could not be
+reached.")]
+pub struct StreamsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Only this subject's streams.
+    #[arg(long)]
+    pub subject: Option<String>,
+
+    /// Only streams that would get an event of this topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+
+    /// The streams that ended, and why, rather than the open ones.
+    #[arg(long)]
+    pub ended: bool,
+
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `herald revoke SUBJECT`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+DELETE /v1/subjects/SUBJECT/streams: every stream of the subject ends on every
+instance within a second (event: revoked), and its tokens issued before now, or
+without iat, are refused for the server's --revocation-window. Needs an admin
+token (herald token --admin), except against an anonymous herald.
+
+Exit status: 0 revoked, 1 refused by the server, 3 the server could not be
+reached.")]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// The token subject (`sub`) to revoke.
+    pub subject: String,
 }
 
 /// Where the client finds the server.

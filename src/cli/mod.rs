@@ -1,6 +1,6 @@
 //! The terminal client beside the server in the same binary (docs/ARCHITECTURE.md,
 //! "Configuration"): `herald tail` follows a stream, `herald publish` sends
-//! one event. Both talk to a running herald over its public HTTP API only,
+//! one event, `herald streams` and `herald revoke` use the admin API. Both talk to a running herald over its public HTTP API only,
 //! like any other client. Their grammar, and the whole command line's
 //! ([`Cli`]), is in [`args`].
 //!
@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use args::ClientArgs;
 
+mod admin;
 pub mod args;
 mod print;
 pub mod publish;
@@ -56,6 +57,8 @@ pub fn main(command: Command) -> ExitCode {
             Command::Tail(args) => tail::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Token(args) => token::run(&args),
+            Command::Streams(args) => admin::streams(args).await,
+            Command::Revoke(args) => admin::revoke(args).await,
         }
     })
 }

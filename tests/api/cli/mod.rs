@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
+mod admin;
 mod publish;
 mod start;
 mod tail;
