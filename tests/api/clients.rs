@@ -48,6 +48,15 @@ async fn console_page_shows_published_events_live() {
 }
 
 #[tokio::test]
+async fn console_page_switches_topics_ten_times_on_one_stream() {
+    let app = spawn_app().await;
+
+    run_ok(node("console_switch.mjs").env("HERALD_URL", &app.base)).await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn console_page_reconnects_after_restart_and_shows_missed_events_once() {
     let db = TestDb::create().await;
 

@@ -58,12 +58,25 @@ try {
   const bob = "user:bob:*";
   const forbidden = await detail(stream(bob), alice);
   assert.equal(forbidden.status, 403);
+  // Asked on the open stream, the switch is refused and the stream goes on
+  // with alice's topics.
   await page.fill("#topics", bob);
   await page.click("#connect");
-  await page.waitForSelector('#state[data-state="refused"]', { timeout: WAIT_MS });
+  await page.waitForFunction(() => document.getElementById("sub-result").textContent !== "", null, {
+    timeout: WAIT_MS,
+  });
   assert.equal(await page.textContent("#sub-result"), `Not allowed to read ${bob}: ${forbidden.detail}`);
   assert.equal(await page.getAttribute("#sub-result", "class"), "result bad");
+  assert.equal(await page.getAttribute("#state", "data-state"), "live", "the stream goes on");
+  assert.equal(await page.inputValue("#topics"), inbox, "with the topics it had");
   assert.equal(await page.isDisabled("#connect"), false, "Subscribe can be tried again");
+  // A new page asking for them from the start is refused, in words.
+  const fresh = await context.newPage();
+  fresh.on("pageerror", (e) => errors.push(e.message));
+  await fresh.goto(`${base}/#topic=${encodeURIComponent(bob)}`);
+  await fresh.waitForSelector('#state[data-state="refused"]', { timeout: WAIT_MS });
+  assert.equal(await fresh.textContent("#sub-result"), `Not allowed to read ${bob}: ${forbidden.detail}`);
+  await fresh.close();
 
   // Publishing: her token grants none.
   const cannotPublish = await detail("/v1/events", alice, post(inbox));

@@ -1,5 +1,7 @@
 // herald console: subscribes with the browser's own EventSource, shows each
-// event as it arrives, and publishes test events. No build step, no
+// event as it arrives, and publishes test events. Its stream is named, so
+// other topics are a switch of the same stream (PUT /v1/streams/{handle}),
+// not a new connection. No build step, no
 // dependencies; everything user-supplied is rendered as text, never HTML.
 "use strict";
 
@@ -7,6 +9,17 @@ const MAX_ROWS = 500;
 const $ = (id) => document.getElementById(id);
 let source = null;
 let count = 0;
+// The page's named stream, and what it follows.
+let handle = null;
+let following = { topics: [], since: "" };
+
+// A handle for the stream: random, 16 to 64 of [A-Za-z0-9_-].
+// `crypto.randomUUID` exists only in secure contexts (https, localhost).
+function newHandle() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 function setState(state, text) {
   const el = $("state");
@@ -157,12 +170,63 @@ function resetReason(info) {
   }
 }
 
+// Other topics on a live stream switch that stream: no reconnect, no
+// replay, no second slot under the caps. Only another "From" (a start in
+// the past) needs a new stream, and so does a switch herald cannot make
+// (the stream is reconnecting).
+async function resubscribe() {
+  const topics = filters();
+  const since = $("since").value;
+  const live = source && source.readyState === EventSource.OPEN;
+  if (live && handle && !since && !following.since && (await switchTopics(topics))) return;
+  connect();
+}
+
+// Asks herald to switch the stream; false when only a new stream will do.
+// The stream itself announces the switch (`event: stream`), in order with
+// the events, and that is when the page says so.
+async function switchTopics(topics) {
+  const es = source;
+  const result = $("sub-result");
+  let res;
+  try {
+    res = await fetch(`/v1/streams/${handle}`, {
+      method: "PUT",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ topics }),
+    });
+  } catch (err) {
+    showUnreachable(result, err);
+    return true;
+  }
+  reached();
+  if (source !== es) return true;
+  if (res.ok) {
+    following = { topics, since: "" };
+    saveToUrl(topics, "");
+    showResult(result, "");
+    return true;
+  }
+  if (res.status === 409) return false;
+  // Refused (topics outside the token's grants, say): the stream goes on
+  // with the topics it had, and the field says so again.
+  const problem = await res.json().catch(() => ({}));
+  const why = problem.detail || problem.title || res.statusText;
+  const what = topics.length ? topics.join(", ") : "any topic";
+  $("topics").value = following.topics.join(" ");
+  showResult(result, authRefusal(res.status, `read ${what}`, why) ?? `${res.status}: ${why}`, true);
+  return true;
+}
+
 function connect() {
   disconnect();
   const topics = filters();
   const since = $("since").value;
   saveToUrl(topics, since);
+  handle = newHandle();
+  following = { topics, since };
   const q = new URLSearchParams();
+  q.set("stream", handle);
   topics.forEach((t) => q.append("topic", t));
   // One onmessage handler for every type: the type is in the envelope.
   q.set("message_events", "true");
@@ -199,6 +263,32 @@ function connect() {
     setState("live", "live");
     showEvent(JSON.parse(e.data));
   };
+  // The stream's own frames: its opening, and each switch of its topics,
+  // which applies to the events after `effective_at`.
+  es.addEventListener("stream", (e) => {
+    const info = JSON.parse(e.data);
+    if (info.effective_at === undefined) return;
+    const what = info.topics.join(", ");
+    showNotice(`now following ${what} (events after #${info.effective_at})`, "switched");
+  });
+  // Ended from outside: over the subject's cap (a newer stream took its
+  // place), or by an admin. The browser would reconnect and be refused;
+  // say why instead.
+  for (const ended of ["replaced", "revoked"]) {
+    es.addEventListener(ended, (e) => {
+      const info = JSON.parse(e.data);
+      es.close();
+      if (source !== es) return;
+      setState("closed", "closed");
+      $("connect").disabled = false;
+      $("disconnect").disabled = true;
+      const why =
+        ended === "replaced"
+          ? `a newer stream of yours took its place (at most ${info.cap} are open at once)`
+          : "it was ended by an administrator";
+      showResult($("sub-result"), `The stream closed: ${why}. Subscribe to open another.`, true);
+    });
+  }
   // A reset means herald could not serve this connection's cursor: nothing
   // was replayed, so this connection makes no claim that it was.
   es.addEventListener("reset", (e) => {
@@ -237,6 +327,7 @@ function connect() {
 function disconnect() {
   if (source) source.close();
   source = null;
+  handle = null;
   setState("idle", "not connected");
   $("disconnect").disabled = true;
   $("connect").textContent = "Subscribe";
@@ -295,7 +386,7 @@ applyTheme(localStorage.getItem("herald-theme"));
 $("theme").addEventListener("click", toggleTheme);
 $("subscribe").addEventListener("submit", (e) => {
   e.preventDefault();
-  connect();
+  resubscribe();
 });
 $("disconnect").addEventListener("click", disconnect);
 $("clear").addEventListener("click", () => {
