@@ -48,6 +48,7 @@ impl Row<'_> {
         let (effective_at, reason) = match ack {
             Ack::Applied(at) => (Some(at), None),
             Ack::NotFound => (None, Some("not_found")),
+            Ack::Gone => (None, Some("gone")),
             Ack::Failed => (None, Some("failed")),
         };
         Row {
@@ -206,6 +207,7 @@ async fn act(registry: &Registry, row: ControlRow) {
                 let ack = match (effective_at, reason.as_deref()) {
                     (Some(at), _) => Ack::Applied(at),
                     (None, Some("not_found")) => Ack::NotFound,
+                    (None, Some("gone")) => Ack::Gone,
                     _ => Ack::Failed,
                 };
                 let _ = waiter.send(ack);
@@ -242,9 +244,7 @@ async fn act(registry: &Registry, row: ControlRow) {
                 match applied.await {
                     Ok(Ok(_)) => {}
                     Ok(Err(ChangeFailed::Unrecorded)) => answer(&registry, id, Ack::Failed).await,
-                    Ok(Err(ChangeFailed::Gone)) | Err(_) => {
-                        answer(&registry, id, Ack::Failed).await;
-                    }
+                    Ok(Err(ChangeFailed::Gone)) | Err(_) => answer(&registry, id, Ack::Gone).await,
                 }
             });
         }

@@ -101,6 +101,8 @@ struct LocalStream {
 enum Ack {
     Applied(i64),
     NotFound,
+    /// The stream ended before it took the change.
+    Gone,
     Failed,
 }
 
@@ -375,6 +377,7 @@ impl Registry {
         match answer {
             Ok(Ok(Ack::Applied(at))) => Ok(at),
             Ok(Ok(Ack::NotFound)) => Err(ChangeError::Unknown),
+            Ok(Ok(Ack::Gone)) => Err(ChangeError::NotConnected),
             Ok(Ok(Ack::Failed)) => Err(ChangeError::Unavailable(
                 "the change could not be recorded".into(),
             )),

@@ -300,3 +300,105 @@ impl DefaultHerald {
         assert!(status.success(), "herald exited with {status}");
     }
 }
+
+/// The README's "Streams" lines, run exactly as written against herald
+/// started as the quick start does, after the three events "Try it with
+/// curl" publishes (so the ids are the README's).
+#[tokio::test]
+async fn readme_streams_curl_lines_work_exactly_as_written() {
+    let _port = PORT_8080.lock().await;
+    let section = readme_section("## Streams");
+    let blocks = fenced_blocks(&section);
+    let commands: Vec<String> = blocks
+        .iter()
+        .filter(|(lang, _)| lang == "sh")
+        .flat_map(|(_, text)| shell_commands(text))
+        .collect();
+    let outputs: Vec<&String> = blocks
+        .iter()
+        .filter(|(lang, _)| lang.is_empty() || lang == "json")
+        .map(|(_, text)| text)
+        .collect();
+    let shape = "README \"Streams\" changed shape: expected commands subscribe, switch, \
+                 history until, list, end one, revoke and outputs opening, switch answer, \
+                 switch frame; update tests/api/clients/readme.rs";
+    let [subscribe, switch, until, list, end_one, revoke] =
+        <[String; 6]>::try_from(commands).unwrap_or_else(|c| panic!("{shape}: {c:#?}"));
+    let [opening, answer, frame] =
+        <[&String; 3]>::try_from(outputs).unwrap_or_else(|o| panic!("{shape}: {o:#?}"));
+    let herald = DefaultHerald::start().await;
+    let client = reqwest::Client::new();
+    for (topic, data) in [
+        ("incident:inc-123", "opened"),
+        ("incident:inc-123", "first"),
+        ("incident:inc-124", "second"),
+    ] {
+        let res = client
+            .post("http://127.0.0.1:8080/v1/events")
+            .json(&json!({"topic": topic, "data": data}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+
+    let mut subscriber = Running::spawn(&mut sh(&subscribe));
+    let opened = subscriber
+        .wait_stdout("the named stream to open", |out| out.ends_with("\n\n"))
+        .await;
+    assert_eq!(&opened, opening, "the named stream's first frame");
+    let answered = run_ok(&mut sh(&switch)).await;
+    assert_eq!(
+        answered.trim_end(),
+        answer.trim_end(),
+        "the switch's answer"
+    );
+    let seen = subscriber
+        .wait_stdout("the switch on the stream", |out| {
+            out.len() >= opened.len() + frame.len()
+        })
+        .await;
+    assert_eq!(
+        &seen[opened.len()..],
+        frame.as_str(),
+        "the stream's own frame"
+    );
+
+    let history: Value = serde_json::from_str(&run_ok(&mut sh(&until)).await).unwrap();
+    let ids: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["1", "2"], "incident:inc-123 up to the switch");
+
+    let listing = || async {
+        let text = run_ok(&mut sh(&list)).await;
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    wait_for("the stream to be listed", || async {
+        listing().await["streams"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    let listed = listing().await;
+    assert_eq!(listed["streams"][0]["handle"], "dashboard-7f3a9c2e1b");
+    assert_eq!(listed["streams"][0]["topics"], json!(["incident:inc-123"]));
+
+    let ended: Value = serde_json::from_str(&run_ok(&mut sh(&end_one)).await).unwrap();
+    assert_eq!(
+        ended,
+        json!({"ended": true, "stream": "dashboard-7f3a9c2e1b"})
+    );
+    let (status, out, _) = subscriber.finish(WAIT).await;
+    assert!(status.success(), "curl ends with the stream");
+    assert!(
+        out.ends_with("event: revoked\ndata: {\"reason\":\"stream_ended\"}\n\n"),
+        "{out}"
+    );
+    let revoked: Value = serde_json::from_str(&run_ok(&mut sh(&revoke)).await).unwrap();
+    assert_eq!(revoked["subject"], "alice");
+    herald.stop().await;
+}
