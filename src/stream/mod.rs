@@ -19,6 +19,11 @@
 //! - [`replay`]: where a replay reads what the ring no longer holds.
 //! - [`record`]: how a stream ended, for the metrics and the log.
 //! - [`drain`]: each stream's slot in a stopping instance's drain window.
+//! - [`control`]: its mailbox for topic changes and ends sent from outside.
+//!
+//! A named stream (`stream=<handle>`) is looked up in the registry before
+//! the answer: a handle ended for good is `409`, and a handle seen before
+//! takes its own topics, with its topics over time for the resume.
 
 mod control;
 mod drain;

@@ -380,7 +380,7 @@ async fn a_stream_over_the_subject_cap_replaces_the_oldest_not_the_newest() {
     let other = stream_with(&app, Writer::Http1, "bearer", &bob, "topic=user:bob:1").await;
     assert_eq!(other.status(), 200, "another subject is not affected");
     let _third = open(3).await;
-    let frame = first.next_frame().await.unwrap();
+    let frame = first.next_data_frame().await.unwrap();
     assert_eq!(frame.event.as_deref(), Some("replaced"));
     assert_eq!(
         frame.json(),
@@ -398,7 +398,7 @@ async fn a_stream_over_the_address_cap_replaces_the_oldest() {
     first.next_frame().await.unwrap();
     let mut second = app.stream("topic=b", None).await;
     second.next_frame().await.unwrap();
-    let frame = first.next_frame().await.unwrap();
+    let frame = first.next_data_frame().await.unwrap();
     assert_eq!(frame.event.as_deref(), Some("replaced"));
     assert_eq!(
         frame.json(),

@@ -71,7 +71,7 @@ async fn herald_streams_lists_a_subjects_streams_and_herald_revoke_ends_them() {
         "{}",
         stdout(&out)
     );
-    let last = sse.next_frame().await.unwrap();
+    let last = sse.next_data_frame().await.unwrap();
     assert_eq!(last.event.as_deref(), Some("revoked"));
     assert!(sse.next_frame().await.is_none());
     app.stop().await;

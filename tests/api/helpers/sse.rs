@@ -113,6 +113,18 @@ impl SseClient {
         }
     }
 
+    /// The next frame with data, herald's own (`stream`, `replaced`,
+    /// `revoked`…) included, skipping comments; `None` when the stream
+    /// ended.
+    pub async fn next_data_frame(&mut self) -> Option<SseFrame> {
+        loop {
+            let frame = self.next_frame().await?;
+            if frame.data.is_some() {
+                return Some(frame);
+            }
+        }
+    }
+
     /// Exactly `n` event frames; fails the test if the stream ends first.
     pub async fn events(&mut self, n: usize) -> Vec<SseFrame> {
         let mut out = Vec::with_capacity(n);
