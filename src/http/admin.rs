@@ -29,20 +29,31 @@ const LIST: &str = Route::Streams.template();
 const ONE: &str = Route::StreamHandle.template();
 const SUBJECT: &str = Route::SubjectStreams.template();
 
+/// The request's head, if the caller holds the admin grant.
+fn admin(state: &AppState, req: Request) -> Result<axum::http::request::Parts, ApiError> {
+    let (parts, _) = req.into_parts();
+    state.access.auth.identify(&parts)?.grants.check_admin()?;
+    Ok(parts)
+}
+
+/// `answer`, with a refusal logged once under `route`.
+fn logged(route: &'static str, answer: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    if let Err(refused) = &answer {
+        refused.log(route);
+    }
+    answer
+}
+
 pub async fn list(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let answer = async {
-        let (parts, _) = req.into_parts();
-        state.access.auth.identify(&parts)?.grants.check_admin()?;
+        let parts = admin(&state, req)?;
         let query = parse_list(parts.uri.query().unwrap_or(""))?;
         let streams = state.streams.registry.list(&query).await?;
         let body = serde_json::json!({ "streams": streams });
-        Ok::<_, ApiError>(json_response(StatusCode::OK, body.to_string()))
+        Ok(json_response(StatusCode::OK, body.to_string()))
     }
     .await;
-    if let Err(refused) = &answer {
-        refused.log(LIST);
-    }
-    answer
+    logged(LIST, answer)
 }
 
 pub async fn end_one(
@@ -51,8 +62,7 @@ pub async fn end_one(
     req: Request,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let (parts, _) = req.into_parts();
-        state.access.auth.identify(&parts)?.grants.check_admin()?;
+        admin(&state, req)?;
         if !state.streams.registry.end_stream(&target).await? {
             return Err(ApiError::UnknownStream(target));
         }
@@ -60,10 +70,7 @@ pub async fn end_one(
         Ok(json_response(StatusCode::OK, body.to_string()))
     }
     .await;
-    if let Err(refused) = &answer {
-        refused.log(ONE);
-    }
-    answer
+    logged(ONE, answer)
 }
 
 pub async fn revoke(
@@ -72,8 +79,7 @@ pub async fn revoke(
     req: Request,
 ) -> Result<Response, ApiError> {
     let answer = async {
-        let (parts, _) = req.into_parts();
-        state.access.auth.identify(&parts)?.grants.check_admin()?;
+        admin(&state, req)?;
         let revocation = state.streams.registry.revoke(&subject).await?;
         let format = time::format_description::well_known::Rfc3339;
         let body = serde_json::json!({
@@ -81,13 +87,10 @@ pub async fn revoke(
             "revoked_at": revocation.revoked_at.format(&format).unwrap_or_default(),
             "tokens_refused_until": revocation.expires_at.format(&format).unwrap_or_default(),
         });
-        Ok::<_, ApiError>(json_response(StatusCode::OK, body.to_string()))
+        Ok(json_response(StatusCode::OK, body.to_string()))
     }
     .await;
-    if let Err(refused) = &answer {
-        refused.log(SUBJECT);
-    }
-    answer
+    logged(SUBJECT, answer)
 }
 
 fn parse_list(query: &str) -> Result<ListQuery, ApiError> {

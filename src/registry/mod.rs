@@ -509,15 +509,11 @@ impl Registry {
         .bind(window.as_millis() as f64)
         .fetch_one(&mut *tx)
         .await?;
+        // Its named streams are over for good; its records say why.
         sqlx::query(
-            "UPDATE herald_handles SET ended_at = now(), end_reason = 'revoked' \
-             WHERE subject = $1 AND ended_at IS NULL",
-        )
-        .bind(subject)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE herald_streams SET ended_at = now(), end_reason = 'revoked' \
+            "WITH handles AS (UPDATE herald_handles SET ended_at = now(), end_reason = 'revoked' \
+             WHERE subject = $1 AND ended_at IS NULL) \
+             UPDATE herald_streams SET ended_at = now(), end_reason = 'revoked' \
              WHERE subject = $1 AND ended_at IS NULL",
         )
         .bind(subject)

@@ -44,6 +44,21 @@ async fn open_named(
     req.send().await.expect("stream request")
 }
 
+/// A named stream that must open: its reader, past the opening frame.
+async fn open_named_ok(
+    app: &TestApp,
+    client: &reqwest::Client,
+    handle: &str,
+    query: &str,
+    token: Option<&str>,
+) -> SseClient {
+    let res = open_named(app, client, handle, query, token, None).await;
+    assert_eq!(res.status(), 200);
+    let mut sse = SseClient::new(res);
+    next_data_frame(&mut sse).await;
+    sse
+}
+
 async fn put_topics(
     app: &TestApp,
     handle: &str,
@@ -303,18 +318,14 @@ async fn put_outside_the_grants_on_another_subject_or_with_too_many_topics_chang
     let bob = token("bob", &["user:{sub}:*"], &[], HOUR);
     let handle = new_handle();
     let client = writer.client();
-    let res = open_named(
+    let mut sse = open_named_ok(
         &app,
         &client,
         &handle,
         "topic=user:alice:inbox",
         Some(&alice),
-        None,
     )
     .await;
-    assert_eq!(res.status(), 200);
-    let mut sse = SseClient::new(res);
-    next_data_frame(&mut sse).await;
 
     let outside = put_topics(&app, &handle, &["user:bob:inbox"], Some(&alice)).await;
     assert_problem(outside, 403, "forbidden", "user:bob:inbox").await;
@@ -414,18 +425,14 @@ async fn a_cap_of_three_across_three_instances_replaces_the_two_oldest() {
     for i in 0..5 {
         let handle = new_handle();
         let app = &apps[i % 3];
-        let res = open_named(
+        let sse = open_named_ok(
             app,
             &client,
             &handle,
             "topic=user:alice:inbox",
             Some(&alice),
-            None,
         )
         .await;
-        assert_eq!(res.status(), 200);
-        let mut sse = SseClient::new(res);
-        next_data_frame(&mut sse).await;
         // Opened one after the other, as the registry orders them.
         wait_for("the stream to be recorded", || async {
             listed(&apps[0], &format!("handle={handle}&state=all"))

@@ -124,17 +124,7 @@ impl ReadmeCurl {
             .expect("README has a \"Try it with curl\" section");
         let rest = &readme[start + 1..];
         let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
-        let blocks = fenced_blocks(section);
-        let commands: Vec<String> = blocks
-            .iter()
-            .filter(|(lang, _)| lang == "sh")
-            .flat_map(|(_, text)| shell_commands(text))
-            .collect();
-        let outputs: Vec<&String> = blocks
-            .iter()
-            .filter(|(lang, _)| lang.is_empty() || lang == "json")
-            .map(|(_, text)| text)
-            .collect();
+        let (commands, outputs) = commands_and_outputs(section);
         let shape = "README \"Try it with curl\" changed shape: expected commands subscribe, \
                      publish, batch, resume (header), resume (query), since, history and outputs \
                      stream opening, publish answer, subscriber frame; update tests/api/clients/readme.rs";
@@ -148,7 +138,7 @@ impl ReadmeCurl {
             history,
         ] = <[String; 7]>::try_from(commands).unwrap_or_else(|c| panic!("{shape}: {c:#?}"));
         let [stream_opening, publish_answer, subscriber_frame] =
-            <[&String; 3]>::try_from(outputs).unwrap_or_else(|o| panic!("{shape}: {o:#?}"));
+            <[String; 3]>::try_from(outputs).unwrap_or_else(|o| panic!("{shape}: {o:#?}"));
         for (command, marker) in [
             (&subscribe, "curl -N"),
             (&publish, "-d '{"),
@@ -162,10 +152,10 @@ impl ReadmeCurl {
         }
         Self {
             subscribe,
-            stream_opening: stream_opening.clone(),
+            stream_opening,
             publish,
-            publish_answer: publish_answer.clone(),
-            subscriber_frame: subscriber_frame.clone(),
+            publish_answer,
+            subscriber_frame,
             batch,
             resume_header,
             resume_query,
@@ -210,6 +200,23 @@ pub(super) fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
         }
     }
     blocks
+}
+
+/// The shell commands of a README section (its `sh` blocks) and the
+/// outputs it shows (its plain and `json` blocks), in order.
+fn commands_and_outputs(section: &str) -> (Vec<String>, Vec<String>) {
+    let blocks = fenced_blocks(section);
+    let commands = blocks
+        .iter()
+        .filter(|(lang, _)| lang == "sh")
+        .flat_map(|(_, text)| shell_commands(text))
+        .collect();
+    let outputs = blocks
+        .into_iter()
+        .filter(|(lang, _)| lang.is_empty() || lang == "json")
+        .map(|(_, text)| text)
+        .collect();
+    (commands, outputs)
 }
 
 /// The commands of a `sh` block, a backslash-continued line kept whole.
@@ -307,25 +314,14 @@ impl DefaultHerald {
 #[tokio::test]
 async fn readme_streams_curl_lines_work_exactly_as_written() {
     let _port = PORT_8080.lock().await;
-    let section = readme_section("## Streams");
-    let blocks = fenced_blocks(&section);
-    let commands: Vec<String> = blocks
-        .iter()
-        .filter(|(lang, _)| lang == "sh")
-        .flat_map(|(_, text)| shell_commands(text))
-        .collect();
-    let outputs: Vec<&String> = blocks
-        .iter()
-        .filter(|(lang, _)| lang.is_empty() || lang == "json")
-        .map(|(_, text)| text)
-        .collect();
+    let (commands, outputs) = commands_and_outputs(&readme_section("## Streams"));
     let shape = "README \"Streams\" changed shape: expected commands subscribe, switch, \
                  history until, list, end one, revoke and outputs opening, switch answer, \
                  switch frame; update tests/api/clients/readme.rs";
     let [subscribe, switch, until, list, end_one, revoke] =
         <[String; 6]>::try_from(commands).unwrap_or_else(|c| panic!("{shape}: {c:#?}"));
     let [opening, answer, frame] =
-        <[&String; 3]>::try_from(outputs).unwrap_or_else(|o| panic!("{shape}: {o:#?}"));
+        <[String; 3]>::try_from(outputs).unwrap_or_else(|o| panic!("{shape}: {o:#?}"));
     let herald = DefaultHerald::start().await;
     let client = reqwest::Client::new();
     for (topic, data) in [
@@ -346,7 +342,7 @@ async fn readme_streams_curl_lines_work_exactly_as_written() {
     let opened = subscriber
         .wait_stdout("the named stream to open", |out| out.ends_with("\n\n"))
         .await;
-    assert_eq!(&opened, opening, "the named stream's first frame");
+    assert_eq!(opened, opening, "the named stream's first frame");
     let answered = run_ok(&mut sh(&switch)).await;
     assert_eq!(
         answered.trim_end(),
