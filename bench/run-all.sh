@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The figures of BENCHMARKS.md: every target of issues #4 and #9, herald and
-# nchan side by side in one run each, repeated RUNS times (medians are
-# quoted). Run on a quiet machine:  bash bench/run-all.sh [OUT_DIR] [RUNS]
+# nchan side by side in one run each, and issue #23's churn (herald only),
+# repeated RUNS times (medians are quoted). Run on a quiet machine:  bash bench/run-all.sh [OUT_DIR] [RUNS]
 # ONLY=REGEX runs only the tables whose file name matches, e.g.
 # ONLY=peruser bash bench/run-all.sh   (the per-user tables of issue #9).
 set -euo pipefail
@@ -30,6 +30,14 @@ table() {
     [[ $name =~ $only ]] || return 0
     bench compare "$@" --json "$out/$name-$run.json"
 }
+# herald_only NAME ARGS...: one run on a herald started for it, its JSON in
+# $out/NAME-$run.json.
+herald_only() {
+    local name=$1
+    shift
+    [[ $name =~ $only ]] || return 0
+    bench run --spawn --target herald "$@" --json "$out/$name-$run.json"
+}
 start=${START:-1}
 for run in $(seq "$start" "$runs"); do
     echo "== run $run of $runs"
@@ -52,6 +60,11 @@ for run in $(seq "$start" "$runs"); do
     # A reconnect storm of 2,000 per-user clients against a full ring
     # (65,536 events filled first) while the 5,000 events/s flow.
     table peruser-storm --scenario peruser-storm --subscribers 10000 --storm-clients 2000 --fill 65536 --rate 5000 --publishers 64 --duration 15s
+    # Stream churn (issue #23): 10,000 opens a minute held 2 s each beside
+    # 1,000 events/s for 5 minutes, and its baseline without churn (publish
+    # p99 of the two compared); herald only, the registry is herald's.
+    herald_only churn --scenario churn --rate 1000 --churn-per-minute 10000 --churn-hold 2s --duration 5m
+    herald_only churn-baseline --scenario churn --rate 1000 --churn-per-minute 0 --duration 5m
 done
 if [[ fanout-curve =~ $only ]]; then
     bench compare --scenario fanout --subscribers 100,1000,3000,10000 --rate 5 --duration 10s --json "$out/fanout-curve.json"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use herald_bench::servers;
-use herald_bench::workload::WildcardFilter;
+use herald_bench::workload::{ChurnTopics, WildcardFilter};
 use herald_bench::{Kind, Params, Scenario};
 
 /// Load and correctness harness for herald (and nchan, side by side).
@@ -94,7 +94,7 @@ pub struct Workload {
     pub publisher_threads: Option<usize>,
     /// publish, fanout: topics (nchan channels); publisher i writes to topic
     /// i mod N, subscriber j reads topic j mod N (peruser: one topic per
-    /// subscriber, this is not used).
+    /// subscriber, this is not used; churn: the publishers' topics).
     #[arg(long)]
     pub topics: Option<usize>,
     /// Events per second over all publishers; 0 means flat out.
@@ -160,6 +160,18 @@ pub struct Workload {
     /// peruser-storm: how long they stay away before all reconnecting.
     #[arg(long, value_parser = parse_duration)]
     pub storm_away: Option<Duration>,
+    /// churn: streams opened per minute, evenly spread (default 10000; 0:
+    /// none, the baseline of the same publishing).
+    #[arg(long)]
+    pub churn_per_minute: Option<u64>,
+    /// churn: how long each stream is held once open, then dropped
+    /// (default 2s).
+    #[arg(long, value_parser = parse_duration)]
+    pub churn_hold: Option<Duration>,
+    /// churn: what those streams subscribe to: `quiet`, topics nothing is
+    /// published to (default), or `published`, the publishers' topics.
+    #[arg(long, value_enum)]
+    pub churn_topics: Option<ChurnTopics>,
 }
 
 #[derive(Args)]
@@ -277,6 +289,15 @@ impl Workload {
         }
         if let Some(v) = self.storm_away {
             base.storm_away = v;
+        }
+        if let Some(v) = self.churn_per_minute {
+            base.churn_per_minute = v;
+        }
+        if let Some(v) = self.churn_hold {
+            base.churn_hold = v;
+        }
+        if let Some(v) = self.churn_topics {
+            base.churn_topics = v;
         }
         if self.subscribers.is_empty() {
             return vec![base];

@@ -15,7 +15,7 @@
 //!   the postmaster whose CPU is measured beside herald's.
 //! - [`workload`]: the scenario and its size, read by both of the next two.
 //! - [`scenario`]: publish, fanout, idle, resume, storm, peruser,
-//!   peruser-storm.
+//!   peruser-storm, retention, churn.
 //! - [`report`]: what a run found (the JSON); [`table`]: the same for people.
 //! - [`servers`]: starting herald and nginx+nchan for a comparison.
 

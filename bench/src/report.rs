@@ -25,6 +25,9 @@ pub struct Report {
     pub per_user: Option<PerUserStats>,
     /// `retention`; `publish` is then the publishers during the prune.
     pub retention: Option<RetentionStats>,
+    /// `churn`: the streams opened and dropped beside the publishers, and
+    /// the registry write lag.
+    pub churn: Option<ChurnStats>,
     pub correctness: Correctness,
     /// The server's process tree, when its pid is known.
     pub server: Option<Resources>,
@@ -158,6 +161,35 @@ pub struct TableSizes {
     pub dead_rows: i64,
 }
 
+/// `churn`: streams opened on a schedule, each held and then dropped,
+/// while the publishers run; and herald's registry write lag meanwhile.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnStats {
+    /// Opens the schedule started.
+    pub opens: u64,
+    /// Streams that reached their opening (herald: the `event: stream`
+    /// frame; nchan: the response head).
+    pub opened: u64,
+    /// Opens that did not: refused, failed, or not open within 10 s.
+    pub failed: u64,
+    pub first_error: Option<String>,
+    /// Streams the server ended while they were held.
+    pub ended_early: u64,
+    /// Streams opened per minute over the window.
+    pub opened_per_minute: f64,
+    /// Connect → opening, per stream.
+    pub open_latency: Option<Percentiles>,
+    /// Streams held open at once, at most.
+    pub held_peak: usize,
+    /// `GET /metrics` sent, and the answers that had the gauge.
+    pub scrapes: u64,
+    pub lag_samples: u64,
+    /// `herald_registry_write_lag_seconds`, sampled every 250 ms (in ms:
+    /// the age of the oldest record of the writer's last batch when it was
+    /// written); `None` when the server does not export it (nchan).
+    pub registry_lag: Option<Percentiles>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CatchUpStats {
     pub clients: usize,
@@ -205,5 +237,9 @@ impl Report {
                 .retention
                 .as_ref()
                 .is_none_or(|r| r.baseline.errors == 0 && r.replay_errors == 0)
+            && self
+                .churn
+                .as_ref()
+                .is_none_or(|c| c.failed == 0 && c.ended_early == 0)
     }
 }

@@ -257,8 +257,8 @@ async fn session(
     }
 }
 
-/// Connects, sends the request and reads a `200 text/event-stream` head;
-/// returns the stream and the bytes read past the head.
+/// Opens `spec`'s stream once a connection may be opened (the group's
+/// gate); see [`open_stream`].
 async fn open(
     target: &dyn Target,
     sources: &Sources,
@@ -270,11 +270,27 @@ async fn open(
         Some(gate) => Some(gate.clone().acquire_owned().await?),
         None => None,
     };
+    open_stream(target, sources, &spec.topic, last_id).await
+}
+
+/// Connects from the next source address, asks for the stream of `topic`
+/// (resuming after `last_id`, if given) and reads a `200
+/// text/event-stream` head; returns the stream and the bytes read past
+/// the head.
+///
+/// # Errors
+/// The connection fails, or the server answers anything else.
+pub async fn open_stream(
+    target: &dyn Target,
+    sources: &Sources,
+    topic: &str,
+    last_id: Option<&[u8]>,
+) -> anyhow::Result<(TcpStream, http::Head, Vec<u8>)> {
     let mut stream = net::connect(target.addr(), sources.pick())
         .await
         .with_context(|| format!("cannot connect to {}", target.addr()))?;
     stream
-        .write_all(&target.subscribe_request(&spec.topic, last_id))
+        .write_all(&target.subscribe_request(topic, last_id))
         .await?;
     let mut buf = Vec::with_capacity(READ_BUF);
     let (head, len) = http::read_head(&mut stream, &mut buf).await?;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{PerUserStats, Report, RetentionStats, TableSizes};
+use crate::report::{ChurnStats, PerUserStats, Report, RetentionStats, TableSizes};
 use crate::stats::Percentiles;
 
 fn pct(p: Option<&Percentiles>) -> String {
@@ -80,6 +80,9 @@ impl Report {
         }
         if let Some(r) = &self.retention {
             r.rows(&mut row);
+        }
+        if let Some(c) = &self.churn {
+            c.rows(&mut row);
         }
         if let Some(c) = &self.catch_up {
             row(
@@ -263,11 +266,40 @@ pub fn render(reports: &[&Report]) -> String {
             .first_error
             .as_ref()
             .or_else(|| r.publish.as_ref().and_then(|p| p.first_error.as_ref()))
+            .or_else(|| r.churn.as_ref().and_then(|c| c.first_error.as_ref()))
         {
             let _ = writeln!(out, "{}: first error: {e}", r.target);
         }
     }
     out
+}
+
+impl ChurnStats {
+    /// The publish rows above are the publishers'; these are the streams
+    /// opened and dropped beside them, and the registry's lag.
+    fn rows(&self, row: &mut impl FnMut(&str, String)) {
+        row(
+            "stream opens: started / opened / failed",
+            format!("{} / {} / {}", self.opens, self.opened, self.failed),
+        );
+        row("streams opened per minute", rate(self.opened_per_minute));
+        row(
+            "streams held at once (peak) / ended early",
+            format!("{} / {}", self.held_peak, self.ended_early),
+        );
+        row(
+            "stream open ms p50/p90/p99/p99.9/max",
+            pct(self.open_latency.as_ref()),
+        );
+        row(
+            "registry write lag ms p50/p90/p99/p99.9/max",
+            pct(self.registry_lag.as_ref()),
+        );
+        row(
+            "registry lag: /metrics scrapes / samples",
+            format!("{} / {}", self.scrapes, self.lag_samples),
+        );
+    }
 }
 
 fn sizes(s: &TableSizes) -> String {

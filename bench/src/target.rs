@@ -50,6 +50,11 @@ pub trait Target: Send + Sync + 'static {
     /// A path that answers `200` once the server is ready.
     fn ready_path(&self) -> &'static str;
 
+    /// The `event:` of the frame a stream opens with, after which it is
+    /// live; `None` when the server sends none (the response head is then
+    /// the opening).
+    fn opening_event(&self) -> Option<&'static [u8]>;
+
     /// An event id as a number that grows with the stream's order, to count
     /// ids that go backwards; `None` if it cannot be read.
     fn id_order(&self, id: &[u8]) -> Option<u128>;
@@ -154,6 +159,11 @@ impl Target for Herald {
         "/readyz"
     }
 
+    /// `event: stream`, with the cursor the stream starts after.
+    fn opening_event(&self) -> Option<&'static [u8]> {
+        Some(b"stream")
+    }
+
     fn id_order(&self, id: &[u8]) -> Option<u128> {
         std::str::from_utf8(id).ok()?.parse().ok()
     }
@@ -216,6 +226,10 @@ impl Target for Nchan {
 
     fn ready_path(&self) -> &'static str {
         "/healthz"
+    }
+
+    fn opening_event(&self) -> Option<&'static [u8]> {
+        None
     }
 
     /// nchan ids are `<unix seconds>:<tag>` (the tag counts messages within

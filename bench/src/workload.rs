@@ -35,6 +35,10 @@ pub enum Scenario {
     /// --rate, against a baseline of --duration without (herald only; it
     /// starts its own herald instances: `run --spawn`).
     Retention,
+    /// Streams opened and closed at --churn-per-minute while publishers
+    /// run at --rate: publish latency and herald's registry write lag
+    /// (issue 23); --churn-per-minute 0 is its baseline.
+    Churn,
 }
 
 /// What the wildcard subscribers of the per-user scenarios subscribe to on
@@ -49,6 +53,18 @@ pub enum WildcardFilter {
     Prefix,
 }
 
+/// What the streams of `churn` subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChurnTopics {
+    /// Topics of their own that nothing is published to: the run measures
+    /// opening, recording and closing streams, and no delivery.
+    Quiet,
+    /// The publishers' topics: each stream also gets its topic's events
+    /// while it is held (a fan-out that grows with the streams held).
+    Published,
+}
+
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -60,6 +76,7 @@ impl fmt::Display for Scenario {
             Self::PerUser => "peruser",
             Self::PerUserStorm => "peruser-storm",
             Self::Retention => "retention",
+            Self::Churn => "churn",
         })
     }
 }
@@ -112,6 +129,15 @@ pub struct Params {
     /// `peruser-storm`: how long they stay away before all reconnecting.
     #[serde(serialize_with = "secs")]
     pub storm_away: Duration,
+    /// `churn`: streams opened per minute, spread evenly (0: none, the
+    /// baseline).
+    pub churn_per_minute: u64,
+    /// `churn`: how long each stream is held once open, before the client
+    /// drops it.
+    #[serde(serialize_with = "secs")]
+    pub churn_hold: Duration,
+    /// `churn`: what those streams subscribe to.
+    pub churn_topics: ChurnTopics,
     pub payload_bytes: usize,
     /// `resume`, `storm`: events the clients missed.
     pub missed: u64,
@@ -162,6 +188,9 @@ impl Params {
             prune: 0,
             storm_after: Duration::from_secs(3),
             storm_away: Duration::from_secs(1),
+            churn_per_minute: 0,
+            churn_hold: Duration::from_secs(2),
+            churn_topics: ChurnTopics::Quiet,
             missed: 0,
             repeat: 1,
             source_addrs: 0,
@@ -225,7 +254,24 @@ impl Params {
                 prune: 1_000_000,
                 ..base
             },
+            // Issue 23: 10,000 stream opens and closes a minute for five
+            // minutes, beside publishers at a steady 1,000 events/s.
+            Scenario::Churn => Self {
+                subscribers: 0,
+                publishers: 16,
+                topics: 4,
+                rate: Some(1000.0),
+                duration: Some(Duration::from_secs(300)),
+                churn_per_minute: 10_000,
+                ..base
+            },
         }
+    }
+
+    /// `churn`: streams held at once by the schedule (opens per second ×
+    /// hold).
+    pub fn churn_held(&self) -> usize {
+        (self.churn_per_minute as f64 / 60.0 * self.churn_hold.as_secs_f64()).ceil() as usize
     }
 
     /// Connections a run of `scenario` opens at most: subscribers,
@@ -236,9 +282,23 @@ impl Params {
             Scenario::PerUserStorm => {
                 self.wildcard_subscribers + self.storm_clients + FILL_PUBLISHERS
             }
+            // Twice what the schedule holds, for opens that are slow to
+            // answer; the scrape of /metrics.
+            Scenario::Churn => 2 * self.churn_held() + 1,
             _ => 0,
         };
         self.subscribers + self.publishers + extra + 2
+    }
+
+    /// Local ports a run takes from one source address at most: its
+    /// connections, and (`churn`) those its closes leave in TIME_WAIT for
+    /// Linux's 60 s, a minute of opens. Sizes the source addresses.
+    pub fn ports(&self, scenario: Scenario) -> usize {
+        let time_wait = match scenario {
+            Scenario::Churn => usize::try_from(self.churn_per_minute).unwrap_or(usize::MAX),
+            _ => 0,
+        };
+        self.connections(scenario).saturating_add(time_wait)
     }
 
     /// One line naming the scenario's size.
@@ -269,6 +329,20 @@ impl Params {
             Scenario::Retention => format!(
                 "scenario retention: prune of {} events from a log of {}, {} publishers {rate}, batch {}, baseline {length}",
                 self.prune, self.fill, self.publishers, self.batch
+            ),
+            Scenario::Churn => format!(
+                "scenario churn: {} stream opens/min, each held {} (~{} at once) on {}; {} publishers {rate} over {} topic(s), batch {}, {length}, payload {} B",
+                self.churn_per_minute,
+                humantime::format_duration(self.churn_hold),
+                self.churn_held(),
+                match self.churn_topics {
+                    ChurnTopics::Quiet => "topics of their own",
+                    ChurnTopics::Published => "the published topics",
+                },
+                self.publishers,
+                self.topics,
+                self.batch,
+                self.payload_bytes
             ),
             Scenario::PerUser | Scenario::PerUserStorm => {
                 let mut s = format!(

@@ -158,6 +158,17 @@ fn tiny(s: Scenario) -> Params {
             storm_away: Duration::from_millis(200),
             ..base
         },
+        // Not in ALL: no subscriber checks deliveries (see below). 100
+        // opens a second, each held 200 ms.
+        Scenario::Churn => Params {
+            publishers: 2,
+            topics: 2,
+            rate: Some(200.0),
+            duration: Some(Duration::from_secs(2)),
+            churn_per_minute: 6000,
+            churn_hold: Duration::from_millis(200),
+            ..base
+        },
         // Not in ALL: it starts its own herald instances (see below).
         Scenario::Retention => Params {
             publishers: 4,
@@ -276,6 +287,33 @@ async fn every_scenario_against_nchan_delivers_each_event_once_in_order() {
     .await;
 
     nchan.stop().await.expect("nginx stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_churn_scenario_opens_and_drops_streams_and_reads_the_registry_lag() {
+    let db = TestDb::create().await;
+    let (target, stop) = start_herald(&db).await;
+
+    let report = scenario::run(
+        Scenario::Churn,
+        target,
+        Processes::default(),
+        tiny(Scenario::Churn),
+    )
+    .await
+    .expect("the churn scenario runs");
+
+    let table = herald_bench::table::render(&[&report]);
+    let c = report.churn.as_ref().expect("churn stats");
+    assert!(report.is_clean(), "{table}");
+    assert!(c.opened >= 100, "about 200 streams opened in 2 s: {table}");
+    assert_eq!(c.opened, c.opens, "{table}");
+    assert!(c.held_peak >= 1, "{table}");
+    assert!(
+        c.lag_samples > 0,
+        "herald exports the registry lag: {table}"
+    );
+    let _ = stop.send(());
 }
 
 #[tokio::test]

@@ -86,6 +86,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         catch_up: None,
         per_user: None,
         retention: None,
+        churn: None,
         idle,
         correctness,
         server: measured.server,

@@ -84,6 +84,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         catch_up: None,
         per_user: None,
         retention: None,
+        churn: None,
         idle: None,
         server: measured.server,
         postgres: measured.postgres,

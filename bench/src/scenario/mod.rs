@@ -11,7 +11,10 @@
 //!   reconnect storm of per-user clients while events flow;
 //! - `retention`: a prune of a million events under publish load; it
 //!   starts its own herald instances, so it is run through
-//!   [`retention::run`], not [`run`].
+//!   [`retention::run`], not [`run`];
+//! - `churn`: streams opened and dropped at a steady rate beside
+//!   publishers at a fixed rate: publish latency and herald's registry
+//!   write lag (it has no subscribers to sync).
 //!
 //! Every scenario first waits until all its subscribers are live (each has
 //! received a sync event), so measured events are never published into a
@@ -20,6 +23,7 @@
 //! This file only dispatches; what the scenarios share is in `ctx` and
 //! `clients`, which import nothing back from here.
 
+mod churn;
 mod clients;
 mod ctx;
 mod idle;
@@ -59,7 +63,7 @@ pub async fn run(
     let sources = Arc::new(Sources::new(
         target.addr(),
         params.source_addrs,
-        connections,
+        params.ports(scenario),
     ));
     let ctx = Ctx {
         target,
@@ -75,6 +79,7 @@ pub async fn run(
         Scenario::Storm => resume::run(&ctx, true).await,
         Scenario::PerUser => peruser::run(&ctx, false).await,
         Scenario::PerUserStorm => peruser::run(&ctx, true).await,
+        Scenario::Churn => churn::run(&ctx).await,
         Scenario::Retention => anyhow::bail!(
             "the retention scenario starts its own herald: herald-bench run --spawn --scenario retention"
         ),

@@ -118,6 +118,7 @@ pub(super) async fn run(ctx: &Ctx, with_storm: bool) -> anyhow::Result<Report> {
             storm,
         }),
         retention: None,
+        churn: None,
         correctness,
         publish: Some(published.stats),
         catch_up: None,

@@ -243,6 +243,7 @@ async fn measure(launcher: &dyn Launcher, url: &str, params: Params) -> anyhow::
         idle: None,
         per_user: None,
         retention: Some(stats),
+        churn: None,
         correctness: Correctness::default(),
         server: None,
         postgres: None,
