@@ -18,7 +18,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::stream::{StreamBody, Subscription};
+use crate::stream::{Opened, StreamBody, Subscription};
 
 /// Cancelled to end a connection served by hyper: its stream fell behind
 /// (the hub cancels it). Through hyper a stream cannot be ended by itself
@@ -50,7 +50,10 @@ pub async fn stream(State(state): State<AppState>, req: Request) -> Response {
         .extensions
         .get::<Peer>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
-    let answer = state.streams.open(&parts, peer, cut).await;
+    let answer = match state.streams.open(&parts, peer, cut) {
+        Opened::Ready(answer) => answer,
+        Opened::Named(named) => named.answer().await,
+    };
     let mut res = match answer.body {
         StreamBody::Events(sub) => Response::new(Body::from_stream(chunks(sub))),
         StreamBody::Retry(retry) => Response::new(Body::from(retry)),

@@ -219,21 +219,21 @@ async fn act(registry: &Registry, row: ControlRow) {
                 let local = registry.local();
                 local
                     .handles
-                    .get(&handle)
+                    .get(handle.as_str())
                     .and_then(|key| local.streams.get(key))
-                    .map(|s| (s.subject.clone(), s.control.clone()))
+                    .cloned()
             };
-            let Some((owner, control)) = holder else {
+            let Some(stream) = holder else {
                 return;
             };
             let registry = registry.clone();
-            if owner != subject {
+            if stream.subject.as_deref() != subject.as_deref() {
                 answer(&registry, id, Ack::NotFound).await;
                 return;
             }
             let filters = parse_topics(&topics.unwrap_or_default());
             let (reply, applied) = tokio::sync::oneshot::channel();
-            control.send(Command::Topics {
+            stream.control.send(Command::Topics {
                 filters,
                 reply_to: Some(id),
                 reply,

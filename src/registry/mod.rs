@@ -86,14 +86,17 @@ struct Inner {
 /// This instance's open streams.
 #[derive(Default)]
 struct Local {
-    streams: HashMap<u64, LocalStream>,
-    handles: HashMap<String, u64>,
+    streams: HashMap<u64, Arc<LocalStream>>,
+    handles: HashMap<Box<str>, u64>,
 }
 
+/// One open stream of this instance, as the registry reaches it: one
+/// allocation per stream, shared with the stream (its mailbox).
 struct LocalStream {
-    handle: Option<String>,
-    subject: Option<String>,
-    control: Arc<Control>,
+    key: u64,
+    handle: Option<Box<str>>,
+    subject: Option<Box<str>>,
+    control: Control,
 }
 
 /// A holder's answer to a topic change sent through the database.
@@ -106,12 +109,13 @@ enum Ack {
     Failed,
 }
 
-/// What a stream's record starts with.
+/// What a stream's record starts with. Kept small: it waits in the
+/// writer's queue, and a burst of opens queues thousands.
 pub struct Opening {
-    pub handle: Option<String>,
-    pub subject: Option<String>,
-    pub client_addr: String,
-    pub user_agent: Option<String>,
+    pub handle: Option<Box<str>>,
+    pub subject: Option<Box<str>>,
+    pub client_addr: std::net::IpAddr,
+    pub user_agent: Option<Box<str>>,
     pub filters: Filters,
     pub start_cursor: i64,
     pub resumed: bool,
@@ -121,8 +125,7 @@ pub struct Opening {
 /// with [`Enrolment::end`]; dropping it forgets the stream locally.
 pub struct Enrolment {
     registry: Registry,
-    key: u64,
-    pub control: Arc<Control>,
+    local: Arc<LocalStream>,
 }
 
 /// A named stream as the registry holds it.
@@ -207,7 +210,12 @@ impl Registry {
     /// its record in the next batch.
     pub fn enroll(&self, opening: Opening) -> Enrolment {
         let key = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let control = Arc::new(Control::default());
+        let stream = Arc::new(LocalStream {
+            key,
+            handle: opening.handle.clone(),
+            subject: opening.subject.clone(),
+            control: Control::default(),
+        });
         {
             let mut local = self.local();
             if let Some(handle) = &opening.handle
@@ -218,14 +226,7 @@ impl Registry {
                 // instance saw its older connection go.
                 older.control.send(Command::End(Ending::Superseded));
             }
-            local.streams.insert(
-                key,
-                LocalStream {
-                    handle: opening.handle.clone(),
-                    subject: opening.subject.clone(),
-                    control: control.clone(),
-                },
-            );
+            local.streams.insert(key, stream.clone());
         }
         tracing::info!(
             stream = %self.stream_id(key),
@@ -237,14 +238,10 @@ impl Registry {
             start = opening.start_cursor,
             "stream opened"
         );
-        let _ = self
-            .inner
-            .writer
-            .send(writer::Op::open(self.stream_id(key), opening));
+        let _ = self.inner.writer.send(writer::Op::open(key, opening));
         Enrolment {
             registry: self.clone(),
-            key,
-            control,
+            local: stream,
         }
     }
 
@@ -305,14 +302,14 @@ impl Registry {
                 .handles
                 .get(handle)
                 .and_then(|key| local.streams.get(key))
-                .map(|s| (s.subject.clone(), s.control.clone()))
+                .cloned()
         };
-        if let Some((owner, control)) = here {
-            if owner.as_deref() != subject {
+        if let Some(stream) = here {
+            if stream.subject.as_deref() != subject {
                 return Err(ChangeError::Unknown);
             }
             let (reply, answer) = oneshot::channel();
-            control.send(Command::Topics {
+            stream.control.send(Command::Topics {
                 filters,
                 reply_to: None,
                 reply,
@@ -555,7 +552,12 @@ impl Registry {
 impl Enrolment {
     /// The stream's id in the registry.
     pub fn id(&self) -> String {
-        self.registry.stream_id(self.key)
+        self.registry.stream_id(self.local.key)
+    }
+
+    /// Its mailbox.
+    pub fn control(&self) -> &Control {
+        &self.local.control
     }
 
     pub fn registry(&self) -> &Registry {
@@ -574,7 +576,7 @@ impl Enrolment {
             "stream ended"
         );
         let _ = self.registry.inner.writer.send(writer::Op::End {
-            id: self.id(),
+            key: self.local.key,
             at: OffsetDateTime::now_utc(),
             reason,
             last_id,
@@ -587,11 +589,8 @@ impl Enrolment {
     pub fn topics_changed(&self, filters: &Filters) {
         metrics::counter!(telemetry::STREAM_TOPIC_CHANGES).increment(1);
         let _ = self.registry.inner.writer.send(writer::Op::Topics {
-            id: self.id(),
-            topics: topic_list(filters)
-                .into_iter()
-                .map(|t| t.into_owned())
-                .collect(),
+            key: self.local.key,
+            filters: filters.clone(),
             queued: tokio::time::Instant::now(),
         });
     }
@@ -599,12 +598,13 @@ impl Enrolment {
 
 impl Drop for Enrolment {
     fn drop(&mut self) {
+        let key = self.local.key;
         let mut local = self.registry.local();
-        if let Some(gone) = local.streams.remove(&self.key)
-            && let Some(handle) = gone.handle
-            && local.handles.get(&handle) == Some(&self.key)
+        local.streams.remove(&key);
+        if let Some(handle) = &self.local.handle
+            && local.handles.get(handle) == Some(&key)
         {
-            local.handles.remove(&handle);
+            local.handles.remove(handle);
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Opening, Registry, control};
-use crate::event::topic_list;
+use crate::event::{Filters, topic_list};
 use crate::stream::CapOf;
 use crate::telemetry;
 
@@ -31,15 +31,19 @@ use crate::telemetry;
 const MAX_BATCH: usize = 2000;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// A record to write, by the stream's key on this instance (its id is
+/// `<instance>.<key>`). Small, and text is made only when the batch is
+/// written: a burst of opens waits here by the thousand, and what it
+/// allocates meanwhile stays in the process's memory as fragments.
 pub enum Op {
     Open(Box<Open>),
     Topics {
-        id: String,
-        topics: Vec<String>,
+        key: u64,
+        filters: Filters,
         queued: Instant,
     },
     End {
-        id: String,
+        key: u64,
         at: OffsetDateTime,
         reason: &'static str,
         last_id: i64,
@@ -48,23 +52,17 @@ pub enum Op {
 }
 
 pub struct Open {
-    id: String,
+    key: u64,
     opening: Opening,
-    topics: Vec<String>,
     opened_at: OffsetDateTime,
     queued: Instant,
 }
 
 impl Op {
-    pub fn open(id: String, opening: Opening) -> Self {
-        let topics = topic_list(&opening.filters)
-            .into_iter()
-            .map(|t| t.into_owned())
-            .collect();
+    pub fn open(key: u64, opening: Opening) -> Self {
         Self::Open(Box::new(Open {
-            id,
+            key,
             opening,
-            topics,
             opened_at: OffsetDateTime::now_utc(),
             queued: Instant::now(),
         }))
@@ -147,21 +145,21 @@ pub async fn run(
 /// a stream that opened and ended within a batch is recorded as both.
 async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
     let mut opens = Columns::default();
-    let mut topics: HashMap<&str, &Vec<String>> = HashMap::new();
+    let mut topics: HashMap<u64, &Filters> = HashMap::new();
     let mut ends = Vec::new();
     for op in batch {
         match op {
-            Op::Open(open) => opens.push(open, registry.instance()),
-            Op::Topics { id, topics: t, .. } => {
-                topics.insert(id, t);
+            Op::Open(open) => opens.push(open, registry),
+            Op::Topics { key, filters, .. } => {
+                topics.insert(*key, filters);
             }
             Op::End {
-                id,
+                key,
                 at,
                 reason,
                 last_id,
                 ..
-            } => ends.push((id.as_str(), *at, *reason, *last_id)),
+            } => ends.push((registry.stream_id(*key), *at, *reason, *last_id)),
         }
     }
     let mut tx = registry.pool().begin().await?;
@@ -169,9 +167,9 @@ async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
         opens.insert(&mut tx).await?;
     }
     if !topics.is_empty() {
-        let (ids, lists): (Vec<&str>, Vec<String>) = topics
+        let (ids, lists): (Vec<String>, Vec<String>) = topics
             .into_iter()
-            .map(|(id, t)| (id, serde_json::to_string(t).unwrap_or_default()))
+            .map(|(key, filters)| (registry.stream_id(key), topics_json(filters)))
             .unzip();
         sqlx::query(
             "UPDATE herald_streams s SET topics = ARRAY(SELECT jsonb_array_elements_text(u.t::jsonb)) \
@@ -183,7 +181,7 @@ async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
         .await?;
     }
     if !ends.is_empty() {
-        let ids: Vec<&str> = ends.iter().map(|e| e.0).collect();
+        let ids: Vec<&str> = ends.iter().map(|e| e.0.as_str()).collect();
         let ats: Vec<OffsetDateTime> = ends.iter().map(|e| e.1).collect();
         let reasons: Vec<&str> = ends.iter().map(|e| e.2).collect();
         let last: Vec<i64> = ends.iter().map(|e| e.3).collect();
@@ -205,14 +203,19 @@ async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
+/// A stream's topics as the registry's columns take them: a JSON array.
+fn topics_json(filters: &Filters) -> String {
+    serde_json::to_string(&topic_list(filters)).unwrap_or_default()
+}
+
 /// The open records of a batch, column by column.
 #[derive(Default)]
 struct Columns<'a> {
-    id: Vec<&'a str>,
+    id: Vec<String>,
     handle: Vec<Option<&'a str>>,
     subject: Vec<Option<&'a str>>,
     instance: Vec<&'a str>,
-    client_addr: Vec<&'a str>,
+    client_addr: Vec<String>,
     user_agent: Vec<Option<&'a str>>,
     topics: Vec<String>,
     opened_at: Vec<OffsetDateTime>,
@@ -221,16 +224,15 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, open: &'a Open, instance: &'a str) {
+    fn push(&mut self, open: &'a Open, registry: &'a Registry) {
         let o = &open.opening;
-        self.id.push(&open.id);
+        self.id.push(registry.stream_id(open.key));
         self.handle.push(o.handle.as_deref());
         self.subject.push(o.subject.as_deref());
-        self.instance.push(instance);
-        self.client_addr.push(&o.client_addr);
+        self.instance.push(registry.instance());
+        self.client_addr.push(o.client_addr.to_string());
         self.user_agent.push(o.user_agent.as_deref());
-        self.topics
-            .push(serde_json::to_string(&open.topics).unwrap_or_default());
+        self.topics.push(topics_json(&o.filters));
         self.opened_at.push(open.opened_at);
         self.start_cursor.push(o.start_cursor);
         self.resumed.push(o.resumed);
@@ -316,10 +318,11 @@ async fn hold_caps(registry: &Registry, opened: &[&Open]) -> Result<(), sqlx::Er
         .iter()
         .filter_map(|o| o.opening.subject.as_deref())
         .collect();
-    let addresses: BTreeSet<&str> = opened
+    let addresses: BTreeSet<String> = opened
         .iter()
-        .map(|o| o.opening.client_addr.as_str())
+        .map(|o| o.opening.client_addr.to_string())
         .collect();
+    let subjects: BTreeSet<String> = subjects.into_iter().map(str::to_owned).collect();
     let caps = [
         (
             CapOf::Subject,
@@ -338,7 +341,7 @@ async fn hold_caps(registry: &Registry, opened: &[&Open]) -> Result<(), sqlx::Er
         if cap == 0 || keys.is_empty() {
             continue;
         }
-        let keys: Vec<&str> = keys.into_iter().collect();
+        let keys: Vec<String> = keys.into_iter().collect();
         let mut tx = registry.pool().begin().await?;
         // `column` is one of two names above, never input.
         let over: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -144,9 +144,9 @@ async fn handle(
         edge: &edge,
         over_cap,
     };
-    // Boxed: deciding may await a named stream's record, with the parsed
-    // head held meanwhile, and every connection's task, an idle stream's
-    // included, would otherwise be as large as that.
+    // Boxed: deciding may await a named stream's record, and every
+    // connection's task, an idle stream's included, would otherwise be as
+    // large as that (a task is as large as its largest state).
     let mut way = Box::pin(conn.decide(&buf)).await;
     if let Way::Publish(plain) = way {
         // Boxed: the answer's future is large, and every connection's

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::head::Head;
 use crate::error::ApiError;
 use crate::http::routes::Route;
-use crate::stream::{EndReason, StreamBody, StreamResponse, Streams, Subscription};
+use crate::stream::{EndReason, Opened, StreamBody, StreamResponse, Streams, Subscription};
 
 /// Most chunks sent in one vectored write.
 const MAX_BATCH: usize = 64;
@@ -72,8 +72,12 @@ pub async fn accept(streams: &Streams, head: &Head<'_>, peer: IpAddr) -> Option<
         return None;
     }
     let lagged = CancellationToken::new();
+    let response = match streams.open(head, peer, lagged.clone()) {
+        Opened::Ready(response) => response,
+        Opened::Named(named) => named.answer().await,
+    };
     Some(StreamConn {
-        response: streams.open(head, peer, lagged.clone()).await,
+        response,
         lagged,
         framing: if head.version >= 1 {
             Framing::Chunked

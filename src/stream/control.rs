@@ -6,12 +6,18 @@
 //! lands in the middle of one.
 //!
 //! One small allocation per stream: a queue that is nearly always empty and
-//! a `Notify`, rather than a channel whose buffer every idle stream would
-//! carry.
+//! a waker, rather than a channel whose buffer every idle stream would
+//! carry. The wait is a future of one reference: a stream's task holds it
+//! inline while it waits (`tokio::sync::Notify`'s future made every idle
+//! stream's task larger by its linked-list node).
 
+use std::future::poll_fn;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
-use tokio::sync::{Notify, oneshot};
+use futures_util::task::AtomicWaker;
+use tokio::sync::oneshot;
 
 use crate::event::Filters;
 
@@ -81,7 +87,9 @@ pub enum Command {
 #[derive(Default)]
 pub struct Control {
     commands: Mutex<Vec<Command>>,
-    wake: Notify,
+    /// Set by `send`, cleared by the wait that sees it.
+    sent: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Control {
@@ -90,12 +98,26 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(command);
-        self.wake.notify_one();
+        self.sent.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Waits until a command may be there.
     pub async fn wait(&self) {
-        self.wake.notified().await;
+        poll_fn(|cx| {
+            if self.sent.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A send between the check and the registration woke the old
+            // waker, or none: look again.
+            if self.sent.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// The commands sent since the last call, oldest first.

@@ -60,7 +60,7 @@ pub use query::{
     Start, StreamRequest, bounded_filters, is_handle, parse_cursor, parse_since, stream_request,
 };
 pub use record::EndReason;
-pub use subscription::{Subscription, Wiring};
+pub use subscription::{NamedWiring, Subscription, Wiring};
 
 /// The route this module answers.
 pub const PATH: &str = "/v1/stream";
@@ -116,17 +116,55 @@ pub enum StreamBody {
     Problem(ApiError),
 }
 
+/// What [`Streams::open`] decided.
+pub enum Opened {
+    /// The answer, decided at once: every stream but a named one.
+    Ready(StreamResponse),
+    /// A named stream: its answer once its record is read
+    /// ([`NamedOpen::answer`]). Boxed, so that what a connection's task
+    /// carries stays small.
+    Named(Box<NamedOpen>),
+}
+
+/// A named stream's request, waiting for its record.
+pub struct NamedOpen {
+    streams: Streams,
+    asked: Asked,
+    lagged: CancellationToken,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A stream request read and its caller identified, before the caps and
+/// the registry.
+struct Asked {
+    request: StreamRequest,
+    identity: crate::auth::Identity,
+    address: IpAddr,
+    user_agent: Option<Box<str>>,
+}
+
+impl NamedOpen {
+    /// Reads the stream's record, then answers as [`Streams::open`] does.
+    pub async fn answer(self: Box<Self>) -> StreamResponse {
+        let Self {
+            streams,
+            mut asked,
+            lagged,
+            headers,
+        } = *self;
+        let body = match streams.named(&mut asked).await {
+            Ok(named) => streams.admit(asked, named, lagged),
+            Err(answer) => answer,
+        };
+        streams.respond(headers, body)
+    }
+}
+
 impl Streams {
-    /// The body of a stream that may open: everything is decided before
-    /// the first byte is written, so a refusal is a status, never a
-    /// stream that ends at once.
-    async fn subscribe(
-        &self,
-        head: &impl RequestHead,
-        peer: IpAddr,
-        lagged: CancellationToken,
-    ) -> Result<StreamBody, ApiError> {
-        let mut request = stream_request(head.query(), &head.header_values("last-event-id"))?;
+    /// The request read and its caller identified; a refusal is a status,
+    /// never a stream that ends at once.
+    fn ask(&self, head: &impl RequestHead, peer: IpAddr) -> Result<Asked, ApiError> {
+        let request = stream_request(head.query(), &head.header_values("last-event-id"))?;
         let identity = self.access.auth.identify(head)?;
         // A stream never runs past its token's `exp`: one at or past it
         // (within the verifier's leeway) would end as soon as it opened.
@@ -136,43 +174,80 @@ impl Streams {
         {
             return Err(ApiError::Unauthorized("the token has expired".into()));
         }
-        // A named stream seen before takes its own topics, not the URL's,
-        // and its resume follows its topics over time.
-        let mut named = None;
-        if let Some(handle) = request.handle.clone() {
-            let cursor = match request.start {
-                Start::After(id) => id,
-                Start::Now => self.hub.head(),
-                Start::Since(_) => 0,
-            };
-            let known = match self.registry.handle(&handle, cursor).await {
-                Ok(known) => known,
-                Err(e) => {
-                    // 200 and `retry:`: an `EventSource` comes back.
-                    tracing::warn!(error = %e, "cannot read a named stream's record");
-                    return Ok(StreamBody::Retry(draining_frame(
-                        self.settings.retry,
-                        &request.filters,
+        Ok(Asked {
+            request,
+            identity,
+            address: self
+                .access
+                .limits
+                .client_address(peer, &head.header_values("x-forwarded-for")),
+            user_agent: head
+                .header_values("user-agent")
+                .first()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.chars().take(256).collect::<String>().into()),
+        })
+    }
+
+    /// A named stream's record: a handle seen before takes its own topics,
+    /// not the URL's, and its resume follows its topics over time. `Err`
+    /// is the answer when it may not open.
+    async fn named(
+        &self,
+        asked: &mut Asked,
+    ) -> Result<Option<NamedWiring>, Result<StreamBody, ApiError>> {
+        let Some(handle) = asked.request.handle.clone() else {
+            return Ok(None);
+        };
+        let request = &mut asked.request;
+        let cursor = match request.start {
+            Start::After(id) => id,
+            Start::Now => self.hub.head(),
+            Start::Since(_) => 0,
+        };
+        let known = match self.registry.handle(&handle, cursor).await {
+            Ok(known) => known,
+            Err(e) => {
+                // 200 and `retry:`: an `EventSource` comes back.
+                tracing::warn!(error = %e, "cannot read a named stream's record");
+                return Err(Ok(StreamBody::Retry(draining_frame(
+                    self.settings.retry,
+                    &request.filters,
+                ))));
+            }
+        };
+        let schedule = match known {
+            None => Vec::new(),
+            Some(known) => {
+                if known.subject != asked.identity.subject {
+                    return Err(Err(ApiError::Forbidden(
+                        "this stream handle is another subject's; pick a new one".into(),
                     )));
                 }
-            };
-            let schedule = match known {
-                None => Vec::new(),
-                Some(known) => {
-                    if known.subject != identity.subject {
-                        return Err(ApiError::Forbidden(
-                            "this stream handle is another subject's; pick a new one".into(),
-                        ));
-                    }
-                    if let Some(reason) = known.ended {
-                        return Err(ended_handle(&reason));
-                    }
-                    request.filters = known.topics;
-                    known.history
+                if let Some(reason) = known.ended {
+                    return Err(Err(ended_handle(&reason)));
                 }
-            };
-            named = Some((handle, identity.subject.clone(), schedule));
-        }
+                request.filters = known.topics;
+                known.history
+            }
+        };
+        Ok(Some((handle, asked.identity.subject.clone(), schedule)))
+    }
+
+    /// The body of a stream that may open: grants, the drain, its record,
+    /// its subscription.
+    fn admit(
+        &self,
+        asked: Asked,
+        named: Option<NamedWiring>,
+        lagged: CancellationToken,
+    ) -> Result<StreamBody, ApiError> {
+        let Asked {
+            mut request,
+            identity,
+            address,
+            user_agent,
+        } = asked;
         request.filters = identity.grants.readable(request.filters)?;
         if self.shutdown.is_cancelled() {
             return Ok(StreamBody::Retry(draining_frame(
@@ -180,10 +255,6 @@ impl Streams {
                 &request.filters,
             )));
         }
-        let address = self
-            .access
-            .limits
-            .client_address(peer, &head.header_values("x-forwarded-for"));
         // The hub matches the union of the topics in force since the
         // cursor; the stream takes from it what each id's topics take.
         let mut filters = request.filters.clone();
@@ -194,14 +265,10 @@ impl Streams {
             request.filters = filters.clone();
         }
         let enrolment = self.registry.enroll(Opening {
-            handle: named.as_ref().map(|(h, _, _)| h.clone()),
-            subject: identity.subject.clone(),
-            client_addr: address.to_string(),
-            user_agent: head
-                .header_values("user-agent")
-                .first()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(|v| v.chars().take(256).collect()),
+            handle: named.as_ref().map(|(h, _, _)| h.as_str().into()),
+            subject: identity.subject.as_deref().map(Into::into),
+            client_addr: address,
+            user_agent,
             filters,
             start_cursor: match request.start {
                 Start::After(id) => id,
@@ -227,16 +294,33 @@ impl Streams {
 
     /// Decides the answer to a stream request from `peer`: what was asked,
     /// who asks and may they, under which caps. `lagged` is cancelled if
-    /// the subscriber falls behind (see [`Wiring::lagged`]).
-    pub async fn open(
-        &self,
-        head: &impl RequestHead,
-        peer: IpAddr,
-        lagged: CancellationToken,
-    ) -> StreamResponse {
+    /// the subscriber falls behind (see [`Wiring::lagged`]). At once for
+    /// every stream but a named one, whose record is read first.
+    pub fn open(&self, head: &impl RequestHead, peer: IpAddr, lagged: CancellationToken) -> Opened {
         let origin = head.header_values("origin").first().copied();
-        let mut headers = self.access.cors.headers(origin);
-        let (status, body) = match self.subscribe(head, peer, lagged).await {
+        let headers = self.access.cors.headers(origin);
+        let body = match self.ask(head, peer) {
+            Ok(asked) if asked.request.handle.is_some() => {
+                return Opened::Named(Box::new(NamedOpen {
+                    streams: self.clone(),
+                    asked,
+                    lagged,
+                    headers,
+                }));
+            }
+            Ok(asked) => self.admit(asked, None, lagged),
+            Err(refused) => Err(refused),
+        };
+        Opened::Ready(self.respond(headers, body))
+    }
+
+    /// The response for `body`: its status, and the headers of a stream.
+    fn respond(
+        &self,
+        mut headers: Vec<(HeaderName, HeaderValue)>,
+        body: Result<StreamBody, ApiError>,
+    ) -> StreamResponse {
+        let (status, body) = match body {
             Err(refused) => (refused.status(), StreamBody::Problem(refused)),
             Ok(body) => (StatusCode::OK, body),
         };

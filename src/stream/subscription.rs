@@ -126,13 +126,9 @@ pub struct Subscription<L: ReplaySource = EventLog> {
     record: Record,
     /// Events written before the stream went live (the replay).
     replayed: u64,
-    /// A named stream's handle and its subject.
+    /// A named stream's handle, subject, topics over time and changes
+    /// under way (boxed: an unnamed stream carries one pointer for it).
     named: Option<Box<Named>>,
-    /// A topic change applied to the hub, being recorded.
-    switch: Option<Box<Switch>>,
-    /// Topic changes that came while the stream was not live, or while
-    /// another was being recorded; applied in turn.
-    deferred: VecDeque<TopicsAsked>,
     /// Held for the stream's lifetime: the instance waits for these to go.
     _tracked: TaskTrackerToken,
 }
@@ -146,6 +142,11 @@ struct Named {
     /// (the first also for those at or below). Empty when one set of topics
     /// covers every id the stream can write; the hub then matches exactly.
     schedule: Vec<(i64, Filters)>,
+    /// A topic change applied to the hub, being recorded.
+    switch: Option<Switch>,
+    /// Topic changes that came while the stream was not live, or while
+    /// another was being recorded; applied in turn.
+    deferred: VecDeque<TopicsAsked>,
 }
 
 impl Named {
@@ -232,10 +233,10 @@ impl<L: ReplaySource> Subscription<L> {
                     } else {
                         Vec::new()
                     },
+                    switch: None,
+                    deferred: VecDeque::new(),
                 })
             }),
-            switch: None,
-            deferred: VecDeque::new(),
             next_ping: Instant::now() + settings.heartbeat,
             ping_timer: Box::pin(sleep_until(Instant::now() + settings.heartbeat)),
             hub,
@@ -351,7 +352,9 @@ impl<L: ReplaySource> Subscription<L> {
                 State::Resolve => self.resolve(),
                 State::Replay => self.query_page(),
                 // While a topic change is recorded, later frames wait.
-                live @ State::Live(_) if self.switch.is_some() => {
+                live @ State::Live(_)
+                    if self.named.as_ref().is_some_and(|n| n.switch.is_some()) =>
+                {
                     self.state = live;
                     return None;
                 }
@@ -381,7 +384,8 @@ impl<L: ReplaySource> Subscription<L> {
             &mut self.expiry,
             self.record.enrolment.as_ref(),
         );
-        if let (Some(switch), State::Live(_)) = (&mut self.switch, &self.state) {
+        let switch = self.named.as_mut().and_then(|n| n.switch.as_mut());
+        if let (Some(switch), State::Live(_)) = (switch, &self.state) {
             return tokio::select! {
                 result = &mut switch.record => Wake::Recorded(result),
                 () = ping => Wake::Ping,
@@ -610,7 +614,7 @@ impl<L: ReplaySource> Subscription<L> {
     /// frame); topic changes are applied in turn.
     fn on_commands(&mut self) -> Option<EndReason> {
         let commands = match &self.record.enrolment {
-            Some(enrolment) => enrolment.control.take(),
+            Some(enrolment) => enrolment.control().take(),
             None => return None,
         };
         for command in commands {
@@ -620,11 +624,17 @@ impl<L: ReplaySource> Subscription<L> {
                     filters,
                     reply_to,
                     reply,
-                } => self.deferred.push_back(TopicsAsked {
-                    filters,
-                    reply_to,
-                    reply,
-                }),
+                } => match &mut self.named {
+                    Some(named) => named.deferred.push_back(TopicsAsked {
+                        filters,
+                        reply_to,
+                        reply,
+                    }),
+                    // Only named streams are steered.
+                    None => {
+                        let _ = reply.send(Err(ChangeFailed::Gone));
+                    }
+                },
             }
         }
         self.next_topics();
@@ -659,16 +669,16 @@ impl<L: ReplaySource> Subscription<L> {
     /// no other is being recorded: the hub takes the new topics at its
     /// head, which becomes the change's `effective_at`.
     fn next_topics(&mut self) {
-        if self.switch.is_some() {
+        let (Some(named), State::Live(reg)) = (&mut self.named, &self.state) else {
+            return;
+        };
+        if named.switch.is_some() {
             return;
         }
-        let State::Live(reg) = &self.state else {
+        let Some(asked) = named.deferred.pop_front() else {
             return;
         };
-        let Some(asked) = self.deferred.pop_front() else {
-            return;
-        };
-        let (Some(named), Some(enrolment)) = (&mut self.named, &self.record.enrolment) else {
+        let Some(enrolment) = &self.record.enrolment else {
             let _ = asked.reply.send(Err(ChangeFailed::Gone));
             return;
         };
@@ -682,7 +692,7 @@ impl<L: ReplaySource> Subscription<L> {
         let subject = named.subject.clone();
         let filters = asked.filters.clone();
         let reply_to = asked.reply_to;
-        self.switch = Some(Box::new(Switch {
+        named.switch = Some(Switch {
             at,
             filters: asked.filters.clone(),
             asked: Some(asked),
@@ -691,16 +701,16 @@ impl<L: ReplaySource> Subscription<L> {
                     .record_change(&handle, subject.as_deref(), at, &filters, reply_to)
                     .await
             }),
-        }));
+        });
     }
 
     /// The change being recorded is: the frames up to its `effective_at`
     /// go out, then its `event: stream` frame, then the later ones.
     fn on_recorded(&mut self, result: Result<(), sqlx::Error>) -> Option<EndReason> {
-        let switch = self.switch.take()?;
+        let switch = self.named.as_mut()?.switch.take()?;
         let Switch {
             at, filters, asked, ..
-        } = *switch;
+        } = switch;
         let mut later = None;
         let mut before = Vec::new();
         if let State::Live(reg) = &mut self.state {
@@ -778,7 +788,7 @@ async fn ending(
 ) -> Wake {
     let control = async {
         match enrolment {
-            Some(enrolment) => enrolment.control.wait().await,
+            Some(enrolment) => enrolment.control().wait().await,
             None => std::future::pending().await,
         }
     };
