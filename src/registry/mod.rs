@@ -48,6 +48,9 @@ pub const CONTROL_CHANNEL: &str = "herald_control";
 const CONTROL_LOCK: i64 = 0x6865_7261_6c64_6374;
 /// How long a `PUT` waits for the instance that holds the stream.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a `PUT` of a handle the registry has no record of waits for a
+/// holder to answer: long enough for a record still in a batch.
+const UNRECORDED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the registry needs from the configuration.
 #[derive(Debug, Clone)]
@@ -178,6 +181,9 @@ impl Registry {
                 settings,
             }),
         };
+        // Exported from the start, before the first batch or revocation.
+        metrics::gauge!(telemetry::REGISTRY_LAG).set(0.0);
+        metrics::gauge!(telemetry::REVOCATIONS_ACTIVE).set(0.0);
         lease::renew(&registry).await?;
         control::load_revocations(&registry).await?;
         let cursor = control::head(&registry).await?;
@@ -329,12 +335,20 @@ impl Registry {
                 .fetch_optional(self.pool())
                 .await
                 .map_err(|e| ChangeError::Unavailable(e.to_string()))?;
-        match known {
-            None => return Err(ChangeError::Unknown),
+        // A handle not recorded yet may be a stream that opened a moment
+        // ago (records are written in batches): its holder may still
+        // answer, within a shorter wait.
+        let recorded = match known {
+            None => false,
             Some((owner, _)) if owner.as_deref() != subject => return Err(ChangeError::Unknown),
             Some((_, Some(reason))) => return Err(ChangeError::Ended(reason)),
-            Some(_) => {}
-        }
+            Some(_) => true,
+        };
+        let wait = if recorded {
+            CHANGE_TIMEOUT
+        } else {
+            UNRECORDED_TIMEOUT
+        };
         let topics: Vec<String> = topic_list(&filters)
             .into_iter()
             .map(|t| t.into_owned())
@@ -364,7 +378,7 @@ impl Registry {
             .insert(id, tx_ack);
         let committed = tx.commit().await;
         let answer = match committed {
-            Ok(()) => tokio::time::timeout(CHANGE_TIMEOUT, ack).await,
+            Ok(()) => tokio::time::timeout(wait, ack).await,
             Err(e) => {
                 self.forget_waiter(id);
                 return Err(ChangeError::Unavailable(e.to_string()));
@@ -378,6 +392,8 @@ impl Registry {
             Ok(Ok(Ack::Failed)) => Err(ChangeError::Unavailable(
                 "the change could not be recorded".into(),
             )),
+            // No holder answered for a handle without a record: none such.
+            _ if !recorded => Err(ChangeError::Unknown),
             _ => Err(ChangeError::NotConnected),
         }
     }
@@ -399,12 +415,13 @@ impl Registry {
         subject: Option<&str>,
         effective_at: i64,
         filters: &Filters,
+        previous: &Filters,
         reply_to: Option<i64>,
     ) -> Result<(), sqlx::Error> {
-        let topics: Vec<String> = topic_list(filters)
-            .into_iter()
-            .map(|t| t.into_owned())
-            .collect();
+        let list = |f: &Filters| -> Vec<String> {
+            topic_list(f).into_iter().map(|t| t.into_owned()).collect()
+        };
+        let topics = list(filters);
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO herald_handles (handle, subject, topics) VALUES ($1, $2, $3) \
@@ -413,6 +430,18 @@ impl Registry {
         .bind(handle)
         .bind(subject)
         .bind(&topics)
+        .execute(&mut *tx)
+        .await?;
+        // The stream's record may still wait in a batch: its topics before
+        // this change start the history, or a resume from before the change
+        // would read it with the new topics.
+        sqlx::query(
+            "INSERT INTO herald_topic_changes (handle, effective_at, topics) \
+             SELECT $1, 0, $2 WHERE NOT EXISTS \
+             (SELECT 1 FROM herald_topic_changes WHERE handle = $1)",
+        )
+        .bind(handle)
+        .bind(list(previous))
         .execute(&mut *tx)
         .await?;
         sqlx::query(

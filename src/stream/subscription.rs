@@ -683,6 +683,10 @@ impl<L: ReplaySource> Subscription<L> {
             return;
         };
         let at = self.hub.reattach(reg, &asked.filters);
+        let previous = named
+            .schedule
+            .last()
+            .map_or_else(|| self.filters.clone(), |(_, f)| f.clone());
         self.filters = asked.filters.clone();
         if !named.schedule.is_empty() {
             named.schedule.push((at, asked.filters.clone()));
@@ -698,7 +702,14 @@ impl<L: ReplaySource> Subscription<L> {
             asked: Some(asked),
             record: Box::pin(async move {
                 registry
-                    .record_change(&handle, subject.as_deref(), at, &filters, reply_to)
+                    .record_change(
+                        &handle,
+                        subject.as_deref(),
+                        at,
+                        &filters,
+                        &previous,
+                        reply_to,
+                    )
                     .await
             }),
         });
