@@ -149,7 +149,8 @@ impl Inner {
             return cors.preflight(origin);
         }
         let mut res = self.call_route(req, route).await;
-        if route != Some(Route::Stream) {
+        // herald.js answers every origin itself (`client.rs`).
+        if route != Some(Route::Stream) && route != Some(Route::HeraldScript) {
             let h = res.headers_mut();
             for (name, value) in cors.headers(origin) {
                 h.append(name, value);

@@ -13,6 +13,7 @@
 //! - `routes`: the one table of routes the others are named from
 
 mod admin;
+mod client;
 mod console;
 mod edge;
 mod history;
@@ -92,6 +93,7 @@ fn router(state: AppState) -> Router {
         .route(Route::ConsoleScript.template(), get(console::script))
         .route(Route::ConsoleStyle.template(), get(console::style))
         .route(Route::Icon.template(), get(console::icon))
+        .route(Route::HeraldScript.template(), get(client::script))
         // The edge answers `POST` (publishing) before routing (`edge.rs`).
         // It is named here too, with the same handler, so that the router
         // still describes every method of every route: a 405 lists them

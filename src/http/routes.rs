@@ -16,6 +16,8 @@ pub enum Route {
     ConsoleScript,
     ConsoleStyle,
     Icon,
+    /// The browser client, `clients/js/herald.js`.
+    HeraldScript,
     /// `POST`: publish (answered by the edge itself); `GET`: history.
     Events,
     /// `GET`: a stream (mostly written by the socket writer).
@@ -36,11 +38,12 @@ pub const UNMATCHED: &str = "unmatched";
 
 impl Route {
     /// Every route, in the order the router lists them.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Console,
         Self::ConsoleScript,
         Self::ConsoleStyle,
         Self::Icon,
+        Self::HeraldScript,
         Self::Events,
         Self::Stream,
         Self::Streams,
@@ -58,6 +61,7 @@ impl Route {
             Self::ConsoleScript => "/console.js",
             Self::ConsoleStyle => "/console.css",
             Self::Icon => "/favicon.svg",
+            Self::HeraldScript => "/herald.js",
             Self::Events => "/v1/events",
             Self::Stream => crate::stream::PATH,
             Self::Streams => "/v1/streams",
