@@ -479,7 +479,11 @@ class Link {
       // An EventSource cannot read a refusal: ask again to learn why.
       const ac = new AbortController();
       try {
-        const res = await fetch(url, { credentials: "include", signal: ac.signal });
+        const res = await fetch(url, {
+          credentials: "include",
+          headers: { Accept: "text/event-stream" },
+          signal: ac.signal,
+        });
         ac.abort();
         if (this.#t === es) this.#refused(res);
       } catch {
@@ -577,6 +581,8 @@ class Link {
       case "reset":
         return this.#say({ t: "r", id: +d.continue_from, i: d });
       case "auth-expiring":
+        // The stream ends at `expires_at`; its reconnect asks getToken again.
+        this.#o.getToken?.().then((t) => (this.#token = t), () => {});
         this.#o.onAuthExpiring?.(d);
         return;
       default:
