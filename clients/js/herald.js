@@ -303,11 +303,11 @@ class Link {
   #handle;
   #fresh; // no resume: a new handle, or the first stream of this one
   #members = new Map();
-  #known = new Map(); // the effective_at this leader gave, by key
   #t; // the transport: an EventSource, or { close } for fetch
   #open = false; // the opening frame came: `#sent` is the stream's topics
   #sent = [];
   #busy = false; // a PUT is in flight
+  #gone = false; // stopped for good
   #split = false; // a change that added several filters was refused: one at a time
   #timer; // the next connect
   #linger; // the end of a stream nobody follows
@@ -331,11 +331,13 @@ class Link {
     }, 1000);
   }
 
+  // A tab's subscriptions, as it reports them: [[id, filter, at]].
   set(tab, subs) {
-    for (const [k, m] of this.#members) if (m.tab === tab) this.#members.delete(k);
+    const old = this.#members;
+    this.#members = new Map([...old].filter(([, m]) => m.tab !== tab));
     for (const [id, f, at] of subs) {
       const k = `${tab}/${id}`;
-      this.#members.set(k, { tab, f, at: this.#known.get(k) ?? at });
+      this.#members.set(k, { tab, f, at: old.get(k)?.at ?? at });
     }
     this.#sync();
   }
@@ -345,10 +347,17 @@ class Link {
     this.#say({ t: "st", s: this.#h.status, h: this.#handle });
   }
 
+  // For good: this tab no longer leads.
   stop() {
+    this.#gone = true;
+    this.#halt();
+  }
+
+  #halt() {
     clearTimeout(this.#timer);
     clearTimeout(this.#linger);
     clearTimeout(this.#grace);
+    this.#grace = null;
     this.#t?.close();
     this.#t = null;
     this.#open = false;
@@ -372,16 +381,13 @@ class Link {
   #cover(keys, at) {
     keys = keys.filter((k) => this.#members.has(k));
     if (!keys.length) return;
-    for (const k of keys) {
-      this.#known.set(k, at);
-      this.#members.get(k).at = at;
-    }
+    for (const k of keys) this.#members.get(k).at = at;
     this.#say({ t: "c", k: keys, at });
   }
 
   // Brings the stream's topics to what the tabs follow, one PUT at a time.
   async #sync() {
-    if (this.#busy) return;
+    if (this.#busy || this.#gone) return;
     const want = this.#want();
     if (!want.length) {
       // Nobody follows anything: keep the stream a while, for the next view.
@@ -410,28 +416,38 @@ class Link {
       // herald is out of reach: the stream drops too, and its reopening syncs.
     }
     this.#busy = false;
+    if (this.#gone) return;
     if (res?.ok) {
       const body = await res.json();
       this.#sent = want;
       this.#cover(waiting.map(([k]) => k), +body.effective_at);
-    } else if (res && res.status !== 409 && res.status < 500) {
+    } else if ([400, 403, 422].includes(res?.status)) {
       // Refused (outside the grants, too many topics): the filters it
       // added are dropped, one at a time when it added several.
       const added = want.filter((f) => !this.#sent.includes(f));
       if (added.length > 1) this.#split = true;
-      else {
-        const keys = [...this.#members].filter(([, m]) => added.includes(m.f)).map(([k]) => k);
-        for (const k of keys) this.#members.delete(k);
-        this.#say({ t: "x", k: keys, p: await problem(res) });
-      }
-    } else return;
+      else this.#reject(([, m]) => added.includes(m.f), await problem(res));
+    } else {
+      // Unreachable, a 5xx, a 401 before the stream's own end, or no
+      // instance holds the stream this instant: again after `retry`.
+      this.#timer = setTimeout(() => this.#sync(), this.#retry);
+      return;
+    }
     this.#sync();
   }
 
+  // Drops the subscriptions `which` picks; their tabs call their onError.
+  #reject(which, p) {
+    const keys = [...this.#members].filter(which).map(([k]) => k);
+    for (const k of keys) this.#members.delete(k);
+    if (keys.length) this.#say({ t: "x", k: keys, p });
+  }
+
   #idle() {
-    this.stop();
+    this.#halt();
     this.#handle = handle();
     this.#fresh = true;
+    this.#sent = [];
     this.#say({ t: "q", h: this.#handle });
   }
 
@@ -448,8 +464,15 @@ class Link {
     this.#status(this.#tries || this.#h.status === "live" ? "reconnecting" : "connecting");
     const t = (this.#t = { close() {} });
     this.#timer = setTimeout(async () => {
+      const want = this.#want();
+      // Nothing to follow (refused, unsubscribed): no stream, which would
+      // be every topic; the next subscribe connects.
+      if (!want.length) return (this.#t = null);
       const q = new URLSearchParams({ stream: this.#handle, message_events: true });
-      for (const f of this.#want()) q.append("topic", f);
+      // A handle herald knows takes its own topics, not the URL's: a
+      // reconnect names only what herald already accepted.
+      const held = [...this.#members.values()].filter((m) => m.at !== null).map((m) => m.f);
+      for (const f of this.#fresh || !held.length ? want : [...new Set(held)]) q.append("topic", f);
       const last = this.#fresh ? null : this.#h.lastEventId;
       if (this.#o.getToken) {
         try {
@@ -551,6 +574,14 @@ class Link {
 
   async #refused(res) {
     const p = await problem(res);
+    const s = res.status;
+    if (s === 400 || s === 422 || (s === 403 && this.#fresh)) {
+      // A new stream's topics were refused: those subscriptions go (their
+      // onError), the others connect.
+      this.#t = null;
+      this.#reject(([, m]) => m.at === null, p);
+      return this.#sync();
+    }
     const reason =
       { 401: "unauthorized", 403: "forbidden" }[res.status] ??
       (res.status === 409 && (p.code === "stream_replaced" ? "replaced" : "revoked"));
