@@ -14,6 +14,7 @@
 
 mod console_tokens;
 mod readme;
+mod readme_herald_js;
 mod readme_tokens;
 mod run;
 mod third_party;
