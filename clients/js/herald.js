@@ -1,4 +1,4 @@
-// herald.js: the browser client of herald (https://github.com/herald-sse/herald).
+// herald.js: the browser client of herald, the Server-Sent Events service.
 // An ES module with no dependencies; herald serves this file at /herald.js.
 //
 //   import { Herald } from "/herald.js";
@@ -269,8 +269,10 @@ export class Herald {
       try {
         await this.#history(sub, at);
       } catch (e) {
-        // A history herald pruned: the subscription goes on from `at`.
+        // The subscription goes on from `at`; what history could not give
+        // is a reset (herald pruned it, 410) or the subscription's error.
         if (e.status === 410) this.#o.onReset?.(e);
+        else sub.err?.(e.status ? e : { status: 0, detail: String(e) });
       }
       sub.fill = false;
     }
@@ -613,7 +615,11 @@ class Link {
         return this.#say({ t: "r", id: +d.continue_from, i: d });
       case "auth-expiring":
         // The stream ends at `expires_at`; its reconnect asks getToken again.
-        this.#o.getToken?.().then((t) => (this.#token = t), () => {});
+        if (this.#o.getToken) {
+          Promise.resolve()
+            .then(this.#o.getToken)
+            .then((t) => (this.#token = t), () => {});
+        }
         this.#o.onAuthExpiring?.(d);
         return;
       default:
