@@ -91,17 +91,18 @@ export interface HeraldOptions {
   /**
    * Resolves to a JWT. When set, the stream is read with `fetch` and sent
    * `Authorization: Bearer`, not with `EventSource` and the cookie. Asked
-   * again on `auth-expiring` and before each reconnect; the token never
-   * goes in a URL.
+   * again on `auth-expiring` and before each reconnect, in the tab holding
+   * the stream; the token never goes in a URL. An async function: its
+   * result must be a promise.
    */
-  getToken?: () => Promise<string> | string;
-  /** herald could not resume (`event: reset`, or a history `410`): reload the page's state. */
+  getToken?: () => Promise<string>;
+  /** herald could not resume (`event: reset`, or a history `410` for `after`): reload the page's state. */
   onReset?: (info: ResetInfo) => void;
   /** The stream's token is about to expire: renew the cookie. Runs in the tab holding the stream. */
   onAuthExpiring?: (info: AuthExpiringInfo) => void;
-  /** herald.js stopped for good and will not reconnect. Fires once per tab. */
-  onClosed?: (reason: ClosedReason, info?: ClosedInfo) => void;
-  /** The status changed. */
+  /** herald.js stopped for good and will not reconnect. Fires once in every tab; not on `close()`. */
+  onClosed?: (reason: ClosedReason, info: ClosedInfo) => void;
+  /** The status changed. Fires in every tab. */
   onStatus?: (status: Status) => void;
 }
 

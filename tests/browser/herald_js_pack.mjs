@@ -4,7 +4,7 @@
 // through its `exports` for Node and for tsc (bundler and NodeNext
 // resolution both find herald.d.ts), and its module imports where there is
 // no window (Node), so herald.js touches no `location` or `navigator`
-// until it is used.
+// until it is used; what it exports is what herald.d.ts declares.
 
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
@@ -42,6 +42,13 @@ try {
   // The module by its path, in Node: no window, no location, no navigator.
   const byPath = await import(pathToFileURL(join(installed, "herald.js")).href);
   assert.equal(typeof byPath.Herald, "function", "herald.js exports the class Herald");
+  // What herald.d.ts declares is there: the one export, its methods and getters.
+  assert.deepEqual(Object.keys(byPath), ["Herald"], "herald.js's exports, as herald.d.ts declares them");
+  const proto = byPath.Herald.prototype;
+  for (const method of ["subscribe", "close"]) assert.equal(typeof proto[method], "function", method);
+  for (const getter of ["status", "leader", "lastEventId"]) {
+    assert.equal(typeof Object.getOwnPropertyDescriptor(proto, getter)?.get, "function", getter);
+  }
 
   // By the package's name, as an application imports it.
   writeFileSync(join(work, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));

@@ -38,7 +38,7 @@ function badge(status: Status): string {
   }
 }
 
-function signIn(reason: ClosedReason, info?: ClosedInfo): void {
+function signIn(reason: ClosedReason, info: ClosedInfo): void {
   switch (reason) {
     case "replaced":
     case "revoked":
@@ -50,7 +50,6 @@ function signIn(reason: ClosedReason, info?: ClosedInfo): void {
       throw new Error(unreachable);
     }
   }
-  if (info === undefined) return;
   if ("status" in info) log.push(`${reason}: ${info.status} ${info.code ?? ""}`);
   else log.push(`${reason}: ${info.reason} (cap ${info.cap ?? "none"})`);
 }
@@ -81,9 +80,9 @@ const options: HeraldOptions = {
 };
 const herald = new Herald(options);
 
-// The defaults, one stream per tab, and a token that is not a promise.
+// The defaults; and one stream per tab, with a token from an async function.
 const plain = new Herald();
-const alone = new Herald({ share: false, getToken: () => "eyJhbGciOiJIUzI1NiJ9.e30.c2ln" });
+const alone = new Herald({ share: false, getToken: async () => "eyJhbGciOiJIUzI1NiJ9.e30.c2ln" });
 
 function render(event: Envelope<Incident>): void {
   const id: string = event.id;
