@@ -16,6 +16,7 @@
 mod console_tokens;
 mod herald_js;
 mod readme;
+mod readme_herald_js;
 mod readme_tokens;
 mod run;
 mod third_party;
