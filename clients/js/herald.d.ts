@@ -92,10 +92,9 @@ export interface HeraldOptions {
    * Resolves to a JWT. When set, the stream is read with `fetch` and sent
    * `Authorization: Bearer`, not with `EventSource` and the cookie. Asked
    * again on `auth-expiring` and before each reconnect, in the tab holding
-   * the stream; the token never goes in a URL. An async function: its
-   * result must be a promise.
+   * the stream; the token never goes in a URL.
    */
-  getToken?: () => Promise<string>;
+  getToken?: () => string | Promise<string>;
   /** herald could not resume (`event: reset`, or a history `410` for `after`): reload the page's state. */
   onReset?: (info: ResetInfo) => void;
   /** The stream's token is about to expire: renew the cookie. Runs in the tab holding the stream. */

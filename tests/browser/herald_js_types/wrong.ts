@@ -20,6 +20,6 @@ new Herald({ reconnect: true }); // error: no such option
 herald.status = "live"; // error: status is read-only
 herald.subscribe("incident:*", () => {}).ready.then((at: number) => at); // error: effective_at is a string
 herald.lastEventId.length; // error: null before any event
-new Herald({ getToken: () => "eyJhbGciOiJIUzI1NiJ9.e30.c2ln" }); // error: getToken returns a promise
+new Herald({ getToken: () => 42 }); // error: getToken gives a string (or a promise of one)
 
 export { reason, status };
