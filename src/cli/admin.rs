@@ -1,4 +1,4 @@
-//! `herald streams` and `herald revoke`: the admin API from a terminal
+//! `herald streams`, `herald revoke` and `herald explain`: the admin API from a terminal
 //! (docs/ARCHITECTURE.md, "Streams you can name and steer"), over HTTP like
 //! any other client.
 
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::{RevokeArgs, StreamsArgs};
+use super::args::{ExplainArgs, RevokeArgs, StreamsArgs};
 use super::{
     EXIT_REFUSED, EXIT_UNAVAILABLE, endpoint, http_client, notice, refusal_reason, retryable,
     transport_error,
@@ -94,6 +94,38 @@ pub async fn revoke(args: RevokeArgs) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+pub async fn explain(args: ExplainArgs) -> ExitCode {
+    let client = match http_client(&args.client, |c| c) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let mut url = endpoint(&args.client.url, "v1/events/");
+    url.path_segments_mut()
+        .expect("an http URL has a path")
+        .pop_if_empty()
+        .push(&args.id.to_string())
+        .push("deliveries");
+    url.query_pairs_mut().append_pair("subject", &args.subject);
+    let body = match answer(client.get(url)).await {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(out, "{body}");
+        return ExitCode::SUCCESS;
+    }
+    let _ = writeln!(out, "{}", body["answer"].as_str().unwrap_or("-"));
+    let streams = body["streams"].as_array().cloned().unwrap_or_default();
+    if !streams.is_empty() {
+        let _ = writeln!(out, "\nStreams of {} around it:", args.subject);
+    }
+    for s in &streams {
+        let _ = writeln!(out, "- {}", s["sentence"].as_str().unwrap_or("-"));
+    }
+    ExitCode::SUCCESS
 }
 
 /// The JSON of a successful answer, or the exit status after saying why.

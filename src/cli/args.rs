@@ -51,6 +51,8 @@ pub enum Command {
     /// End every stream of a subject, everywhere, and refuse its tokens
     /// issued before now (the admin API).
     Revoke(RevokeArgs),
+    /// Say whether a subject got an event, and if not, why (the admin API).
+    Explain(ExplainArgs),
 }
 
 /// `herald streams [--subject S] [--topic T] [--ended] [--json]`.
@@ -102,6 +104,35 @@ pub struct RevokeArgs {
 
     /// The token subject (`sub`) to revoke.
     pub subject: String,
+}
+
+/// `herald explain ID --subject S [--json]`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Asks GET /v1/events/ID/deliveries?subject=S and prints the answer in sentences:
+first whether S got the event and why (or why not), then one line per stream of
+S around it: whether its topics matched, whether the event was written to it
+(live, or on resume after a reconnect), or why not (it ended before, and why;
+it started after without resuming; a reset after the event was pruned). With
+--json the API's JSON. Needs an admin token (herald token --admin), except
+against an anonymous herald.
+
+Exit status: 0 answered, 1 refused by the server (404: no such event), 3 the
+server could not be reached.")]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// The event's id.
+    pub id: u64,
+
+    /// The token subject (`sub`) whose delivery to explain.
+    #[arg(long)]
+    pub subject: String,
+
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the client finds the server.

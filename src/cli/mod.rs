@@ -59,6 +59,7 @@ pub fn main(command: Command) -> ExitCode {
             Command::Token(args) => token::run(&args),
             Command::Streams(args) => admin::streams(args).await,
             Command::Revoke(args) => admin::revoke(args).await,
+            Command::Explain(args) => admin::explain(args).await,
         }
     })
 }

@@ -11,6 +11,9 @@
 //!   everywhere (`event: revoked`) and refuses its tokens issued before the
 //!   call for `--revocation-window`.
 //!
+//! - `GET /v1/events/{id}/deliveries?subject=S`: whether S got the event,
+//!   and if not, why, from the log and the registry (`registry/audit.rs`).
+//!
 //! The registry is written in batches, so a stream opened a moment ago may
 //! not be listed yet; ends travel through PostgreSQL and land within a
 //! second.
@@ -22,12 +25,13 @@ use axum::response::Response;
 use super::routes::Route;
 use super::{AppState, json_response};
 use crate::error::ApiError;
-use crate::registry::{ListQuery, StreamState};
+use crate::registry::{AuditError, ListQuery, StreamState};
 use crate::stream::parse_cursor;
 
 const LIST: &str = Route::Streams.template();
 const ONE: &str = Route::StreamHandle.template();
 const SUBJECT: &str = Route::SubjectStreams.template();
+const DELIVERIES: &str = Route::EventDeliveries.template();
 
 /// The request's head, if the caller holds the admin grant.
 fn admin(state: &AppState, req: Request) -> Result<axum::http::request::Parts, ApiError> {
@@ -54,6 +58,55 @@ pub async fn list(State(state): State<AppState>, req: Request) -> Result<Respons
     }
     .await;
     logged(LIST, answer)
+}
+
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let answer = async {
+        let parts = admin(&state, req)?;
+        let id = parse_cursor("id", &id)?;
+        let subject = subject_of(parts.uri.query().unwrap_or(""))?;
+        let audit = state
+            .streams
+            .registry
+            .audit(id, &subject)
+            .await
+            .map_err(|e| match e {
+                AuditError::Unknown => {
+                    ApiError::NotFound(format!("no event #{id}: the log never assigned that id"))
+                }
+                AuditError::Log(e) => e.into(),
+            })?;
+        Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_string(&audit).unwrap_or_default(),
+        ))
+    }
+    .await;
+    logged(DELIVERIES, answer)
+}
+
+/// The one `subject=` an audit needs.
+fn subject_of(query: &str) -> Result<String, ApiError> {
+    let mut subject = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "subject" if !value.is_empty() => subject = Some(value.into_owned()),
+            "subject" => {}
+            "access_token" => {}
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: expected subject"
+                )));
+            }
+        }
+    }
+    subject.ok_or_else(|| {
+        ApiError::BadRequest("give subject=: whose delivery of the event to explain".into())
+    })
 }
 
 pub async fn end_one(

@@ -102,6 +102,7 @@ fn router(state: AppState) -> Router {
             Route::Events.template(),
             get(history::history).post(publish::publish),
         )
+        .route(Route::EventDeliveries.template(), get(admin::deliveries))
         .route(Route::Stream.template(), get(stream::stream))
         .route(Route::Streams.template(), get(admin::list))
         .route(

@@ -20,6 +20,8 @@ pub enum Route {
     HeraldScript,
     /// `POST`: publish (answered by the edge itself); `GET`: history.
     Events,
+    /// `GET`: whether a subject got an event, and why not (admin).
+    EventDeliveries,
     /// `GET`: a stream (mostly written by the socket writer).
     Stream,
     /// `GET`: the streams of the registry (admin).
@@ -38,13 +40,14 @@ pub const UNMATCHED: &str = "unmatched";
 
 impl Route {
     /// Every route, in the order the router lists them.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Console,
         Self::ConsoleScript,
         Self::ConsoleStyle,
         Self::Icon,
         Self::HeraldScript,
         Self::Events,
+        Self::EventDeliveries,
         Self::Stream,
         Self::Streams,
         Self::StreamHandle,
@@ -63,6 +66,7 @@ impl Route {
             Self::Icon => "/favicon.svg",
             Self::HeraldScript => "/herald.js",
             Self::Events => "/v1/events",
+            Self::EventDeliveries => "/v1/events/{id}/deliveries",
             Self::Stream => crate::stream::PATH,
             Self::Streams => "/v1/streams",
             Self::StreamHandle => "/v1/streams/{handle}",

@@ -18,6 +18,7 @@
 //! mailboxes, by handle and subject), and the revoked subjects
 //! (`auth::Revoked`).
 
+mod audit;
 mod control;
 mod lease;
 mod list;
@@ -39,6 +40,7 @@ use crate::log::LogError;
 use crate::stream::{ChangeFailed, Command, Control, Ending};
 use crate::telemetry;
 
+pub use audit::AuditError;
 pub use list::{ListQuery, MAX_LISTED, StreamState};
 
 /// The NOTIFY channel of control commands.
@@ -594,12 +596,20 @@ impl Enrolment {
     }
 
     /// Records the stream's end: why, and the last id written to it.
-    pub fn end(&self, reason: &'static str, last_id: i64, events: u64, lived: Duration) {
+    pub fn end(
+        &self,
+        reason: &'static str,
+        last_id: i64,
+        reset_after: Option<i64>,
+        events: u64,
+        lived: Duration,
+    ) {
         tracing::info!(
             stream = %self.id(),
             instance = %self.registry.inner.instance,
             reason,
             last_id,
+            reset_after,
             events,
             duration_ms = lived.as_millis() as u64,
             "stream ended"
@@ -609,6 +619,7 @@ impl Enrolment {
             at: OffsetDateTime::now_utc(),
             reason,
             last_id,
+            reset_after,
             queued: tokio::time::Instant::now(),
         });
     }

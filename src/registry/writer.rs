@@ -54,6 +54,8 @@ pub enum Op {
         at: OffsetDateTime,
         reason: &'static str,
         last_id: i64,
+        /// The id a reset made it go on after, if it sent one.
+        reset_after: Option<i64>,
         queued: Instant,
     },
 }
@@ -169,8 +171,15 @@ async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
                 at,
                 reason,
                 last_id,
+                reset_after,
                 ..
-            } => ends.push((registry.stream_id(*key), *at, *reason, *last_id)),
+            } => ends.push((
+                registry.stream_id(*key),
+                *at,
+                *reason,
+                *last_id,
+                *reset_after,
+            )),
         }
     }
     let mut tx = registry.pool().begin().await?;
@@ -196,18 +205,22 @@ async fn write(registry: &Registry, batch: &[Op]) -> Result<(), sqlx::Error> {
         let ats: Vec<OffsetDateTime> = ends.iter().map(|e| e.1).collect();
         let reasons: Vec<&str> = ends.iter().map(|e| e.2).collect();
         let last: Vec<i64> = ends.iter().map(|e| e.3).collect();
+        let resets: Vec<Option<i64>> = ends.iter().map(|e| e.4).collect();
         // An end decided elsewhere (replaced, revoked, ended) keeps its
         // time and reason; the holder adds the last id written.
         sqlx::query(
             "UPDATE herald_streams s SET ended_at = coalesce(s.ended_at, u.at), \
-             end_reason = coalesce(s.end_reason, u.reason), last_id = u.last \
-             FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int8[]) AS u(id, at, reason, last) \
+             end_reason = coalesce(s.end_reason, u.reason), last_id = u.last, \
+             reset_after = u.reset \
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[]) \
+               AS u(id, at, reason, last, reset) \
              WHERE s.id = u.id",
         )
         .bind(&ids)
         .bind(&ats)
         .bind(&reasons)
         .bind(&last)
+        .bind(&resets)
         .execute(&mut *tx)
         .await?;
     }

@@ -61,6 +61,9 @@ pub(super) struct Record {
     pub(super) enrolment: Option<Enrolment>,
     /// Why it ended, once known; at its drop, what the writer saw.
     pub(super) reason: Option<EndReason>,
+    /// The id it went on after when it sent a reset (its cursor's events
+    /// were pruned, or never existed), for the delivery audit.
+    pub(super) reset_after: Option<i64>,
     lagged: CancellationToken,
 }
 
@@ -74,6 +77,7 @@ impl Record {
             last_id: 0,
             enrolment,
             reason: None,
+            reset_after: None,
             lagged,
         }
     }
@@ -93,7 +97,13 @@ impl Drop for Record {
         metrics::counter!(telemetry::STREAMS_ENDED, "reason" => reason.label()).increment(1);
         metrics::histogram!(telemetry::STREAM_SECONDS).record(lived);
         if let Some(enrolment) = &self.enrolment {
-            enrolment.end(reason.label(), self.last_id, self.events, lived);
+            enrolment.end(
+                reason.label(),
+                self.last_id,
+                self.reset_after,
+                self.events,
+                lived,
+            );
         }
     }
 }

@@ -518,6 +518,7 @@ impl<L: ReplaySource> Subscription<L> {
         ));
         self.resume = None;
         self.cursor = head.last_id;
+        self.record.reset_after = Some(head.last_id);
     }
 
     fn attach_or_replay(&mut self) {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod audit;
 mod auth;
 mod capacity;
 mod cli;
