@@ -509,7 +509,7 @@ class Link {
           headers: { Accept: "text/event-stream" },
           signal: ac.signal,
         });
-        ac.abort();
+        if (res.ok) ac.abort(); // a refusal's body says why: read it first
         if (this.#t === es) this.#refused(res);
       } catch {
         if (this.#t === es) this.#drop();

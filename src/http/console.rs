@@ -1,7 +1,10 @@
 //! The live console at `/`: a page embedded in the binary (no build step)
-//! that subscribes with the browser's own `EventSource`, shows events as
-//! they arrive and publishes test events. Script and style are separate
-//! files so the page runs under a strict Content-Security-Policy.
+//! that follows topics with herald.js, the browser client served at
+//! `/herald.js` (`client.rs`), shows events as they arrive and publishes
+//! test events. Its script is an ES module that imports `/herald.js`, so
+//! every console tab of a browser shares herald.js's one stream. Script and
+//! style are separate files so the page runs under a strict
+//! Content-Security-Policy, which lets a same-origin module import.
 
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;

@@ -60,6 +60,15 @@ async fn console_page_switches_topics_ten_times_on_one_stream() {
 }
 
 #[tokio::test]
+async fn console_page_starts_from_the_window_then_goes_live_showing_each_event_once() {
+    let app = spawn_app().await;
+
+    run_ok(node("console_since.mjs").env("HERALD_URL", &app.base)).await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn console_page_reconnects_after_restart_and_shows_missed_events_once() {
     let db = TestDb::create().await;
 
@@ -90,6 +99,20 @@ async fn console_page_clears_could_not_reach_once_herald_is_back() {
     // same port.
     run_ok(
         node("console_outage.mjs")
+            .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
+            .env("DATABASE_URL", &db.url),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn console_tabs_of_one_browser_share_one_stream_and_each_shows_its_events() {
+    let db = TestDb::create().await;
+
+    // The script runs herald itself: `herald_streams_active` counts every
+    // stream of a process, and this binary runs other tests' streams.
+    run_ok(
+        node("console_tabs.mjs")
             .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
             .env("DATABASE_URL", &db.url),
     )

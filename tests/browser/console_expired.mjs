@@ -1,7 +1,7 @@
 // The console when its token runs out and nothing refreshes it: herald
 // warns (`auth-expiring`), and the console says when the session ends;
-// at `exp` the stream ends, the browser's reconnect is refused 401 and
-// EventSource gives up; the console then says the session expired and to
+// at `exp` the stream ends, herald.js's reconnect is refused 401 and it
+// gives up (`onClosed`); the console then says the session expired and to
 // sign in again, not merely "closed".
 //
 // env: HERALD_URL (herald with tokens, no leeway, a short

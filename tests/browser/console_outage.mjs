@@ -1,6 +1,6 @@
 // The console's "Could not reach herald" goes once herald is back. herald
 // stops; a publish from the page fails with that message; herald comes back
-// on the same port, the page's EventSource reconnects by itself, and the
+// on the same port, the page's herald.js reconnects by itself, and the
 // message is gone as soon as the stream opens: nothing on the page still
 // says herald is unreachable while it shows live.
 //

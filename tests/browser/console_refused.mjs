@@ -1,7 +1,8 @@
 // The console shows herald's reason when it refuses a subscription. An
 // EventSource that gets `400 application/problem+json` closes for good and
-// cannot read the answer; the page asks again with fetch and shows the
-// problem's `detail`. Fixing the filter and subscribing again clears it.
+// cannot read the answer; herald.js asks again with fetch and hands the
+// problem to the subscription's onError, and the page shows its `detail`.
+// Fixing the filter and subscribing again clears it.
 //
 // env: HERALD_URL (a running herald).
 

@@ -1,10 +1,13 @@
-// The console survives a server restart by itself: the page's EventSource
-// reconnects to the same address, sends `Last-Event-ID`, and shows the
-// events published while the server was away exactly once.
+// The console survives a server restart by itself: herald.js reconnects
+// to the same address from the last id the page saw, and the page shows
+// the events published while the server was away exactly once. herald.js
+// reconnects on its own schedule with a new EventSource, so it sends that
+// id as `last_event_id=` in the URL (an EventSource sends `Last-Event-ID`
+// only on reconnects of its own); the script reads either.
 //
 // Two console pages: a busy one that has seen events before the restart
 // (it resumes from the last id it saw), and a quiet one that has seen none
-// (it resumes from the `id:` of its stream's opening frame, so it misses
+// (it resumes from the `after` of its stream's opening frame, so it misses
 // nothing either).
 //
 // The script runs herald itself so it can restart it on the same port:
@@ -24,7 +27,7 @@ const topic = uniqueTopic("restart");
 const quietTopic = uniqueTopic("quiet");
 
 /// A console page on `topic`, with every stream request it makes (and the
-/// Last-Event-ID it sent), the attempts that found no server, and every
+/// cursor it resumed from), the attempts that found no server, and every
 /// state it showed.
 async function openConsole(browser, base, topic) {
   const page = await browser.newPage();
@@ -37,7 +40,8 @@ async function openConsole(browser, base, topic) {
     if (new URL(r.url()).pathname !== "/v1/stream") return;
     const entry = { request: r, lastEventId: undefined };
     streams.push(entry);
-    entry.lastEventId = (await r.allHeaders())["last-event-id"] ?? null;
+    const query = new URL(r.url()).searchParams.get("last_event_id");
+    entry.lastEventId = (await r.allHeaders())["last-event-id"] ?? query;
   });
   await page.addInitScript(() => {
     window.states = [];
@@ -59,9 +63,9 @@ async function openConsole(browser, base, topic) {
       page.waitForFunction((n) => document.querySelectorAll("li.event[data-id]").length >= n, n, {
         timeout: WAIT_MS,
       }),
-    /// The Last-Event-ID of the first request, and of every reconnect that
-    /// reached a server. (A refused attempt shows only the headers the page
-    /// itself set, so it is left out.)
+    /// The cursor of the first request, and of every reconnect that reached
+    /// a server. (A refused attempt shows only the headers the page itself
+    /// set, so it is left out.)
     async lastEventIds() {
       await waitFor("request headers", () => streams.every((s) => s.lastEventId !== undefined));
       const answered = streams.slice(1).filter((s) => s.request.failure() === null);
@@ -94,7 +98,7 @@ try {
   for (const data of [3, 4, 5]) missed.push(await publish(b.base, { topic, type: "while.away", data }));
   const quietMissed = [await publish(b.base, { topic: quietTopic, type: "while.away", data: "quiet" })];
   // The pages keep trying while nothing listens on A's port (a refused
-  // connection is a network error, which EventSource retries).
+  // connection is a network error, which herald.js retries).
   await waitFor("refused reconnect attempts", () => busy.refused.length >= 2 && quiet.refused.length >= 2);
   for (const p of [busy, quiet]) assert.equal(await p.state(), "reconnecting", "A is still down");
   assert.deepEqual(await busy.ids(), before.map((e) => Number(e.id)).reverse(), "nothing new while A is down");
@@ -112,7 +116,7 @@ try {
   await quiet.waitFor((id) => document.querySelector(`li.event[data-id="${id}"]`), quietAfter.id);
 
   // Each event exactly once, newest first: the missed ones came from the
-  // replay after Last-Event-ID, none of the earlier ones came twice.
+  // replay after the cursor, none of the earlier ones came twice.
   assert.deepEqual(await busy.ids(), [Number(after.id), ...expected]);
   assert.deepEqual(
     await busy.page.$$eval("li.event[data-id] .type", (els) => els.slice(1, 4).map((e) => e.textContent)),
@@ -122,16 +126,16 @@ try {
   // The notice comes once the new connection has held for a second.
   await busy.page.waitForSelector("li.event.notice", { timeout: WAIT_MS });
 
-  // The first request had no Last-Event-ID. Every reconnect of the busy
+  // The first request had no cursor. Every reconnect of the busy
   // page sent the id of the last event it had seen; the quiet page sent
   // the id its stream opened at.
   const busyIds = await busy.lastEventIds();
   const quietIds = await quiet.lastEventIds();
-  assert.equal(busyIds.first, null, "first connection has no Last-Event-ID");
-  assert.equal(quietIds.first, null, "first connection has no Last-Event-ID");
+  assert.equal(busyIds.first, null, "first connection has no cursor");
+  assert.equal(quietIds.first, null, "first connection has no cursor");
   assert.ok(busyIds.reconnects.length >= 1 && quietIds.reconnects.length >= 1, "the pages reconnected");
-  assert.deepEqual([...new Set(busyIds.reconnects)], [before[1].id], "busy page: Last-Event-ID of the last event");
-  assert.deepEqual([...new Set(quietIds.reconnects)], [before[1].id], "quiet page: Last-Event-ID of its opening frame");
+  assert.deepEqual([...new Set(busyIds.reconnects)], [before[1].id], "busy page: resumed from the last event");
+  assert.deepEqual([...new Set(quietIds.reconnects)], [before[1].id], "quiet page: resumed from its opening frame");
 
   for (const p of [busy, quiet]) {
     const states = await p.states();
@@ -141,7 +145,7 @@ try {
 
   await busy.page.screenshot({ path: artifactPath("console-after-restart.png"), fullPage: true });
   console.log(
-    `busy page ids ${(await busy.ids()).join(", ")}, reconnects sent Last-Event-ID ${busyIds.reconnects}; ` +
+    `busy page ids ${(await busy.ids()).join(", ")}, reconnects resumed from ${busyIds.reconnects}; ` +
       `quiet page ids ${(await quiet.ids()).join(", ")}, reconnects sent ${quietIds.reconnects}; ` +
       `refused attempts ${busy.refused.length} + ${quiet.refused.length} (${[...new Set(busy.refused)]}); ` +
       `states ${(await busy.states()).join(" → ")}`,

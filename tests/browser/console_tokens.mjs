@@ -1,6 +1,6 @@
 // The console at `/` with herald requiring tokens, its token in the
-// `herald_token` cookie (same origin, so the console's EventSource and
-// fetch send it). With a cookie that grants reading `user:alice:*` and no
+// `herald_token` cookie (same origin, so herald.js's EventSource and the
+// console's fetch send it). With a cookie that grants reading `user:alice:*` and no
 // publishing, the console reads alice's inbox live, and says in words why
 // it may not read bob's topics or publish, with herald's reason. Without
 // a cookie it says a token is needed.

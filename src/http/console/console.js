@@ -1,25 +1,22 @@
-// herald console: subscribes with the browser's own EventSource, shows each
-// event as it arrives, and publishes test events. Its stream is named, so
-// other topics are a switch of the same stream (PUT /v1/streams/{handle}),
-// not a new connection. No build step, no
-// dependencies; everything user-supplied is rendered as text, never HTML.
-"use strict";
+// herald console: follows topics with herald.js (the browser client herald
+// serves at /herald.js), shows each event as it arrives, and publishes test
+// events. herald.js keeps one named stream per browser, however many
+// console tabs are open, and turns every change of topics into a PUT on
+// that stream. No build step; everything user-supplied is rendered as
+// text, never HTML.
+
+import { Herald } from "/herald.js";
 
 const MAX_ROWS = 500;
 const $ = (id) => document.getElementById(id);
-let source = null;
 let count = 0;
-// The page's named stream, and what it follows.
-let handle = null;
-let following = { topics: [], since: "" };
-
-// A handle for the stream: random, 16 to 64 of [A-Za-z0-9_-].
-// `crypto.randomUUID` exists only in secure contexts (https, localhost).
-function newHandle() {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
+// The ids shown since the last reset (a reset may restart ids), with their
+// rows: an event two filters match, or that a second subscription of the
+// same filter replays, is shown once.
+const shown = new Map();
+// The Herald this page follows with, and what it follows; null when
+// stopped (Stop, or a stream herald closed for good).
+let session = null;
 
 function setState(state, text) {
   const el = $("state");
@@ -32,8 +29,13 @@ function setCount() {
   $("empty").hidden = count > 0 || $("events").children.length > 0;
 }
 
-function filters() {
+function fieldFilters() {
   return $("topics").value.split(/[\s,]+/).filter(Boolean);
+}
+
+// The filters in words, as the refusals name them.
+function describe(filters) {
+  return filters.length ? filters.join(", ") : "any topic";
 }
 
 // The page's own URL keeps the subscription, so it can be bookmarked.
@@ -58,14 +60,41 @@ function el(tag, className, text) {
   return node;
 }
 
-function prepend(node) {
+function trim() {
   const list = $("events");
-  list.prepend(node);
-  while (list.children.length > MAX_ROWS) list.lastElementChild.remove();
+  while (list.children.length > MAX_ROWS) {
+    const last = list.lastElementChild;
+    if (shown.get(last.dataset.id) === last) shown.delete(last.dataset.id);
+    last.remove();
+  }
   setCount();
 }
 
+function prepend(node) {
+  $("events").prepend(node);
+  trim();
+}
+
+// Newest first. Live events arrive in id order and go on top; a filter's
+// events from history ("From") arrive after later ones of another filter,
+// so each goes below the rows with larger ids. Rows below the last reset
+// notice are another sequence of ids, and stay where they are.
+function place(node, id) {
+  let after = null;
+  for (let li = $("events").firstElementChild; li && !li.classList.contains("reset"); li = li.nextElementSibling) {
+    if (li.dataset.id === undefined) continue;
+    if (Number(li.dataset.id) < id) break;
+    after = li;
+  }
+  if (after) after.after(node);
+  else $("events").prepend(node);
+  trim();
+}
+
+// A subscription's handler: the envelope as herald sent it.
 function showEvent(envelope) {
+  if (shown.has(envelope.id)) return;
+  if ($("state").dataset.state === "reset") setState("live", "live");
   count += 1;
   const item = el("li", "event new");
   item.dataset.id = envelope.id;
@@ -78,7 +107,8 @@ function showEvent(envelope) {
   );
   meta.lastChild.dateTime = envelope.time;
   item.append(meta, el("pre", "data", JSON.stringify(envelope.data, null, 2)));
-  prepend(item);
+  shown.set(envelope.id, item);
+  place(item, Number(envelope.id));
 }
 
 function showNotice(text, kind) {
@@ -101,7 +131,7 @@ function showUnreachable(node, err) {
   node.dataset.unreachable = "";
 }
 
-// herald answered (a stream opened, a request got a response): whatever
+// herald answered (the stream is live, a request got a response): whatever
 // said it could not be reached is out of date.
 function reached() {
   document.querySelectorAll("[data-unreachable]").forEach((node) => showResult(node, ""));
@@ -117,49 +147,21 @@ function authRefusal(status, action, why) {
   return null;
 }
 
-// An EventSource gives up on any answer but `200 text/event-stream` and
-// cannot read it (WHATWG HTML, "fail the connection"). herald's answer is
-// an RFC 9457 problem with the reason in `detail`: ask the same URL again
-// with fetch to read it. A 401 for a stream that had been open means its
-// token ran out (herald ends a stream at its token's `exp`) and nothing
-// renewed the cookie before the browser reconnected.
-async function explainRefusal(es, url, what, opened) {
-  const result = $("sub-result");
-  const abort = new AbortController();
-  let res;
-  try {
-    res = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: abort.signal });
-  } catch (err) {
-    if (source === es) showUnreachable(result, err);
-    return;
-  }
-  reached();
-  if (res.ok) {
-    // Accepted this time (a cap that has room again, say): not a stream we
-    // keep. Subscribing again is the user's call.
-    abort.abort();
-    if (source === es) showResult(result, "The stream closed. Subscribe to try again.", true);
-    return;
-  }
-  let why = res.statusText;
-  try {
-    const problem = await res.json();
-    why = problem.detail || problem.title || why;
-  } catch {
-    // Not a problem document (a proxy's page, say): the status is all.
-  }
-  if (source !== es) return;
-  if (res.status === 401 && opened) {
-    setState("expired", "session expired");
-    showResult(result, "Your session expired; sign in again.", true);
-    return;
-  }
-  setState("refused", "refused");
-  const words = authRefusal(res.status, `read ${what}`, why);
-  showResult(result, words ?? `herald refused this subscription (${res.status}): ${why}`, true);
+// herald's answer to a refused request, an RFC 9457 problem; `status` is
+// the HTTP status whatever the body was (a proxy's page, say).
+async function problemOf(res) {
+  const body = await res.json().catch(() => ({}));
+  return { ...body, status: res.status };
+}
+
+function refusalWords(problem, what) {
+  if (problem.unreachable) return `Could not reach herald: ${problem.unreachable.message}`;
+  const why = problem.detail || problem.title || `status ${problem.status}`;
+  return authRefusal(problem.status, `read ${what}`, why) ?? `herald refused this subscription (${problem.status}): ${why}`;
 }
 
 function resetReason(info) {
+  if (info.status === 410) return `the events asked for are no longer held (${info.detail || "410"})`;
   switch (info.reason) {
     case "cursor_too_old":
       return `events after #${info.last_event_id} are no longer held (the oldest held is #${info.oldest_id})`;
@@ -170,167 +172,265 @@ function resetReason(info) {
   }
 }
 
-// Other topics on a live stream switch that stream: no reconnect, no
-// replay, no second slot under the caps. Only another "From" (a start in
-// the past) needs a new stream, and so does a switch herald cannot make
-// (the stream is reconnecting).
-async function resubscribe() {
-  const topics = filters();
-  const since = $("since").value;
-  const live = source && source.readyState === EventSource.OPEN;
-  if (live && handle && !since && !following.since && (await switchTopics(topics))) return;
-  connect();
-}
+// --- Following topics ----------------------------------------------------
 
-// Asks herald to switch the stream; false when only a new stream will do.
-// The stream itself announces the switch (`event: stream`), in order with
-// the events, and that is when the page says so.
-async function switchTopics(topics) {
-  const es = source;
-  const result = $("sub-result");
-  let res;
-  try {
-    res = await fetch(`/v1/streams/${handle}`, {
-      method: "PUT",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ topics }),
-    });
-  } catch (err) {
-    showUnreachable(result, err);
-    return true;
-  }
-  reached();
-  if (source !== es) return true;
-  if (res.ok) {
-    following = { topics, since: "" };
-    saveToUrl(topics, "");
-    showResult(result, "");
-    return true;
-  }
-  if (res.status === 409) return false;
-  // Refused (topics outside the token's grants, say): the stream goes on
-  // with the topics it had, and the field says so again.
-  const problem = await res.json().catch(() => ({}));
-  const why = problem.detail || problem.title || res.statusText;
-  const what = topics.length ? topics.join(", ") : "any topic";
-  $("topics").value = following.topics.join(" ");
-  showResult(result, authRefusal(res.status, `read ${what}`, why) ?? `${res.status}: ${why}`, true);
-  return true;
-}
-
-function connect() {
-  disconnect();
-  const topics = filters();
-  const since = $("since").value;
-  saveToUrl(topics, since);
-  handle = newHandle();
-  following = { topics, since };
-  const q = new URLSearchParams();
-  q.set("stream", handle);
-  topics.forEach((t) => q.append("topic", t));
-  // One onmessage handler for every type: the type is in the envelope.
-  q.set("message_events", "true");
-  if (since) q.set("since", since);
-
+// A session is one Herald: Subscribe starts one when there is none, and
+// changes its subscriptions otherwise; Stop, a refusal of its first
+// subscription, or a stream herald ended (replaced, revoked, 401, 403)
+// ends it. Changes run one at a time, in the order they were asked.
+function start(filters, since) {
+  const s = {
+    herald: null,
+    entries: [], // the subscriptions in force: { filter, sub }
+    field: filters, // the field's filters for them (empty: every topic)
+    asked: filters, // what the latest change asked for
+    status: "connecting",
+    wasLive: false, // a 401 after this is a session that expired
+    settling: null,
+    queue: Promise.resolve(),
+  };
+  s.ended = new Promise((resolve) => (s.finish = resolve));
+  session = s;
+  const mine = (f) => (...args) => session === s && f(s, ...args);
+  s.herald = new Herald({
+    onStatus: mine(onStatus),
+    onReset: mine(onReset),
+    onAuthExpiring: mine(onAuthExpiring),
+    onClosed: mine(onClosed),
+  });
   setState("connecting", "connecting…");
   showResult($("sub-result"), "");
-  const url = `/v1/stream?${q}`;
-  const es = new EventSource(url);
-  source = es;
-  // A reconnect counts once the connection holds: an instance that is
-  // stopping answers and ends at once, and that is no reconnection.
-  let opened = false;
-  let settling = null;
-  let reconnected = null;
-  es.onopen = () => {
-    reached();
-    document.querySelectorAll("[data-expiring]").forEach((node) => showResult(node, ""));
-    reconnected = null;
-    if (!opened) {
-      opened = true;
-      setState("live", "live");
-      return;
-    }
-    clearTimeout(settling);
-    settling = setTimeout(() => {
-      if (source === es && es.readyState === EventSource.OPEN) {
-        setState("live", "live");
-        reconnected = showNotice("reconnected; missed events were replayed");
-      }
-    }, 1000);
-  };
-  es.onmessage = (e) => {
-    setState("live", "live");
-    showEvent(JSON.parse(e.data));
-  };
-  // The stream's own frames: its opening, and each switch of its topics,
-  // which applies to the events after `effective_at`.
-  es.addEventListener("stream", (e) => {
-    const info = JSON.parse(e.data);
-    if (info.effective_at === undefined) return;
-    const what = info.topics.join(", ");
-    showNotice(`now following ${what} (events after #${info.effective_at})`, "switched");
-  });
-  // Ended from outside: over the subject's cap (a newer stream took its
-  // place), or by an admin. The browser would reconnect and be refused;
-  // say why instead.
-  for (const ended of ["replaced", "revoked"]) {
-    es.addEventListener(ended, (e) => {
-      const info = JSON.parse(e.data);
-      es.close();
-      if (source !== es) return;
-      setState("closed", "closed");
-      $("connect").disabled = false;
-      $("disconnect").disabled = true;
-      const why =
-        ended === "replaced"
-          ? `a newer stream of yours took its place (at most ${info.cap} are open at once)`
-          : "it was ended by an administrator";
-      showResult($("sub-result"), `The stream closed: ${why}. Subscribe to open another.`, true);
-    });
-  }
-  // A reset means herald could not serve this connection's cursor: nothing
-  // was replayed, so this connection makes no claim that it was.
-  es.addEventListener("reset", (e) => {
-    const info = JSON.parse(e.data);
-    clearTimeout(settling);
-    reconnected?.remove();
-    reconnected = null;
-    setState("reset", "reset");
-    showNotice(`reset: ${resetReason(info)}. Refetch state; live events continue from #${info.continue_from}.`, "reset");
-  });
-  // herald warns before the token expires; the stream ends then. Whoever
-  // embeds the console may renew the cookie meanwhile: the reconnect then
-  // carries it and this line goes. If not, the reconnect is refused.
-  es.addEventListener("auth-expiring", (e) => {
-    const at = new Date(JSON.parse(e.data).expires_at).toLocaleTimeString();
-    const result = $("sub-result");
-    showResult(result, `Your session expires at ${at}.`);
-    result.dataset.expiring = "";
-  });
-  es.onerror = () => {
-    clearTimeout(settling);
-    if (source !== es) return;
-    if (es.readyState === EventSource.CLOSED) {
-      setState("closed", "closed");
-      $("connect").disabled = false;
-      $("disconnect").disabled = true;
-      explainRefusal(es, url, topics.length ? topics.join(", ") : "any topic", opened);
-    } else {
-      setState("reconnecting", "reconnecting…");
-    }
-  };
   $("connect").textContent = "Resubscribe";
   $("disconnect").disabled = false;
+  change(s, filters, since);
+}
+
+function end(s) {
+  if (session !== s) return;
+  session = null;
+  clearTimeout(s.settling);
+  s.finish();
+  s.herald.close();
+  $("disconnect").disabled = true;
+  $("connect").textContent = "Subscribe";
+}
+
+function change(s, filters, since) {
+  s.queue = s.queue.then(() => apply(s, filters, since));
+}
+
+// Subscribes the filters added, and once herald took them all, unsubscribes
+// those removed: a change herald refuses (a filter outside the token's
+// grants, say) leaves the page following what it followed, with no gap. An
+// empty field is `*`, which herald takes as every topic.
+async function apply(s, field, since) {
+  if (session !== s) return;
+  const filters = field.length ? field : ["*"];
+  // "From" starts every filter again from the window's start; otherwise
+  // only the filters added are new.
+  const kept = since ? [] : s.entries.filter((e) => filters.includes(e.filter));
+  const added = since ? filters : filters.filter((f) => !s.entries.some((e) => e.filter === f));
+  const dropped = s.entries.filter((e) => !kept.includes(e));
+  const first = s.entries.length === 0;
+  s.asked = field;
+  if (first || (!added.length && !dropped.length)) saveToUrl(field, since);
+  if (!added.length && !dropped.length) return;
+
+  const results = await Promise.all(added.map((f) => follow(s, f, since)));
+  if (session !== s) return;
+  const refused = results.find((r) => !r.sub);
+  if (refused) {
+    for (const r of results) r.sub?.unsubscribe();
+    if (first) return refuse(s, refused.problem, refused.filter);
+    // The stream goes on with the topics it had, and the field says so.
+    $("topics").value = s.field.join(" ");
+    showResult($("sub-result"), refusalWords(refused.problem, refused.filter), true);
+    return;
+  }
+  for (const e of dropped) e.sub.unsubscribe();
+  s.entries = [...kept, ...results.map((r) => ({ filter: r.filter, sub: r.sub }))];
+  s.field = field;
+  saveToUrl(field, since);
+  if (first) return;
+  showResult($("sub-result"), "");
+  const what = describe(field);
+  if (!results.length) return showNotice(`now following ${what}`, "switched");
+  const at = Math.max(...results.map((r) => r.at));
+  const from = since ? `the window's events, then those after #${at}` : `events after #${at}`;
+  showNotice(`now following ${what} (${from})`, "switched");
+}
+
+// One subscription, once herald took it: { filter, sub, at } with its
+// effective_at, or { filter, problem } when refused (or the session ended).
+function subscribe(s, filter, after) {
+  return new Promise((resolve) => {
+    let settled = false;
+    const settle = (result) => {
+      if (!settled) resolve(result);
+      settled = true;
+    };
+    const sub = s.herald.subscribe(filter, showEvent, {
+      after,
+      onError: (problem) => (settled ? historyFailed(filter, problem) : settle({ filter, problem })),
+    });
+    sub.ready.then((at) => settle({ filter, sub, at: Number(at) }));
+    s.ended.then(() => settle({ filter, problem: { ended: true } }));
+  });
+}
+
+// Once herald took a subscription, an error is its history ("From") that
+// could not be read; herald.js goes on with its live events.
+function historyFailed(filter, problem) {
+  const why = problem.detail || problem.title || `status ${problem.status}`;
+  showResult($("sub-result"), `Could not read the earlier events of ${filter}: ${why}`, true);
+}
+
+// "From" (the last 10 minutes, hour, day): the filter's first event in the
+// window, found with `GET /v1/events?since=…&topic=…&limit=1`, and a
+// subscription with `after` the id before it: herald.js reads the rest of
+// the window from history up to the subscription's effective_at, then
+// goes on live, each event once and in order.
+//
+// When the window holds no event of the filter, a subscription without
+// `after` would miss one published between that answer and effective_at.
+// So the same question is asked again once the subscription holds: an
+// event it finds at or below effective_at came in that gap, and a second
+// subscription from it replays the gap (the rows show each id once) before
+// the first goes. Asking only after subscribing would be as correct, but
+// would need the second subscription whenever the window holds events,
+// which is the common case.
+async function follow(s, filter, since) {
+  if (!since) return subscribe(s, filter);
+  const before = await firstSince(filter, since);
+  if (before.problem) return before;
+  if (before.event) return subscribe(s, filter, String(Number(before.event.id) - 1));
+  const live = await subscribe(s, filter);
+  if (!live.sub) return live;
+  const again = await firstSince(filter, since);
+  if (!again.event || Number(again.event.id) > live.at) return live;
+  const replay = await subscribe(s, filter, String(Number(again.event.id) - 1));
+  if (!replay.sub) return live;
+  live.sub.unsubscribe();
+  return replay;
+}
+
+async function firstSince(filter, since) {
+  const q = new URLSearchParams({ since, topic: filter, limit: "1" });
+  let res;
+  try {
+    res = await fetch(`/v1/events?${q}`);
+  } catch (err) {
+    return { filter, problem: { unreachable: err } };
+  }
+  reached();
+  if (!res.ok) return { filter, problem: await problemOf(res) };
+  const [event] = await res.json();
+  return { filter, event };
+}
+
+// The first subscription was refused: nothing to follow, so the session
+// ends, and the page says why.
+function refuse(s, problem, what) {
+  end(s);
+  if (problem.ended) return;
+  if (problem.unreachable) {
+    setState("closed", "closed");
+    showUnreachable($("sub-result"), problem.unreachable);
+    return;
+  }
+  setState("refused", "refused");
+  showResult($("sub-result"), refusalWords(problem, what), true);
+}
+
+// --- What herald.js says ---------------------------------------------------
+
+function onStatus(s, status) {
+  const was = s.status;
+  s.status = status;
+  clearTimeout(s.settling);
+  switch (status) {
+    case "live":
+      reached();
+      document.querySelectorAll("[data-expiring]").forEach((node) => showResult(node, ""));
+      setState("live", "live");
+      // A reconnect counts once the stream holds: a reset comes right
+      // after the stream's opening frame, and then nothing was replayed.
+      if (was === "reconnecting" && s.wasLive) {
+        s.settling = setTimeout(() => {
+          if (session === s && s.status === "live") showNotice("reconnected; missed events were replayed");
+        }, 1000);
+      }
+      s.wasLive = true;
+      break;
+    case "reconnecting":
+      setState("reconnecting", "reconnecting…");
+      break;
+    case "connecting":
+      setState("connecting", "connecting…");
+      break;
+    default:
+      setState("closed", "closed");
+  }
+}
+
+// herald could not resume the stream (or a window's history is pruned):
+// nothing was replayed, so no notice may claim it was.
+function onReset(s, info) {
+  clearTimeout(s.settling);
+  if (info.continue_from !== undefined) shown.clear();
+  setState("reset", "reset");
+  const then =
+    info.continue_from === undefined
+      ? "live events continue"
+      : `live events continue from #${info.continue_from}`;
+  showNotice(`reset: ${resetReason(info)}. Refetch state; ${then}.`, "reset");
+}
+
+// herald warns before the token expires; the stream ends then. Whoever
+// embeds the console may renew the cookie meanwhile: the reconnect then
+// carries it and this line goes. If not, the reconnect is refused.
+// (herald.js calls this in the tab that holds the stream.)
+function onAuthExpiring(s, info) {
+  const at = new Date(info.expires_at).toLocaleTimeString();
+  const result = $("sub-result");
+  showResult(result, `Your session expires at ${at}.`);
+  result.dataset.expiring = "";
+}
+
+// Ended for good: herald.js will not reconnect.
+function onClosed(s, reason, info = {}) {
+  end(s);
+  const result = $("sub-result");
+  if (reason === "replaced" || reason === "revoked") {
+    setState("closed", "closed");
+    const why =
+      reason === "replaced"
+        ? `a newer stream of yours took its place (${info.cap ? `at most ${info.cap} are open at once` : info.detail})`
+        : `it was ended by an administrator${info.detail ? ` (${info.detail})` : ""}`;
+    showResult(result, `The stream closed: ${why}. Subscribe to open another.`, true);
+  } else if (reason === "unauthorized" && s.wasLive) {
+    // herald ends a stream at its token's `exp`; nothing renewed the
+    // cookie before the reconnect.
+    setState("expired", "session expired");
+    showResult(result, "Your session expired; sign in again.", true);
+  } else {
+    setState("refused", "refused");
+    showResult(result, refusalWords(info, describe(s.asked)), true);
+  }
+}
+
+// --- The page --------------------------------------------------------------
+
+function resubscribe() {
+  const filters = fieldFilters();
+  const since = $("since").value;
+  if (session) change(session, filters, since);
+  else start(filters, since);
 }
 
 function disconnect() {
-  if (source) source.close();
-  source = null;
-  handle = null;
+  if (session) end(session);
   setState("idle", "not connected");
-  $("disconnect").disabled = true;
-  $("connect").textContent = "Subscribe";
 }
 
 async function publish(event) {
@@ -391,9 +491,10 @@ $("subscribe").addEventListener("submit", (e) => {
 $("disconnect").addEventListener("click", disconnect);
 $("clear").addEventListener("click", () => {
   $("events").replaceChildren();
+  shown.clear();
   count = 0;
   setCount();
 });
 $("publish").addEventListener("submit", publish);
 loadFromUrl();
-connect();
+resubscribe();
