@@ -13,6 +13,7 @@
 //! `tests/artifacts/`.
 
 mod console_tokens;
+mod herald_js_browser;
 mod readme;
 mod readme_tokens;
 mod run;

@@ -1,0 +1,93 @@
+// herald.js with `getToken` reads its stream with fetch and `Authorization:
+// Bearer`. Tokens live 3 s; herald warns a second before `exp` and ends the
+// stream at `exp`. Through three expiries, two tabs of one browser (the
+// leader asks `getToken` for a fresh token each time) keep one logical
+// stream: every connection in herald's registry has the same handle. No
+// handler misses an event or gets one twice, and no token ever appears in
+// a request URL (nor `access_token`) or in herald's log.
+//
+// The script runs herald itself, to read its log.
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
+
+import assert from "node:assert/strict";
+import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import {
+  adminHeaders, assertNoPageErrors, backendHeaders, checkTabs, listStreams, Load, openTab, subscribe,
+  TOKEN_FLAGS, userToken,
+} from "./heraldjs_lib.mjs";
+
+const EXPIRIES = 3;
+const TOKEN_LIFE = 3;
+
+watchdog(100_000);
+const database = env("DATABASE_URL");
+const p = uniqueTopic("fetch");
+const topics = [`${p}:inbox`, `${p}:alerts`];
+
+const herald = await Herald.start({ database, flags: TOKEN_FLAGS });
+const base = herald.base;
+const backend = backendHeaders();
+const admin = adminHeaders();
+const browser = await launchChromium();
+try {
+  const context = await browser.newContext();
+  const minted = [];
+  await context.exposeFunction("mintToken", () => {
+    const token = userToken("alice", [`${p}:*`], TOKEN_LIFE);
+    minted.push(token);
+    return token;
+  });
+  const tabs = [];
+  for (const name of ["first", "second"]) {
+    const tab = await openTab(context, base, name, { getToken: true });
+    await subscribe(tab, "inbox", topics[0]);
+    await subscribe(tab, "all", `${p}:*`);
+    tabs.push(tab);
+  }
+
+  const load = new Load({ base, topics, perSecond: 100, headers: backend });
+  // Three expiries: the stream's first connection and three more, all
+  // under one handle, the first three ended.
+  const connections = await waitFor(
+    `${EXPIRIES} expiries and reconnects`,
+    async () => {
+      const rows = await listStreams(base, { headers: admin });
+      return rows.length > EXPIRIES && rows.filter((r) => r.ended_at).length >= EXPIRIES ? rows : null;
+    },
+    (EXPIRIES + 2) * TOKEN_LIFE * 1000,
+  );
+  await load.stop();
+  assert.deepEqual(load.failed, [], "every publish was stored");
+
+  const { checked, records } = await checkTabs(base, tabs, { headers: backend });
+  const handles = new Set(connections.map((r) => r.handle));
+  assert.equal(handles.size, 1, `one logical stream: ${JSON.stringify(connections)}`);
+  assert.ok(connections[0].handle, "a named stream");
+  assert.ok(connections.every((r) => r.subject === "alice"));
+  const asked = records.reduce((n, r) => n + r.tokens, 0);
+  assert.ok(asked > EXPIRIES, `getToken asked ${asked} times`);
+  assert.ok(records.every((r) => r.closed.length === 0), "never closed");
+
+  // No token in any URL the pages requested, nor in herald's log.
+  const urls = tabs.flatMap((t) => t.requests);
+  for (const url of urls) {
+    assert.ok(!/access_token|token=/i.test(url), `a token parameter in ${url}`);
+    for (const token of minted) assert.ok(!url.includes(token.split(".")[2]), `a token in ${url}`);
+  }
+  const logs = herald.logs.join("\n");
+  for (const token of minted) {
+    assert.ok(!logs.includes(token.split(".")[2]), "a token's signature in herald's log");
+    assert.ok(!logs.includes(token.split(".")[1]), "a token's claims in herald's log");
+  }
+  assertNoPageErrors(tabs);
+  console.log(
+    `one stream ${connections[0].handle}, ${connections.length} connections ended ` +
+      `${connections.map((r) => r.end_reason).join(", ")}; getToken asked ${asked} times, ` +
+      `${minted.length} tokens minted; ${checked} deliveries checked; ${urls.length} request URLs and ` +
+      `${herald.logs.length} log lines free of tokens; expiring warnings ${records.map((r) => r.expiring.length)}`,
+  );
+} finally {
+  await browser.close();
+  await herald.kill();
+}
