@@ -2,7 +2,8 @@
 //! playwright-core, the Node `eventsource` package, Python's httpx-sse, the
 //! README's curl lines exactly as written (`readme`), the files in
 //! `examples/`, and the third-party SSE clients of the README's "Clients",
-//! each running its README snippet (`third_party`).
+//! each running its README snippet (`third_party`); and herald.js, the
+//! browser client, as a package and as herald serves it (`herald_js`).
 //!
 //! Each test arranges herald (in process, or the binary when it must come
 //! back on the same port), runs a script from `tests/browser/` (Node) or
@@ -13,8 +14,10 @@
 //! `tests/artifacts/`.
 
 mod console_tokens;
+mod herald_js;
 mod herald_js_browser;
 mod readme;
+mod readme_herald_js;
 mod readme_tokens;
 mod run;
 mod third_party;

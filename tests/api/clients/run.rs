@@ -25,7 +25,9 @@ pub(super) fn node(script: &str) -> Command {
         [
             "playwright-core",
             "eventsource",
-            "@microsoft/fetch-event-source"
+            "@microsoft/fetch-event-source",
+            "esbuild",
+            "typescript",
         ]
         .iter()
         .all(|package| dir.join("node_modules").join(package).is_dir()),
