@@ -25,7 +25,8 @@ const database = env("DATABASE_URL");
 const p = uniqueTopic("fetch");
 const topics = [`${p}:inbox`, `${p}:alerts`];
 
-const herald = await Herald.start({ database, flags: TOKEN_FLAGS });
+// Every log line herald has (request spans included), to look for tokens.
+const herald = await Herald.start({ database, flags: TOKEN_FLAGS, rustLog: "debug,sqlx=warn" });
 const base = herald.base;
 const backend = backendHeaders();
 const admin = adminHeaders();
@@ -75,6 +76,13 @@ try {
     assert.ok(!/access_token|token=/i.test(url), `a token parameter in ${url}`);
     for (const token of minted) assert.ok(!url.includes(token.split(".")[2]), `a token in ${url}`);
   }
+  // herald logs a refusal, with its request's span: here of a token the
+  // page had, now expired.
+  const refused = await fetch(`${base}/v1/events?after=0&topic=${encodeURIComponent(topics[0])}`, {
+    headers: { Authorization: `Bearer ${minted[0]}` },
+  });
+  assert.equal(refused.status, 401, "an expired token is refused");
+  await waitFor("the refusal in herald's log", () => herald.logs.some((l) => l.includes("request refused")));
   const logs = herald.logs.join("\n");
   for (const token of minted) {
     assert.ok(!logs.includes(token.split(".")[2]), "a token's signature in herald's log");

@@ -25,8 +25,12 @@ export async function openTab(context, base, name, options = {}) {
   const page = await context.newPage();
   const tab = { name, page, requests: [], streamRequests: 0, errors: [], closedAt: null };
   page.on("pageerror", (e) => tab.errors.push(`${name}: page error: ${e.message}`));
+  // Errors herald.js logs; not the browser's own line for each answer it
+  // took as failed (a 404 favicon, a refusal a test provokes).
   page.on("console", (m) => {
-    if (m.type() === "error") tab.errors.push(`${name}: console error: ${m.text()}`);
+    if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) {
+      tab.errors.push(`${name}: console error: ${m.text()}`);
+    }
   });
   page.on("request", (r) => {
     tab.requests.push(r.url());

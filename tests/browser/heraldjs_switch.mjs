@@ -34,8 +34,9 @@ try {
   const load = new Load({ base, topics, perSecond: 100 });
 
   for (let n = 1; n <= SWITCHES; n += 1) {
-    // The handler has seen events of its incident before it leaves: one
-    // published now, to be sure.
+    // The handler has seen a few of its incident's events before it
+    // leaves, and the last one published before it does.
+    await waitFor(`inc-${n - 1} to get events`, async () => (await record(tab)).subs[`inc-${n - 1}`].got.length >= 5);
     const marker = await publish(base, { topic: incident(n - 1), type: "marker" });
     await waitFor(`inc-${n - 1} to get ${marker.id}`, async () =>
       (await record(tab)).subs[`inc-${n - 1}`].got.includes(String(marker.id)));
