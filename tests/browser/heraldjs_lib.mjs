@@ -291,10 +291,21 @@ export function difference(got, expected) {
   const repeated = [...seen].filter(([, n]) => n > 1).map(([id, n]) => `${id}×${n}`);
   const unexpected = got.filter((id) => !want.has(id));
   const disorder = got.findIndex((id, i) => i > 0 && BigInt(id) <= BigInt(got[i - 1]));
+  const spans = (list) => {
+    // Runs of consecutive ids in the filter's order, for long gaps.
+    const index = new Map(expected.map((id, i) => [id, i]));
+    const out = [];
+    for (const id of list) {
+      const last = out.at(-1);
+      if (last && index.get(id) === last.end + 1) last.end += 1, (last.to = id);
+      else out.push({ from: id, to: id, end: index.get(id) });
+    }
+    return out.map((r) => (r.from === r.to ? r.from : `${r.from}–${r.to}`)).slice(0, 6).join(", ");
+  };
   const few = (list) => `${list.length}${list.length ? ` [${list.slice(0, 8).join(", ")}${list.length > 8 ? ", …" : ""}]` : ""}`;
   return (
     `got ${got.length}, expected ${expected.length} (${expected[0]}…${expected.at(-1)}); ` +
-    `missing ${few(missing)}, repeated ${few(repeated)}, unexpected ${few(unexpected)}` +
+    `missing ${few(missing)}${missing.length > 8 ? ` (runs ${spans(missing)})` : ""}, repeated ${few(repeated)}, unexpected ${few(unexpected)}` +
     (disorder > 0 ? `, out of order at ${got[disorder - 1]} → ${got[disorder]}` : "")
   );
 }
