@@ -82,3 +82,8 @@ async fn two_restarts_under_load_lose_and_repeat_nothing_in_any_tab() {
 async fn share_false_opens_one_stream_per_tab() {
     against_app("heraldjs_unshared.mjs").await;
 }
+
+#[tokio::test]
+async fn a_frozen_leader_hands_the_stream_over_and_frozen_tabs_miss_nothing_once_resumed() {
+    against_app("heraldjs_freeze.mjs").await;
+}
