@@ -7,14 +7,18 @@
 // follower) then adds B, already on the stream, with an `after` of its
 // own, and gets the same guarantee.
 //
-// env: HERALD_URL (a running herald on a database of its own).
+// The script runs herald itself: its /metrics count this herald's streams
+// only (an in-process herald shares its recorder with every test).
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
 
 import assert from "node:assert/strict";
-import { env, launchChromium, publish, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import { env, Herald, launchChromium, publish, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import { assertNoPageErrors, checkTabs, leaders, Load, openTab, readLog, subscribe } from "./heraldjs_lib.mjs";
 
 watchdog();
-const base = env("HERALD_URL");
+const herald = await Herald.start({ database: env("DATABASE_URL") });
+const base = herald.base;
 const p = uniqueTopic("after");
 const [a, b] = [`${p}:a`, `${p}:b`];
 
@@ -65,4 +69,5 @@ try {
   );
 } finally {
   await browser.close();
+  await herald.kill();
 }

@@ -7,10 +7,13 @@
 // of every tab gets exactly the events of its filter from its
 // effective_at, once, in order.
 //
-// env: HERALD_URL (a running herald with `--retry 200ms`).
+// The script runs herald itself: its /metrics count this herald's streams
+// only (an in-process herald shares its recorder with every test).
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
 
 import assert from "node:assert/strict";
-import { env, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import { assertNoPageErrors, checkTabs, leaders, Load, metric, openTab, record, subscribe } from "./heraldjs_lib.mjs";
 
 const RETRY_MS = 200;
@@ -19,7 +22,8 @@ const TAKEOVER_MS = RETRY_MS + 1000;
 const FROZEN_MS = 3000;
 
 watchdog();
-const base = env("HERALD_URL");
+const herald = await Herald.start({ database: env("DATABASE_URL") });
+const base = herald.base;
 const p = uniqueTopic("freeze");
 const topics = [`${p}:a`, `${p}:b`, `${p}:c`];
 
@@ -89,4 +93,5 @@ try {
   );
 } finally {
   await browser.close();
+  await herald.kill();
 }

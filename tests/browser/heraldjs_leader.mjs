@@ -4,22 +4,26 @@
 // an event or gets one twice. A new tab joins after each takeover, so the
 // browser keeps six.
 //
-// env: HERALD_URL (a running herald with `--retry 200ms`).
+// The script runs herald itself: its /metrics count this herald's streams
+// only (an in-process herald shares its recorder with every test).
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
 
 import assert from "node:assert/strict";
-import { env, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import {
   assertNoPageErrors, checkTabs, difference, expectedIds, leaders, Load, metric, openTab, readLog, record, subscribe,
 } from "./heraldjs_lib.mjs";
 
 const TABS = 6;
 const ROUNDS = 5;
-/// herald's `retry:` in the test configuration, and the takeover bound.
+/// herald's `retry:` (lib.mjs starts herald with 200ms), and the takeover bound.
 const RETRY_MS = 200;
 const TAKEOVER_MS = RETRY_MS + 1000;
 
 watchdog(110_000);
-const base = env("HERALD_URL");
+const herald = await Herald.start({ database: env("DATABASE_URL") });
+const base = herald.base;
 const p = uniqueTopic("leader");
 const topics = [`${p}:inc-1`, `${p}:inc-2`, `${p}:ops:db`];
 const filters = [`${p}:inc-1`, `${p}:*`, `${p}:inc-2`, `${p}:ops:*`, `${p}:inc-*`];
@@ -95,4 +99,5 @@ try {
   );
 } finally {
   await browser.close();
+  await herald.kill();
 }

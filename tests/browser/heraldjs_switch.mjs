@@ -7,10 +7,13 @@
 // its incident's events after its `ready` effective_at, and none after its
 // unsubscribe.
 //
-// env: HERALD_URL (a running herald on a database of its own).
+// The script runs herald itself: its /metrics count this herald's streams
+// only (an in-process herald shares its recorder with every test).
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
 
 import assert from "node:assert/strict";
-import { env, launchChromium, publish, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import { env, Herald, launchChromium, publish, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import {
   assertNoPageErrors, checkTabs, listStreams, Load, metric, openTab, record, subscribe, unsubscribe,
 } from "./heraldjs_lib.mjs";
@@ -18,7 +21,8 @@ import {
 const SWITCHES = 10;
 
 watchdog();
-const base = env("HERALD_URL");
+const herald = await Herald.start({ database: env("DATABASE_URL") });
+const base = herald.base;
 const p = uniqueTopic("switch");
 const incident = (n) => `${p}:inc-${n}`;
 const topics = Array.from({ length: SWITCHES + 1 }, (_, n) => incident(n));
@@ -71,4 +75,5 @@ try {
   );
 } finally {
   await browser.close();
+  await herald.kill();
 }

@@ -6,17 +6,21 @@
 // its `ready` effective_at on, once each, in order (checked against the
 // log).
 //
-// env: HERALD_URL (a running herald on a database of its own).
+// The script runs herald itself: its /metrics count this herald's streams
+// only (an in-process herald shares its recorder with every test).
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
 
 import assert from "node:assert/strict";
-import { env, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import { assertNoPageErrors, checkTabs, leaders, listStreams, Load, metric, openTab, subscribe } from "./heraldjs_lib.mjs";
 
 const TABS = 20;
 const LOAD_SECONDS = 20;
 
 watchdog(110_000);
-const base = env("HERALD_URL");
+const herald = await Herald.start({ database: env("DATABASE_URL") });
+const base = herald.base;
 const p = uniqueTopic("tabs");
 const topics = [`${p}:inc-1`, `${p}:inc-2`, `${p}:inc-3`, `${p}:ops:db`, `${p}:ops:web`];
 const filters = [
@@ -69,4 +73,5 @@ try {
   );
 } finally {
   await browser.close();
+  await herald.kill();
 }

@@ -2,14 +2,18 @@
 // browser hold a stream each (two records with different handles, two
 // open on herald), each tab holds its own, and each gets its events.
 //
-// env: HERALD_URL (a running herald on a database of its own).
+// The script runs herald itself: its /metrics count this herald's streams
+// only (an in-process herald shares its recorder with every test).
+//
+// env: HERALD_BIN (the binary), DATABASE_URL (a fresh database).
 
 import assert from "node:assert/strict";
-import { env, launchChromium, publish, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
+import { env, Herald, launchChromium, publish, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import { assertNoPageErrors, checkTabs, listStreams, metric, openTab, record, subscribe } from "./heraldjs_lib.mjs";
 
 watchdog();
-const base = env("HERALD_URL");
+const herald = await Herald.start({ database: env("DATABASE_URL") });
+const base = herald.base;
 const p = uniqueTopic("unshared");
 
 const browser = await launchChromium();
@@ -44,4 +48,5 @@ try {
   console.log(`two tabs, two streams ${streams.map((s) => s.handle).join(" and ")}; ${checked} deliveries checked`);
 } finally {
   await browser.close();
+  await herald.kill();
 }

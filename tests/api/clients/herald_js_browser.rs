@@ -1,29 +1,21 @@
-//! herald.js in Chromium (issue #24): tabs of one browser context share one
-//! stream, a follower takes over when the leader tab goes, subscriptions
-//! steer that stream without reconnecting, `after:` backfills across a
-//! topic change, tokens (from `getToken` or a cookie) are renewed through
-//! their expiries, `replaced` and `revoked` stop every tab, restarts lose
-//! nothing, and `share: false` opts out.
+//! herald.js in Chromium (issue #24): the tabs of one browser context
+//! share one stream; another tab takes it over when the leader tab closes
+//! or freezes, and a frozen tab misses nothing once resumed; subscriptions
+//! steer that stream without reconnecting; `after:` backfills across a
+//! topic change; tokens (from `getToken` or a cookie) are renewed through
+//! their expiries; `replaced` and `revoked` stop every tab; restarts lose
+//! nothing; `share: false` opts out.
 //!
 //! Each test runs a `tests/browser/heraldjs_*.mjs` script, which loads
 //! `/herald.js` from herald into blank same-origin pages and checks what
 //! every handler got against herald's log (`heraldjs_lib.mjs`). The scripts
-//! about tokens and restarts run the herald binary themselves: they read
-//! its log, pass it flags, or restart it on the same port.
+//! run the herald binary themselves: they pass it flags, read its log,
+//! restart it on the same port, and count its streams on `/metrics`, which
+//! in process would be shared with every other test (one global recorder).
 
 use crate::helpers::*;
 
 use super::run::{node, run_ok};
-
-/// Runs `script` against an in-process herald with the test configuration
-/// (`--retry 200ms`, anonymous loopback: everyone is admin).
-async fn against_app(script: &str) {
-    let app = spawn_app().await;
-
-    run_ok(node(script).env("HERALD_URL", &app.base)).await;
-
-    app.stop().await;
-}
 
 /// Runs `script` with the herald binary and a fresh database, for the
 /// script to start (and stop, and restart) herald itself.
@@ -40,22 +32,22 @@ async fn with_binary(script: &str) {
 
 #[tokio::test]
 async fn twenty_tabs_share_one_stream_and_each_handler_gets_its_filter_once_in_order() {
-    against_app("heraldjs_tabs.mjs").await;
+    with_binary("heraldjs_tabs.mjs").await;
 }
 
 #[tokio::test]
 async fn closing_the_leader_tab_five_times_hands_the_stream_over_within_retry_missing_nothing() {
-    against_app("heraldjs_leader.mjs").await;
+    with_binary("heraldjs_leader.mjs").await;
 }
 
 #[tokio::test]
 async fn ten_subscribe_unsubscribe_switches_keep_one_connection_and_exact_events() {
-    against_app("heraldjs_switch.mjs").await;
+    with_binary("heraldjs_switch.mjs").await;
 }
 
 #[tokio::test]
 async fn after_backfills_across_a_topic_change_without_gap_or_duplicate() {
-    against_app("heraldjs_after.mjs").await;
+    with_binary("heraldjs_after.mjs").await;
 }
 
 #[tokio::test]
@@ -80,10 +72,10 @@ async fn two_restarts_under_load_lose_and_repeat_nothing_in_any_tab() {
 
 #[tokio::test]
 async fn share_false_opens_one_stream_per_tab() {
-    against_app("heraldjs_unshared.mjs").await;
+    with_binary("heraldjs_unshared.mjs").await;
 }
 
 #[tokio::test]
 async fn a_frozen_leader_hands_the_stream_over_and_frozen_tabs_miss_nothing_once_resumed() {
-    against_app("heraldjs_freeze.mjs").await;
+    with_binary("heraldjs_freeze.mjs").await;
 }
