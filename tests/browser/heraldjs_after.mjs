@@ -60,7 +60,10 @@ try {
     const history = (await readLog(base, { after, topics: [b] })).map((e) => e.id);
     assert.deepEqual(record.subs.b.got, history, `B after ${after}: history then live, once each, in order`);
     const fromHistory = history.filter((id) => BigInt(id) <= BigInt(eff)).length;
-    assert.ok(fromHistory > 0 && fromHistory < history.length, `both sides of the seam at ${eff}: ${fromHistory} of ${history.length}`);
+    assert.ok(
+      fromHistory > 0 && fromHistory < history.length,
+      `both sides of the seam at ${eff}: ${fromHistory} of ${history.length}`,
+    );
   }
   assertNoPageErrors([first, second]);
   console.log(

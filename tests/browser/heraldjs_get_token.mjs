@@ -4,7 +4,9 @@
 // leader asks `getToken` for a fresh token each time) keep one logical
 // stream: every connection in herald's registry has the same handle. No
 // handler misses an event or gets one twice, and no token ever appears in
-// a request URL (nor `access_token`) or in herald's log.
+// a request URL (nor `access_token`) or in herald's log. A browser whose
+// getToken gives a refused token gets onClosed("unauthorized") once in
+// each tab, and no retry.
 //
 // The script runs herald itself, to read its log.
 //
@@ -13,7 +15,7 @@
 import assert from "node:assert/strict";
 import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import {
-  adminHeaders, assertNoPageErrors, backendHeaders, checkTabs, listStreams, Load, openTab, subscribe,
+  adminHeaders, assertNoPageErrors, backendHeaders, checkTabs, listStreams, Load, openTab, record, subscribe,
   TOKEN_FLAGS, userToken,
 } from "./heraldjs_lib.mjs";
 
@@ -89,6 +91,31 @@ try {
     assert.ok(!logs.includes(token.split(".")[1]), "a token's claims in herald's log");
   }
   assertNoPageErrors(tabs);
+
+  // A browser whose getToken gives a token herald refuses (expired): the
+  // stream's 401 reaches onClosed once, in each tab, and nothing retries.
+  const refusedContext = await browser.newContext();
+  await refusedContext.exposeFunction("mintToken", () => userToken("alice", [`${p}:*`], -60));
+  // Both tabs before either subscribes (a tab opened after the refusal
+  // would be a new start, and try once itself).
+  const lapsed = [];
+  for (const name of ["refused first", "refused second"]) {
+    lapsed.push(await openTab(refusedContext, base, name, { getToken: true }));
+  }
+  for (const tab of lapsed) await tab.page.evaluate((topic) => herald.subscribe(topic, () => {}), topics[0]);
+  await waitFor("onClosed in every refused tab", async () =>
+    (await Promise.all(lapsed.map(record))).every((r) => r.closed.length > 0));
+  const requests = lapsed.map((t) => t.streamRequests);
+  // The one wait on time here: it asserts that nothing more happens (no
+  // retry, no second onClosed), for well over herald's 200 ms retry.
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  for (const [i, r] of (await Promise.all(lapsed.map(record))).entries()) {
+    assert.deepEqual(r.closed.map((c) => c.reason), ["unauthorized"], `${lapsed[i].name}: onClosed once`);
+    assert.equal(r.status, "closed", `${lapsed[i].name}: status`);
+  }
+  assert.deepEqual(lapsed.map((t) => t.streamRequests), requests, "no stream request after the 401");
+  assert.equal(requests.reduce((a, b) => a + b), 1, "one stream request, refused, from the whole browser");
+  assertNoPageErrors(lapsed);
   console.log(
     `one stream ${connections[0].handle}, ${connections.length} connections ended ` +
       `${connections.map((r) => r.end_reason).join(", ")}; getToken asked ${asked} times, ` +

@@ -64,7 +64,8 @@ export async function openTab(context, base, name, options = {}) {
 export async function subscribe(tab, key, filter, { after } = {}) {
   return tab.page.evaluate(
     async ({ key, filter, after }) => {
-      const rec = { filter, after: after ?? null, got: [], topics: [], effectiveAt: null, error: null, stoppedAt: null };
+      const rec = { filter, after: after ?? null, got: [], topics: [], effectiveAt: null };
+      Object.assign(rec, { error: null, stoppedAt: null });
       T.subs[key] = rec;
       const options = { onError: (problem) => (rec.error = problem ?? "refused") };
       if (after !== undefined) options.after = after;
@@ -297,15 +298,21 @@ export function difference(got, expected) {
     const out = [];
     for (const id of list) {
       const last = out.at(-1);
-      if (last && index.get(id) === last.end + 1) last.end += 1, (last.to = id);
-      else out.push({ from: id, to: id, end: index.get(id) });
+      if (last && index.get(id) === last.end + 1) {
+        last.end += 1;
+        last.to = id;
+      } else {
+        out.push({ from: id, to: id, end: index.get(id) });
+      }
     }
     return out.map((r) => (r.from === r.to ? r.from : `${r.from}–${r.to}`)).slice(0, 6).join(", ");
   };
-  const few = (list) => `${list.length}${list.length ? ` [${list.slice(0, 8).join(", ")}${list.length > 8 ? ", …" : ""}]` : ""}`;
+  const few = (list) =>
+    `${list.length}${list.length ? ` [${list.slice(0, 8).join(", ")}${list.length > 8 ? ", …" : ""}]` : ""}`;
   return (
     `got ${got.length}, expected ${expected.length} (${expected[0]}…${expected.at(-1)}); ` +
-    `missing ${few(missing)}${missing.length > 8 ? ` (runs ${spans(missing)})` : ""}, repeated ${few(repeated)}, unexpected ${few(unexpected)}` +
+    `missing ${few(missing)}${missing.length > 8 ? ` (runs ${spans(missing)})` : ""}, ` +
+    `repeated ${few(repeated)}, unexpected ${few(unexpected)}` +
     (disorder > 0 ? `, out of order at ${got[disorder - 1]} → ${got[disorder]}` : "")
   );
 }

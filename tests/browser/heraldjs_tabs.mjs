@@ -13,7 +13,9 @@
 
 import assert from "node:assert/strict";
 import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
-import { assertNoPageErrors, checkTabs, leaders, listStreams, Load, metric, openTab, subscribe } from "./heraldjs_lib.mjs";
+import {
+  assertNoPageErrors, checkTabs, leaders, listStreams, Load, metric, openTab, subscribe,
+} from "./heraldjs_lib.mjs";
 
 const TABS = 20;
 const LOAD_SECONDS = 20;
@@ -56,7 +58,8 @@ try {
   assert.equal(streamRequests, 1, "one request to /v1/stream from the whole browser");
 
   const load = new Load({ base, topics, perSecond: 100 });
-  await waitFor(`${LOAD_SECONDS * 100} events published`, () => load.sent >= LOAD_SECONDS * 100, LOAD_SECONDS * 1000 + 10_000);
+  const total = LOAD_SECONDS * 100;
+  await waitFor(`${total} events published`, () => load.sent >= total, LOAD_SECONDS * 1000 + 10_000);
   await load.stop();
   assert.deepEqual(load.failed, [], "every publish was stored");
 
