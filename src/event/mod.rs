@@ -16,9 +16,11 @@ use time::format_description::well_known::Rfc3339;
 
 mod data;
 mod names;
+mod trace;
 
 pub use data::check_data;
 pub use names::*;
+pub use trace::{Dropped as TraceDropped, TraceContext};
 
 /// Removes the insignificant white space from JSON text that has already
 /// been validated, so `data` fits on one SSE `data:` line while keeping the
@@ -70,12 +72,17 @@ pub struct StoredEvent {
     /// Compact JSON text (see [`compact_json`]).
     pub data: Arc<str>,
     pub time: OffsetDateTime,
+    /// The publisher's W3C trace context, when it sent a valid one.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 impl StoredEvent {
     /// The single-line JSON envelope subscribers, publishers and history
-    /// readers all see: `{"id":"42","topic":…,"type":…,"time":…,"data":…}`.
-    /// `id` is a string: JavaScript numbers lose precision above 2^53.
+    /// readers all see: `{"id":"42","topic":…,"type":…,"time":…,"data":…}`,
+    /// with `"traceparent"` (and `"tracestate"`) after `time` only when the
+    /// publisher sent them, so an event without trace context is written
+    /// as it always was. `id` is a string: JavaScript numbers lose
+    /// precision above 2^53.
     ///
     /// Written directly rather than through serde: `data` is compact JSON
     /// that was validated on the way in, and topics and types are made of
@@ -90,7 +97,11 @@ impl StoredEvent {
     /// Room for the envelope: its fields, and the rest (names, quotes, the
     /// id and the time) in at most 100 bytes.
     fn envelope_room(&self) -> usize {
-        self.data.len() + self.topic.as_str().len() + self.event_type.as_str().len() + 100
+        self.data.len()
+            + self.topic.as_str().len()
+            + self.event_type.as_str().len()
+            + self.trace.as_ref().map_or(0, |t| t.json_room())
+            + 100
     }
 
     fn push_envelope(&self, json: &mut String) {
@@ -102,7 +113,11 @@ impl StoredEvent {
         json.push_str(self.event_type.as_str());
         json.push_str("\",\"time\":\"");
         push_rfc3339(json, self.time);
-        json.push_str("\",\"data\":");
+        json.push('"');
+        if let Some(trace) = &self.trace {
+            trace.push_json_fields(json);
+        }
+        json.push_str(",\"data\":");
         json.push_str(&self.data);
         json.push('}');
     }
@@ -142,6 +157,7 @@ impl StoredEvent {
             topic: self.topic.clone(),
             bytes: Bytes::from(buf),
             event_line: (event_start, event_end),
+            trace: self.trace.clone(),
         }
     }
 }
@@ -180,6 +196,8 @@ pub struct Frame {
     pub bytes: Bytes,
     /// Byte range of the `event:` line within `bytes`.
     pub event_line: (usize, usize),
+    /// The event's trace context, for the fan-out's log line and span.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 impl Frame {
@@ -364,6 +382,7 @@ mod tests {
             event_type: EventType::parse("incident.updated").unwrap(),
             data: compact_json("{\"text\": \"line1\\nline2\"}").into(),
             time: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+            trace: None,
         };
         let frame = ev.to_frame();
         assert_eq!(
@@ -375,6 +394,28 @@ mod tests {
     }
 
     #[test]
+    fn the_envelope_carries_trace_context_only_when_present() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (trace, _) = TraceContext::parse(Some(parent), Some("k=v"));
+        let ev = StoredEvent {
+            id: 1,
+            topic: Topic::parse("a").unwrap(),
+            event_type: EventType::message(),
+            data: "null".into(),
+            time: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+            trace: trace.map(Arc::new),
+        };
+        assert_eq!(
+            ev.envelope_json(),
+            format!(
+                "{{\"id\":\"1\",\"topic\":\"a\",\"type\":\"message\",\
+                 \"time\":\"1970-01-01T00:00:00Z\",\"traceparent\":\"{parent}\",\
+                 \"tracestate\":\"k=v\",\"data\":null}}"
+            )
+        );
+    }
+
+    #[test]
     fn frame_without_event_line_keeps_id_and_data() {
         let ev = StoredEvent {
             id: 7,
@@ -382,6 +423,7 @@ mod tests {
             event_type: EventType::parse("t.x").unwrap(),
             data: "1".into(),
             time: OffsetDateTime::from_unix_timestamp(0).unwrap(),
+            trace: None,
         };
         let [head, tail] = ev.to_frame().without_event_line();
         let joined = [head, tail].concat();

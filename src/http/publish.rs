@@ -12,6 +12,7 @@
 //! `201` listing N events means N events were stored).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -23,7 +24,9 @@ use serde_json::value::RawValue;
 
 use super::{AppState, json_response};
 use crate::error::ApiError;
-use crate::event::{EventType, IdempotencyKey, StoredEvent, Topic, check_data, compact_json};
+use crate::event::{
+    EventType, IdempotencyKey, StoredEvent, Topic, TraceContext, check_data, compact_json,
+};
 use crate::log::NewEvent;
 use crate::telemetry;
 
@@ -53,6 +56,11 @@ struct EventIn<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     key: Option<Cow<'a, str>>,
+    /// W3C trace context for this event, over the request's headers.
+    #[serde(borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tracestate: Option<Cow<'a, str>>,
 }
 
 /// `POST /v1/events`. A refusal is logged once, here, and counted in
@@ -81,8 +89,10 @@ async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiE
     let identity = state.access.auth.identify(&parts)?;
     require_json(&parts.headers)?;
     let header_key = idempotency_header(&parts.headers)?;
+    let headers = RequestTrace::of(&parts.headers);
     let body = read_body(body, &state.publish_limits).await?;
-    let (events, is_batch) = parse_events(&body, header_key.as_ref(), &state.publish_limits)?;
+    let (events, is_batch) =
+        parse_events(&body, header_key.as_ref(), &headers, &state.publish_limits)?;
     // Every event of a batch, or none: nothing is stored for a batch with
     // one topic outside the grants.
     identity
@@ -95,6 +105,7 @@ async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiE
 
     let appended = state.log.append(events).await?;
 
+    log_published(&appended, identity.subject.as_deref());
     let created = appended.iter().filter(|a| a.created).count();
     telemetry::events_published().increment(created as u64);
     telemetry::publish_seconds().record(started.elapsed());
@@ -167,6 +178,7 @@ async fn read_body(body: Body, limits: &PublishLimits) -> Result<bytes::Bytes, A
 fn parse_events(
     body: &[u8],
     header_key: Option<&IdempotencyKey>,
+    headers: &RequestTrace,
     limits: &PublishLimits,
 ) -> Result<(Vec<NewEvent>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -174,7 +186,7 @@ fn parse_events(
         Some(b'{') => {
             let one: EventIn = serde_json::from_slice(body).map_err(json_error)?;
             let key = header_key.cloned();
-            Ok((vec![validate(one, key, limits)?], false))
+            Ok((vec![validate(one, key, headers, limits)?], false))
         }
         Some(b'[') => {
             let many: Vec<EventIn> = serde_json::from_slice(body).map_err(json_error)?;
@@ -193,7 +205,7 @@ fn parse_events(
                 .enumerate()
                 .map(|(i, ev)| {
                     let key = header_key.map(|k| k.in_batch(i));
-                    validate(ev, key, limits).map_err(|e| at_index(i, e))
+                    validate(ev, key, headers, limits).map_err(|e| at_index(i, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             refuse_repeated_keys(&events)?;
@@ -235,6 +247,7 @@ fn at_index(i: usize, e: ApiError) -> ApiError {
 fn validate(
     ev: EventIn<'_>,
     header_key: Option<IdempotencyKey>,
+    headers: &RequestTrace,
     limits: &PublishLimits,
 ) -> Result<NewEvent, ApiError> {
     let topic = Topic::parse(&ev.topic)?;
@@ -265,12 +278,74 @@ fn validate(
         (Some(k), None) => Some(IdempotencyKey::parse(&k)?),
         (None, k) => k,
     };
+    let trace = match (ev.traceparent.as_deref(), ev.tracestate.as_deref()) {
+        (None, None) => headers.context.clone(),
+        // The event's own fields win, as a pair; invalid ones fall back to
+        // the request's (the event is still part of that request).
+        (parent, state) => checked(parent, state).or_else(|| headers.context.clone()),
+    };
     Ok(NewEvent {
         topic,
         event_type,
         data,
         key,
+        trace,
     })
+}
+
+/// `events published` at debug level (`RUST_LOG=herald::http=debug`): the
+/// ids a request stored or found again, and their trace ids, to follow an
+/// event from its publisher's trace. At info, a line per publish would
+/// cost a busy instance more than the publish.
+fn log_published(appended: &[crate::log::Appended], subject: Option<&str>) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let ids: Vec<i64> = appended.iter().map(|a| a.event.id).collect();
+    let mut trace_ids: Vec<&str> = appended
+        .iter()
+        .filter_map(|a| a.event.trace.as_deref().map(TraceContext::trace_id))
+        .collect();
+    trace_ids.dedup();
+    tracing::debug!(
+        ids = ?ids,
+        trace_id = trace_ids.join(","),
+        subject = subject.unwrap_or(""),
+        created = appended.iter().filter(|a| a.created).count(),
+        "events published"
+    );
+}
+
+/// The request's `traceparent` and `tracestate` headers, checked once for
+/// all its events.
+pub(super) struct RequestTrace {
+    context: Option<Arc<TraceContext>>,
+}
+
+impl RequestTrace {
+    fn of(headers: &HeaderMap) -> Self {
+        let value = |name: &HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        if !headers.contains_key(&TRACEPARENT) && !headers.contains_key(&TRACESTATE) {
+            return Self { context: None };
+        }
+        Self {
+            context: checked(value(&TRACEPARENT), value(&TRACESTATE)),
+        }
+    }
+}
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A trace context, or `None`; what was invalid is counted and dropped,
+/// never refused (README, "Tracing").
+fn checked(parent: Option<&str>, state: Option<&str>) -> Option<Arc<TraceContext>> {
+    let (context, dropped) = TraceContext::parse(parent, state);
+    for field in dropped {
+        telemetry::trace_context_dropped(field).increment(1);
+        tracing::debug!(field = field.as_str(), "invalid trace context dropped");
+    }
+    context.map(Arc::new)
 }
 
 #[cfg(test)]

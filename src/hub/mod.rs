@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Filters, Frame};
+use crate::event::{Filters, Frame, TraceContext};
 use crate::telemetry;
 use index::{Index, SubscriberId};
 use ring::Ring;
@@ -236,10 +236,25 @@ impl Hub {
     ///
     /// The lock is taken per frame, so attaches and detaches interleave with
     /// a long page of frames instead of waiting for all of it.
+    ///
+    /// At debug level (`RUST_LOG=herald::hub=debug`) each frame is one line,
+    /// `event fanned out`, with its id, topic, trace id and the number of
+    /// streams it was queued for: one line per event per instance, never
+    /// one per stream.
     pub fn publish(&self, frames: &[Arc<Frame>]) {
         let mut lagging = Vec::new();
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
         for frame in frames {
-            self.lock().publish(frame, &mut lagging);
+            let streams = self.lock().publish(frame, &mut lagging);
+            if debug {
+                tracing::debug!(
+                    id = frame.id,
+                    topic = frame.topic.as_str(),
+                    trace_id = frame.trace.as_deref().map(TraceContext::trace_id),
+                    streams,
+                    "event fanned out"
+                );
+            }
             for sub in lagging.drain(..) {
                 sub.lagged.cancel();
                 telemetry::streams_lagged().increment(1);
@@ -285,15 +300,17 @@ struct Work {
 impl State {
     /// Rings `frame` and offers it to each subscriber the index finds, once;
     /// those whose queue is full leave the hub into `lagging`.
-    fn publish(&mut self, frame: &Arc<Frame>, lagging: &mut Vec<Subscriber>) {
+    /// Returns how many streams it was queued for.
+    fn publish(&mut self, frame: &Arc<Frame>, lagging: &mut Vec<Subscriber>) -> usize {
         if frame.id <= self.head {
-            return;
+            return 0;
         }
         self.head = frame.id;
         self.ring.push(frame.clone());
         self.generation += 1;
         let generation = self.generation;
         let mut full = Vec::new();
+        let mut queued = 0;
         let Self {
             index,
             subscribers,
@@ -311,9 +328,12 @@ impl State {
             sub.stamp = generation;
             if sub.queue.try_send(frame.clone()).is_err() {
                 full.push(id);
+            } else {
+                queued += 1;
             }
         });
         lagging.extend(full.into_iter().filter_map(|id| self.remove(id)));
+        queued
     }
 
     /// Takes a subscriber out of the hub and out of every index entry.

@@ -11,6 +11,7 @@ pub(super) fn frame(id: i64, topic: &str) -> Arc<Frame> {
         topic: Topic::parse(topic).unwrap(),
         bytes: bytes::Bytes::from(format!("id: {id}\n\n")),
         event_line: (0, 0),
+        trace: None,
     })
 }
 

@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::event::{EventType, Filters, IdempotencyKey, LogSelection, StoredEvent, Topic};
+use crate::event::{
+    EventType, Filters, IdempotencyKey, LogSelection, StoredEvent, Topic, TraceContext,
+};
 use crate::telemetry;
 
 mod append;
@@ -43,6 +45,7 @@ pub struct NewEvent {
     /// Compact JSON text.
     pub data: String,
     pub key: Option<IdempotencyKey>,
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 /// One event of a publish request after its commit.
@@ -181,7 +184,15 @@ pub struct EventLog {
 }
 
 /// An event row as the queries here select it.
-type Row = (i64, String, String, String, OffsetDateTime);
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    OffsetDateTime,
+    Option<String>,
+    Option<String>,
+);
 
 /// The log's head and, unless no event matched, an event row: what a read
 /// with its head selects (`log_head left join lateral (…)`).
@@ -193,6 +204,8 @@ type HeadRow = (
     Option<String>,
     Option<String>,
     Option<OffsetDateTime>,
+    Option<String>,
+    Option<String>,
 );
 
 fn read_from_rows(rows: Vec<HeadRow>) -> Read {
@@ -202,20 +215,21 @@ fn read_from_rows(rows: Vec<HeadRow>) -> Read {
     });
     let events = rows
         .into_iter()
-        .filter_map(|(_, _, id, topic, ty, data, time)| {
-            Some(from_row((id?, topic?, ty?, data?, time?)))
+        .filter_map(|(_, _, id, topic, ty, data, time, parent, state)| {
+            Some(from_row((id?, topic?, ty?, data?, time?, parent, state)))
         })
         .collect();
     Read { events, head }
 }
 
-fn from_row((id, topic, event_type, data, time): Row) -> StoredEvent {
+fn from_row((id, topic, event_type, data, time, parent, state): Row) -> StoredEvent {
     StoredEvent {
         id,
         topic: Topic::from_log(topic),
         event_type: EventType::from_log(event_type),
         data: data.into(),
         time,
+        trace: parent.map(|p| Arc::new(TraceContext::from_log(p, state))),
     }
 }
 
@@ -232,16 +246,17 @@ fn from_row((id, topic, event_type, data, time): Row) -> StoredEvent {
 /// once and skips that scan altogether when there are only exact topics.
 macro_rules! matching {
     () => {
-        "select id, topic, type, data, time from ( \
-           (select x.id, x.topic, x.type, x.data, x.time \
+        "select id, topic, type, data, time, traceparent, tracestate from ( \
+           (select x.id, x.topic, x.type, x.data, x.time, x.traceparent, x.tracestate \
               from unnest($2::text[]) as t(topic) \
               cross join lateral ( \
-                select id, topic, type, data::text as data, time from events \
+                select id, topic, type, data::text as data, time, traceparent, tracestate \
+                from events \
                 where events.topic = t.topic and events.id > $1 \
                 order by events.id limit $3 \
               ) x) \
            union all \
-           (select id, topic, type, data::text, time from events \
+           (select id, topic, type, data::text, time, traceparent, tracestate from events \
               where ($4 or cardinality($5::text[]) > 0) and id > $1 \
                 and ($4 or topic like any($5)) \
               order by id limit $3) \
@@ -257,7 +272,8 @@ async fn select_after(
     limit: i64,
 ) -> Result<Vec<HeadRow>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "select h.last_id, h.pruned_through, e.id, e.topic, e.type, e.data, e.time \
+        "select h.last_id, h.pruned_through, e.id, e.topic, e.type, e.data, e.time, \
+           e.traceparent, e.tracestate \
          from log_head h left join lateral (",
         matching!(),
         ") e on true order by e.id"
@@ -404,10 +420,11 @@ impl EventLog {
             .bounded(async {
                 let mut conn = acquire(&self.pool).await?;
                 sqlx::query_as(concat!(
-                    "select h.last_id, h.pruned_through, p.id, p.topic, p.type, p.data, p.time \
+                    "select h.last_id, h.pruned_through, p.id, p.topic, p.type, p.data, p.time, \
+                       p.traceparent, p.tracestate \
                      from log_head h left join lateral ( \
-                       select id, topic, type, data, time from ( \
-                         select id, topic, type, data, time, \
+                       select id, topic, type, data, time, traceparent, tracestate from ( \
+                         select id, topic, type, data, time, traceparent, tracestate, \
                            sum(octet_length(data)) over (order by id) as upto \
                          from (",
                     matching!(),
@@ -443,7 +460,8 @@ impl EventLog {
             .execute(&mut *tx)
             .await?;
         let mut rows: Vec<Row> = sqlx::query_as(
-            "select id, topic, type, data::text, time from events order by id desc limit $1",
+            "select id, topic, type, data::text, time, traceparent, tracestate from events \
+             order by id desc limit $1",
         )
         .bind(count)
         .fetch_all(&mut *tx)

@@ -22,11 +22,17 @@
 //!   order. Lengths are in bytes, so no content needs escaping. The first
 //!   two fields are the append's own (its ids and commit time are taken
 //!   in the statement); the rest is [`body`], written before it is sent.
+//!   An event with trace context has two more lengths,
+//!   `,<traceparent bytes>,<tracestate bytes>`, and the two values after
+//!   its data. An instance that predates them cannot read those lengths and
+//!   reads the log instead, as for any notification it does not take.
 
 use time::OffsetDateTime;
 
+use std::sync::Arc;
+
 use super::NewEvent;
-use crate::event::{EventType, StoredEvent, Topic};
+use crate::event::{EventType, StoredEvent, Topic, TraceContext};
 
 /// Longest body sent: PostgreSQL refuses a payload of 8,000 bytes or
 /// more, and the statement puts up to 42 bytes (two ids and two spaces)
@@ -45,7 +51,10 @@ const LENGTHS_ROOM: usize = 24;
 pub fn body<'a>(events: impl Iterator<Item = &'a NewEvent> + Clone) -> Option<String> {
     let (count, size) = events.clone().fold((0, COUNT_ROOM), |(n, size), e| {
         let fields = e.topic.as_str().len() + e.event_type.as_str().len() + e.data.len();
-        (n + 1, size + fields + LENGTHS_ROOM)
+        let trace = e.trace.as_deref().map_or(0, |t| {
+            t.traceparent().len() + t.tracestate().map_or(0, str::len) + LENGTHS_ROOM
+        });
+        (n + 1, size + fields + trace + LENGTHS_ROOM)
     });
     if size > MAX_BODY {
         return None;
@@ -63,10 +72,22 @@ pub fn body<'a>(events: impl Iterator<Item = &'a NewEvent> + Clone) -> Option<St
         out.push_str(number.format(ty.len()));
         out.push(',');
         out.push_str(number.format(e.data.len()));
+        let trace = e.trace.as_deref();
+        let (parent, state) = trace.map_or(("", ""), |t| {
+            (t.traceparent(), t.tracestate().unwrap_or_default())
+        });
+        if trace.is_some() {
+            out.push(',');
+            out.push_str(number.format(parent.len()));
+            out.push(',');
+            out.push_str(number.format(state.len()));
+        }
         out.push(':');
         out.push_str(topic);
         out.push_str(ty);
         out.push_str(&e.data);
+        out.push_str(parent);
+        out.push_str(state);
     }
     Some(out)
 }
@@ -106,19 +127,32 @@ impl Notice {
         let mut events = Vec::with_capacity(count.min(MAX_BODY));
         for id in (after + 1..).take(count) {
             let (lengths, after_colon) = rest.split_once(':')?;
-            let mut lengths = lengths.splitn(3, ',').map(|n| n.parse::<usize>().ok());
+            let mut lengths = lengths.splitn(5, ',').map(|n| n.parse::<usize>().ok());
             let (t, y, d) = (lengths.next()??, lengths.next()??, lengths.next()??);
+            let (p, s) = match (lengths.next(), lengths.next()) {
+                (None, None) => (0, 0),
+                (Some(p), Some(s)) => (p?, s?),
+                _ => return None,
+            };
             let topic = after_colon.get(..t)?;
             let ty = after_colon.get(t..t + y)?;
             let data = after_colon.get(t + y..t + y + d)?;
-            rest = after_colon.get(t + y + d..)?;
+            let parent = after_colon.get(t + y + d..t + y + d + p)?;
+            let state = after_colon.get(t + y + d + p..t + y + d + p + s)?;
+            rest = after_colon.get(t + y + d + p + s..)?;
             rest = rest.strip_prefix('\n').unwrap_or(rest);
+            // Written by an append from a checked context, or absent.
+            let trace = (p > 0).then(|| {
+                let state = (s > 0).then(|| state.to_owned());
+                Arc::new(TraceContext::from_log(parent.to_owned(), state))
+            });
             events.push(StoredEvent {
                 id,
                 topic: Topic::from_log(topic.to_owned()),
                 event_type: EventType::from_log(ty.to_owned()),
                 data: data.into(),
                 time,
+                trace,
             });
         }
         (events.len() == count && rest.is_empty()).then_some(Self::Events { after, events })
@@ -135,6 +169,7 @@ mod tests {
             event_type: EventType::from_log(ty.to_owned()),
             data: data.to_owned(),
             key: None,
+            trace: None,
         }
     }
 
@@ -170,6 +205,26 @@ mod tests {
                 "to the microsecond, as PostgreSQL stores it"
             );
         }
+    }
+
+    #[test]
+    fn trace_context_comes_back_with_its_event() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut traced = new("t", "message", "1");
+        traced.trace = TraceContext::parse(Some(parent), Some("k=v:w,x=y"))
+            .0
+            .map(Arc::new);
+        let mut parent_only = new("u", "message", "2");
+        parent_only.trace = TraceContext::parse(Some(parent), None).0.map(Arc::new);
+        let events = [traced, new("plain", "message", "3"), parent_only];
+        let body = body(events.iter()).expect("fits");
+        let Notice::Events { events: got, .. } = Notice::parse(&payload(0, 0, &body)) else {
+            panic!("not parsed: {body}");
+        };
+        let traces: Vec<_> = got.iter().map(|e| e.trace.as_deref().cloned()).collect();
+        let sent: Vec<_> = events.iter().map(|e| e.trace.as_deref().cloned()).collect();
+        assert_eq!(traces, sent);
+        assert_eq!(&*got[1].data, "3");
     }
 
     #[test]

@@ -258,10 +258,12 @@ async fn delete_batch(
     let deleted: i64 = sqlx::query_scalar(
         "with gone as ( \
            delete from events where id > $1 and id <= $2 \
-           returning id, topic, type, data, key, key_index, time \
+           returning id, topic, type, data, key, key_index, time, traceparent, tracestate \
          ), kept as ( \
-           insert into idempotency_keys (id, topic, type, data, key, key_index, time) \
-           select id, topic, type, data, key, key_index, time from gone \
+           insert into idempotency_keys \
+             (id, topic, type, data, key, key_index, time, traceparent, tracestate) \
+           select id, topic, type, data, key, key_index, time, traceparent, tracestate \
+           from gone \
            where key is not null \
              and time >= clock_timestamp() - make_interval(secs => $3) \
          ) \

@@ -71,6 +71,7 @@ impl MemoryLog {
             event_type: EventType::message(),
             data: "null".into(),
             time: OffsetDateTime::UNIX_EPOCH,
+            trace: None,
         };
         hub.publish(&[Arc::new(event.to_frame())]);
         self.events.lock().unwrap().push(event);

@@ -114,6 +114,11 @@ handle!(
         metrics::counter!(LISTENER_EVENTS, "source" => LISTENER_SOURCES[1])
 );
 
+/// `herald_trace_context_dropped_total{field}`.
+pub fn trace_context_dropped(field: crate::event::TraceDropped) -> Counter {
+    metrics::counter!(TRACE_DROPPED, "field" => field.as_str())
+}
+
 /// `herald_http_requests_total{method, route, status}`, for every
 /// request answered, whichever writer answered it (the router's edge, or
 /// `Streams::open` for a stream). Each series is registered once and its

@@ -43,6 +43,11 @@ pub const RETENTION_OLDEST_ID: &str = "herald_retention_oldest_id";
 pub const RETENTION_LAST_PRUNE: &str = "herald_retention_last_prune_timestamp_seconds";
 pub const RETENTION_ENABLED: &str = "herald_retention_enabled";
 pub const RETENTION_PRUNED: &str = "herald_retention_pruned_events_total";
+pub const TRACE_DROPPED: &str = "herald_trace_context_dropped_total";
+
+/// Which trace context field a publish sent invalid: the values of
+/// `herald_trace_context_dropped_total{field}`.
+pub const TRACE_FIELDS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// Why a stream ended: the values of `herald_streams_ended_total{reason}`.
 pub const END_REASONS: [&str; 9] = [
@@ -235,6 +240,11 @@ pub(super) fn describe() {
         RETENTION_PRUNED,
         "Events this instance deleted from the log for retention."
     );
+    describe_counter!(
+        TRACE_DROPPED,
+        "W3C trace context values publishers sent that broke the rules (Trace Context level 1) \
+         and were dropped, by field (traceparent, tracestate); the events were stored."
+    );
     describe_gauge!(
         RETENTION_ENABLED,
         "1 when this instance prunes the log (--retention or --retention-count set), \
@@ -277,6 +287,9 @@ pub(super) fn zero() {
     }
     for reason in PUBLISH_REFUSALS {
         metrics::counter!(PUBLISH_REFUSED, "reason" => reason).absolute(0);
+    }
+    for field in TRACE_FIELDS {
+        metrics::counter!(TRACE_DROPPED, "field" => field).absolute(0);
     }
     metrics::gauge!(STREAMS_ACTIVE).set(0.0);
     metrics::gauge!(LISTENER_ATTACHED).set(0.0);

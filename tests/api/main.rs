@@ -33,5 +33,6 @@ mod roundtrip;
 mod since;
 mod stream;
 mod streams;
+mod trace;
 mod wire;
 mod writers;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
-use crate::event::{IdempotencyKey, StoredEvent};
+use crate::event::{IdempotencyKey, StoredEvent, TraceContext};
 use crate::log::{Appended, NOTIFY_CHANNEL, NewEvent, from_row, notice};
 
 /// A group without idempotency keys: one statement, in autocommit.
@@ -28,10 +28,11 @@ pub(super) async fn append_plain(
            select last_id, greatest(clock_timestamp(), last_time) as now \
            from log_head for update \
          ), ins as ( \
-           insert into events (id, topic, type, data, time) \
-           select head.last_id + t.ord, t.topic, t.type, t.data::json, head.now \
-           from head, unnest($1::text[], $2::text[], $3::text[]) with ordinality \
-             as t(topic, type, data, ord) \
+           insert into events (id, topic, type, data, time, traceparent, tracestate) \
+           select head.last_id + t.ord, t.topic, t.type, t.data::json, head.now, \
+             t.traceparent, t.tracestate \
+           from head, unnest($1::text[], $2::text[], $3::text[], $7::text[], $8::text[]) \
+             with ordinality as t(topic, type, data, traceparent, tracestate, ord) \
          ), upd as ( \
            update log_head set last_id = head.last_id + $4, last_time = head.now from head \
          ) \
@@ -47,6 +48,8 @@ pub(super) async fn append_plain(
     .bind(n)
     .bind(NOTIFY_CHANNEL)
     .bind(notice::body(batches.iter().flat_map(|b| b.iter())))
+    .bind(&rows.traceparents)
+    .bind(&rows.tracestates)
     .fetch_one(conn)
     .await?;
 
@@ -75,6 +78,7 @@ fn stored(ev: &NewEvent, id: i64, time: OffsetDateTime) -> StoredEvent {
         event_type: ev.event_type.clone(),
         data: ev.data.as_str().into(),
         time,
+        trace: ev.trace.clone(),
     }
 }
 
@@ -123,10 +127,12 @@ pub(super) async fn append_keyed(
 
     if !rows.ids.is_empty() {
         sqlx::query(
-            "insert into events (id, topic, type, data, key, key_index, time) \
-             select id, topic, type, data::json, key, key_index, $7 \
-             from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[]) \
-               as t(id, topic, type, data, key, key_index)",
+            "insert into events \
+               (id, topic, type, data, key, key_index, time, traceparent, tracestate) \
+             select id, topic, type, data::json, key, key_index, $7, traceparent, tracestate \
+             from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], \
+               $8::text[], $9::text[]) \
+               as t(id, topic, type, data, key, key_index, traceparent, tracestate)",
         )
         .bind(&rows.ids)
         .bind(&rows.topics)
@@ -135,6 +141,8 @@ pub(super) async fn append_keyed(
         .bind(&rows.keys)
         .bind(&rows.key_indexes)
         .bind(now)
+        .bind(&rows.traceparents)
+        .bind(&rows.tracestates)
         .execute(&mut *tx)
         .await?;
         // Delivered at commit. The payload is only a hint: listeners read the
@@ -170,6 +178,8 @@ async fn existing_keys(
         OffsetDateTime,
         String,
         Option<i32>,
+        Option<String>,
+        Option<String>,
     );
     let keys: Vec<&str> = batches
         .iter()
@@ -177,19 +187,19 @@ async fn existing_keys(
         .filter_map(|e| e.key.as_ref().map(IdempotencyKey::as_str))
         .collect();
     let rows: Vec<KeyedRow> = sqlx::query_as(
-        "select id, topic, type, data::text, time, key, key_index from events \
-         where key = any($1) \
+        "select id, topic, type, data::text, time, key, key_index, traceparent, tracestate \
+         from events where key = any($1) \
          union all \
-         select id, topic, type, data::text, time, key, key_index from idempotency_keys \
-         where key = any($1)",
+         select id, topic, type, data::text, time, key, key_index, traceparent, tracestate \
+         from idempotency_keys where key = any($1)",
     )
     .bind(&keys)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, topic, ty, data, time, key, index)| {
-            let ev = from_row((id, topic, ty, data, time));
+        .map(|(id, topic, ty, data, time, key, index, parent, state)| {
+            let ev = from_row((id, topic, ty, data, time, parent, state));
             (IdempotencyKey::from_log(key, index), ev)
         })
         .collect())
@@ -205,6 +215,8 @@ struct NewRows<'a> {
     data: Vec<&'a str>,
     keys: Vec<Option<&'a str>>,
     key_indexes: Vec<Option<i32>>,
+    traceparents: Vec<Option<&'a str>>,
+    tracestates: Vec<Option<&'a str>>,
 }
 
 impl<'a> NewRows<'a> {
@@ -215,5 +227,9 @@ impl<'a> NewRows<'a> {
         self.keys.push(ev.key.as_ref().map(IdempotencyKey::as_str));
         self.key_indexes
             .push(ev.key.as_ref().and_then(IdempotencyKey::index));
+        let trace = ev.trace.as_deref();
+        self.traceparents.push(trace.map(TraceContext::traceparent));
+        self.tracestates
+            .push(trace.and_then(TraceContext::tracestate));
     }
 }
