@@ -15,6 +15,7 @@
 
 mod console_tokens;
 mod herald_js;
+mod herald_js_browser;
 mod readme;
 mod readme_herald_js;
 mod readme_tokens;

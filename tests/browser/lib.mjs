@@ -102,8 +102,9 @@ process.on("exit", () => {
 /// script can stop it and start it again on the same port.
 export class Herald {
   /// Starts herald on `database` and waits for its "herald is serving" log
-  /// line. `port` 0 picks a free one; `flags` adds or overrides flags.
-  static async start({ database, port = 0, flags = {} }) {
+  /// line. `port` 0 picks a free one; `flags` adds or overrides flags;
+  /// `rustLog` is its `RUST_LOG`.
+  static async start({ database, port = 0, flags = {}, rustLog = "info" }) {
     const all = {
       "--listen": `127.0.0.1:${port}`,
       "--database-url": database,
@@ -119,7 +120,7 @@ export class Herald {
     const childEnv = Object.fromEntries(
       Object.entries(process.env).filter(([k]) => !k.startsWith("HERALD_") && k !== "DATABASE_URL"),
     );
-    childEnv.RUST_LOG = "info";
+    childEnv.RUST_LOG = rustLog;
     const child = spawn(env("HERALD_BIN"), args, { env: childEnv, stdio: ["ignore", "ignore", "pipe"] });
     running.add(child);
     const herald = new Herald(child);
