@@ -69,9 +69,18 @@ export class Herald {
       this.#ch = new BroadcastChannel(`herald ${this.#url}`);
       this.#ch.onmessage = (e) => this.#hear(e.data);
       // A tab that goes gives the stream to another and its subscriptions
-      // up; a frozen one gives the stream up and keeps its subscriptions
-      // (the channel's messages wait for it).
+      // up; a frozen one gives the stream up and keeps its subscriptions.
+      // Back, it may have lost its place (a new leader drops the filters of
+      // a tab that does not answer): each subscription starts again after
+      // the last id its handler got, the gap filled from history.
       const back = () => {
+        for (const [id, sub] of [...this.#subs]) {
+          this.#subs.delete(id);
+          if (sub.at !== null) sub.after = sub.at;
+          sub.at = null;
+          sub.buf = [];
+          this.#subs.set(++this.#next, sub);
+        }
         this.#elect();
         this.#report();
       };
@@ -120,7 +129,9 @@ export class Herald {
     this.#report();
     return {
       ready: sub.ready,
-      unsubscribe: () => this.#subs.delete(id) && this.#report(),
+      unsubscribe: () => {
+        for (const [k, s] of this.#subs) if (s === sub && this.#subs.delete(k)) this.#report();
+      },
     };
   }
 
@@ -210,7 +221,7 @@ export class Herald {
         for (const sub of this.#subs.values()) {
           if (matches(sub.f, m.e.topic)) {
             if (sub.at === null || sub.fill) sub.buf.push(m.e);
-            else if (id > sub.at) sub.h(m.e);
+            else if (id > sub.at) this.#deliver(sub, m.e);
           }
         }
         break;
@@ -262,7 +273,8 @@ export class Herald {
     const [tab, id] = key.split("/");
     const sub = tab === this.#tab && this.#subs.get(+id);
     if (!sub || sub.at !== null) return;
-    sub.at = at;
+    // Never below `after`: ids up to it are the app's already.
+    sub.at = Math.max(at, sub.after ?? at);
     sub.fill = sub.after !== null && sub.after < at;
     sub.go(String(at));
     if (sub.fill) {
@@ -276,7 +288,16 @@ export class Herald {
       }
       sub.fill = false;
     }
-    for (const e of sub.buf.splice(0)) if (+e.id > at && this.#subs.has(+id)) sub.h(e);
+    for (const e of sub.buf.splice(0)) {
+      if (+e.id > sub.at && [...this.#subs.values()].includes(sub)) this.#deliver(sub, e);
+    }
+  }
+
+  // A live event to its handler; `at` follows it, so an id comes once and
+  // a subscription knows where it stands.
+  #deliver(sub, e) {
+    sub.at = +e.id;
+    sub.h(e);
   }
 
   async #history(sub, at) {
