@@ -39,6 +39,10 @@ const handle = () =>
 const matches = (filter, topic) =>
   filter.endsWith("*") ? topic.startsWith(filter.slice(0, -1)) : filter === topic;
 
+// `*` is every topic the token may read: herald's "no topic" (a `*` filter
+// itself needs a grant of `*`).
+const wire = (filters) => (filters.includes("*") ? [] : filters);
+
 const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 // A refusal's problem document (RFC 9457), or what the status says.
@@ -433,7 +437,7 @@ class Link {
         method: "PUT",
         credentials: "include",
         headers: { "Content-Type": "application/json", ...this.#auth() },
-        body: JSON.stringify({ topics: want }),
+        body: JSON.stringify({ topics: wire(want) }),
       });
     } catch {
       // herald is out of reach: the stream drops too, and its reopening syncs.
@@ -495,7 +499,9 @@ class Link {
       // A handle herald knows takes its own topics, not the URL's: a
       // reconnect names only what herald already accepted.
       const held = [...this.#members.values()].filter((m) => m.at !== null).map((m) => m.f);
-      for (const f of this.#fresh || !held.length ? want : [...new Set(held)]) q.append("topic", f);
+      for (const f of wire(this.#fresh || !held.length ? want : [...new Set(held)])) {
+        q.append("topic", f);
+      }
       const last = this.#fresh ? null : this.#h.lastEventId;
       if (this.#o.getToken) {
         try {

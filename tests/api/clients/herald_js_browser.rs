@@ -41,6 +41,11 @@ async fn closing_the_leader_tab_five_times_hands_the_stream_over_within_retry_mi
 }
 
 #[tokio::test]
+async fn subscribing_to_star_follows_every_topic_the_token_may_read() {
+    with_binary("heraldjs_every_topic.mjs").await;
+}
+
+#[tokio::test]
 async fn ten_subscribe_unsubscribe_switches_keep_one_connection_and_exact_events() {
     with_binary("heraldjs_switch.mjs").await;
 }
