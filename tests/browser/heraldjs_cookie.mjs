@@ -15,8 +15,8 @@
 import assert from "node:assert/strict";
 import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import {
-  adminHeaders, assertNoPageErrors, backendHeaders, checkTabs, difference, expectedIds, listStreams, Load, openTab,
-  readLog, record, setCookie, subscribe, TOKEN_FLAGS, userToken,
+  assertNoPageErrors, backendHeaders, difference, expectedIds, openTab, readLog, record, setCookie, subscribe,
+  throughExpiries, TOKEN_FLAGS, userToken,
 } from "./heraldjs_lib.mjs";
 
 const EXPIRIES = 3;
@@ -33,7 +33,6 @@ const aliceToken = () => userToken("alice", [`${p}:*`], TOKEN_LIFE);
 const herald = await Herald.start({ database, flags: TOKEN_FLAGS });
 const base = herald.base;
 const backend = backendHeaders();
-const admin = adminHeaders();
 const browser = await launchChromium();
 try {
   // --- With a renewal ------------------------------------------------------
@@ -44,29 +43,10 @@ try {
     await setCookie(renewing, base, aliceToken());
   });
   await setCookie(renewing, base, aliceToken());
-  const tabs = [];
-  for (const name of ["first", "second"]) {
-    const tab = await openTab(renewing, base, name, { renewOnExpiring: true });
-    await subscribe(tab, "inbox", topics[0]);
-    await subscribe(tab, "all", `${p}:*`);
-    tabs.push(tab);
-  }
-  const load = new Load({ base, topics, perSecond: 100, headers: backend });
-  const connections = await waitFor(
-    `${EXPIRIES} expiries and reconnects`,
-    async () => {
-      const rows = await listStreams(base, { headers: admin });
-      return rows.length > EXPIRIES && rows.filter((r) => r.ended_at).length >= EXPIRIES ? rows : null;
-    },
-    (EXPIRIES + 2) * TOKEN_LIFE * 1000,
-  );
-  await load.stop();
-  assert.deepEqual(load.failed, [], "every publish was stored");
-
-  const { checked, records } = await checkTabs(base, tabs, { headers: backend });
-  const handles = new Set(connections.map((r) => r.handle));
-  assert.equal(handles.size, 1, `one logical stream: ${JSON.stringify(connections)}`);
-  assert.ok(connections[0].handle, "a named stream");
+  const { tabs, checked, records, connections } = await throughExpiries({
+    context: renewing, base, options: { renewOnExpiring: true }, topics, prefix: p,
+    expiries: EXPIRIES, life: TOKEN_LIFE,
+  });
   assert.ok(renewals >= EXPIRIES, `the cookie was renewed ${renewals} times`);
   const warned = records.reduce((n, r) => n + r.expiring.length, 0);
   assert.ok(warned >= EXPIRIES, `onAuthExpiring ran ${warned} times`);

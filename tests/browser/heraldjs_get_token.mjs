@@ -15,8 +15,7 @@
 import assert from "node:assert/strict";
 import { env, Herald, launchChromium, uniqueTopic, waitFor, watchdog } from "./lib.mjs";
 import {
-  adminHeaders, assertNoPageErrors, backendHeaders, checkTabs, listStreams, Load, openTab, record, subscribe,
-  TOKEN_FLAGS, userToken,
+  assertNoPageErrors, openTab, record, throughExpiries, TOKEN_FLAGS, userToken,
 } from "./heraldjs_lib.mjs";
 
 const EXPIRIES = 3;
@@ -30,8 +29,6 @@ const topics = [`${p}:inbox`, `${p}:alerts`];
 // Every log line herald has (request spans included), to look for tokens.
 const herald = await Herald.start({ database, flags: TOKEN_FLAGS, rustLog: "debug,sqlx=warn" });
 const base = herald.base;
-const backend = backendHeaders();
-const admin = adminHeaders();
 const browser = await launchChromium();
 try {
   const context = await browser.newContext();
@@ -41,32 +38,9 @@ try {
     minted.push(token);
     return token;
   });
-  const tabs = [];
-  for (const name of ["first", "second"]) {
-    const tab = await openTab(context, base, name, { getToken: true });
-    await subscribe(tab, "inbox", topics[0]);
-    await subscribe(tab, "all", `${p}:*`);
-    tabs.push(tab);
-  }
-
-  const load = new Load({ base, topics, perSecond: 100, headers: backend });
-  // Three expiries: the stream's first connection and three more, all
-  // under one handle, the first three ended.
-  const connections = await waitFor(
-    `${EXPIRIES} expiries and reconnects`,
-    async () => {
-      const rows = await listStreams(base, { headers: admin });
-      return rows.length > EXPIRIES && rows.filter((r) => r.ended_at).length >= EXPIRIES ? rows : null;
-    },
-    (EXPIRIES + 2) * TOKEN_LIFE * 1000,
-  );
-  await load.stop();
-  assert.deepEqual(load.failed, [], "every publish was stored");
-
-  const { checked, records } = await checkTabs(base, tabs, { headers: backend });
-  const handles = new Set(connections.map((r) => r.handle));
-  assert.equal(handles.size, 1, `one logical stream: ${JSON.stringify(connections)}`);
-  assert.ok(connections[0].handle, "a named stream");
+  const { tabs, checked, records, connections } = await throughExpiries({
+    context, base, options: { getToken: true }, topics, prefix: p, expiries: EXPIRIES, life: TOKEN_LIFE,
+  });
   assert.ok(connections.every((r) => r.subject === "alice"));
   const asked = records.reduce((n, r) => n + r.tokens, 0);
   assert.ok(asked > EXPIRIES, `getToken asked ${asked} times`);

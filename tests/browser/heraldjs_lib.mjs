@@ -365,3 +365,42 @@ export async function checkTabs(base, tabs, { headers = {}, ms = 15_000 } = {}) 
   assert.deepEqual(problems, [], "every handler got exactly the events of its filter, once, in order");
   return { checked, log, records };
 }
+
+// ---------------------------------------------------------------------------
+// Token expiries
+// ---------------------------------------------------------------------------
+
+/// Two tabs ("first", "second") of `context` with `options`, each following
+/// `topics[0]` (`inbox`) and `${prefix}:*` (`all`), kept through `expiries`
+/// token expiries of `life` seconds under 100 events/s. Checks every tab
+/// against the log and that every connection in herald's registry has one
+/// handle (one logical stream); returns the tabs, what each recorded and
+/// the connections.
+export async function throughExpiries({ context, base, options, topics, prefix, expiries, life }) {
+  const backend = backendHeaders();
+  const tabs = [];
+  for (const name of ["first", "second"]) {
+    const tab = await openTab(context, base, name, options);
+    await subscribe(tab, "inbox", topics[0]);
+    await subscribe(tab, "all", `${prefix}:*`);
+    tabs.push(tab);
+  }
+  const load = new Load({ base, topics, perSecond: 100, headers: backend });
+  // The stream's first connection and one more per expiry, all under one
+  // handle, the first ones ended.
+  const connections = await waitFor(
+    `${expiries} expiries and reconnects`,
+    async () => {
+      const rows = await listStreams(base, { headers: adminHeaders() });
+      return rows.length > expiries && rows.filter((r) => r.ended_at).length >= expiries ? rows : null;
+    },
+    (expiries + 2) * life * 1000,
+  );
+  await load.stop();
+  assert.deepEqual(load.failed, [], "every publish was stored");
+  const { checked, records } = await checkTabs(base, tabs, { headers: backend });
+  const handles = new Set(connections.map((r) => r.handle));
+  assert.equal(handles.size, 1, `one logical stream: ${JSON.stringify(connections)}`);
+  assert.ok(connections[0].handle, "a named stream");
+  return { tabs, checked, records, connections };
+}
