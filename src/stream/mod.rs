@@ -321,7 +321,12 @@ impl Streams {
         body: Result<StreamBody, ApiError>,
     ) -> StreamResponse {
         let (status, body) = match body {
-            Err(refused) => (refused.status(), StreamBody::Problem(refused)),
+            Err(refused) => {
+                // One line per refused request, as for every route
+                // (README, "Logs"); whichever writer sends the answer.
+                refused.log(PATH);
+                (refused.status(), StreamBody::Problem(refused))
+            }
             Ok(body) => (StatusCode::OK, body),
         };
         if status == StatusCode::OK {

@@ -272,6 +272,13 @@ async fn logs_are_plain_off_a_terminal_and_say_each_thing_once() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 400);
+    // A refused stream is one line too, whichever writer answers it.
+    let refused_stream = plain
+        .get(api.url("/v1/stream?topic=a%20b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused_stream.status(), 400);
     let res = plain
         .get(api.url("/v1/stream?topic=a"))
         .send()
@@ -310,8 +317,11 @@ async fn logs_are_plain_off_a_terminal_and_say_each_thing_once() {
         .lines()
         .filter(|l| l.contains("request refused"))
         .collect();
-    assert_eq!(refusals.len(), 1, "one line per refused publish:\n{logs}");
+    assert_eq!(refusals.len(), 2, "one line per refused request:\n{logs}");
     assert!(refusals[0].contains("invalid_topic"), "{}", refusals[0]);
+    assert!(refusals[0].contains("/v1/events"), "{}", refusals[0]);
+    assert!(refusals[1].contains("invalid_filter"), "{}", refusals[1]);
+    assert!(refusals[1].contains("/v1/stream"), "{}", refusals[1]);
     assert!(
         !logs.contains("ERROR"),
         "no error during a planned drain:\n{logs}"
