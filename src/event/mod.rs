@@ -217,7 +217,7 @@ impl Frame {
 /// retry: 3000
 /// id: 42
 /// event: stream
-/// data: {"after":"42","retry":3000,"topics":["incident:*"]}
+/// data: {"after":"42","topics":["incident:*"]}
 /// ```
 ///
 /// The `data:` line is what makes every parser keep the `id:` and the
@@ -226,10 +226,7 @@ impl Frame {
 /// then resume a client that dropped before its first event from nothing.
 /// A browser fires `stream` only at a listener for it, so a page that
 /// listens to `message` and its own types sees no change. On a resume
-/// `after` is the client's own cursor, so the `id:` never moves it. The
-/// data repeats `retry` because an `EventSource` keeps the `retry:` field
-/// to itself: herald.js, which reconnects on its own schedule, reads it
-/// there.
+/// `after` is the client's own cursor, so the `id:` never moves it.
 pub fn opening_frame(
     retry: std::time::Duration,
     after: i64,
@@ -238,7 +235,6 @@ pub fn opening_frame(
 ) -> Bytes {
     let mut data = serde_json::json!({
         "after": after.to_string(),
-        "retry": u64::try_from(retry.as_millis()).unwrap_or(u64::MAX),
         "topics": topic_list(filters),
     });
     if let Some(handle) = handle {
@@ -460,7 +456,7 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&f).unwrap(),
             "retry: 1700\nid: 42\nevent: stream\n\
-             data: {\"after\":\"42\",\"retry\":1700,\"topics\":[\"incident:*\",\"ops\"]}\n\n"
+             data: {\"after\":\"42\",\"topics\":[\"incident:*\",\"ops\"]}\n\n"
         );
         let all = opening_frame(
             std::time::Duration::from_secs(3),

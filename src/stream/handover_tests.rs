@@ -258,7 +258,7 @@ async fn a_cursor_below_the_pruning_floor_gets_a_reset_then_live() {
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     let opening = "retry: 1000\nid: 3\nevent: stream\n\
-                   data: {\"after\":\"3\",\"retry\":1000,\"topics\":[\"mine\"]}\n\n";
+                   data: {\"after\":\"3\",\"topics\":[\"mine\"]}\n\n";
     assert!(
         text.starts_with(&format!("{opening}id: 20\nevent: reset\n")),
         "{text}"

@@ -191,6 +191,6 @@ fn parse_block(block: &[u8]) -> SseFrame {
 /// position the stream starts after, and `event: stream` with its JSON
 /// data (the test config's `retry:` is 200 ms).
 pub fn opening_frame(retry_ms: u64, after: i64, topics: &[&str]) -> String {
-    let data = serde_json::json!({"after": after.to_string(), "retry": retry_ms, "topics": topics});
+    let data = serde_json::json!({"after": after.to_string(), "topics": topics});
     format!("retry: {retry_ms}\nid: {after}\nevent: stream\ndata: {data}\n\n")
 }
