@@ -24,8 +24,9 @@
 // - Transports. The cookie carries the token by default, and the stream is
 //   an EventSource. With `getToken`, the stream is read with fetch and sent
 //   `Authorization: Bearer`: the token is never in a URL.
-// - Reconnects follow herald's `retry` (from the opening frame), then double
-//   with jitter up to 30 s while herald cannot be reached. A 401, a 403, a
+// - Reconnects follow herald's `retry:` (the EventSource's own first
+//   reconnect, or the fetch transport's parse of it), then double with
+//   jitter up to 30 s while herald cannot be reached. A 401, a 403, a
 //   replaced or revoked stream ends it for good (`onClosed`), in every tab.
 
 const CAP = 30000; // the longest wait between two reconnects, in ms
@@ -339,8 +340,9 @@ class Link {
   #timer; // the next connect
   #linger; // the end of a stream nobody follows
   #grace; // just took the stream over: keep its topics until the tabs report
-  #retry = 3000;
+  #retry = 3000; // herald's `retry:`, as far as this side knows it
   #tries = 0;
+  #failed = 0; // when the EventSource last failed with no opening since
   #token;
 
   constructor(h, o, url, handle, last) {
@@ -524,10 +526,21 @@ class Link {
       es.addEventListener(type, (e) => this.#t === es && this.#frame(type, e.data));
     }
     es.onerror = async () => {
-      const refused = es.readyState === EventSource.CLOSED;
+      if (this.#t !== es) return es.close();
+      this.#open = false;
+      if (es.readyState !== EventSource.CLOSED) {
+        // Dropped: the browser reconnects by itself after herald's
+        // `retry:` (which it keeps to itself), with Last-Event-ID. When
+        // that fails too, herald.js takes over, the wait it saw as its base.
+        const failed = this.#failed;
+        this.#failed = Date.now();
+        this.#status("reconnecting");
+        if (!failed) return;
+        es.close();
+        this.#retry = Math.max(100, this.#failed - failed);
+        return this.#drop();
+      }
       es.close();
-      if (this.#t !== es) return;
-      if (!refused) return this.#drop();
       // An EventSource cannot read a refusal: ask again to learn why.
       const ac = new AbortController();
       try {
@@ -582,6 +595,7 @@ class Link {
           const v = i < 0 ? "" : line.slice(i + (line[i + 1] === " " ? 2 : 1));
           if (field === "event") type = v;
           else if (field === "data") data.push(v);
+          else if (field === "retry" && /^\d+$/.test(v)) this.#retry = +v;
         }
       }
     } catch {
@@ -629,7 +643,7 @@ class Link {
           this.#open = true;
           this.#fresh = false;
           this.#tries = 0;
-          this.#retry = d.retry ?? this.#retry;
+          this.#failed = 0;
           this.#sent = [...d.topics].sort();
           this.#say({ t: "p", id: +d.after });
           this.#status("live");
