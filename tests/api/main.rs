@@ -22,6 +22,7 @@ mod hostile;
 mod idempotency;
 mod observability;
 mod ops;
+mod otel;
 mod outage;
 mod proxy;
 mod publish;
