@@ -321,13 +321,20 @@ async fn limits_upkeep(limits: Arc<Limits>) {
     }
 }
 
-/// Builds and serves until SIGINT or SIGTERM.
+/// Builds and serves until SIGINT or SIGTERM, then flushes the spans
+/// queued for export, if export is on.
 ///
 /// # Errors
 /// As [`Instance::build`] and [`Instance::run_until`].
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    Instance::build(config)
-        .await?
-        .run_until(crate::signal::stop())
-        .await
+    let result = async {
+        Instance::build(config)
+            .await?
+            .run_until(crate::signal::stop())
+            .await
+    }
+    .await;
+    // Spans still queued for export go out before the process ends.
+    telemetry::otel::shutdown().await;
+    result
 }

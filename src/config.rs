@@ -45,6 +45,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
+    /// OpenTelemetry collector to export spans to, over OTLP/HTTP with
+    /// protobuf: a base URL such as `http://127.0.0.1:4318`, to which
+    /// `/v1/traces` is appended. Export is off unless this, or the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+    /// is set; this wins over them.
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
     /// Window over which a stopping instance ends its open streams.
     #[arg(long, env = "HERALD_DRAIN", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
@@ -415,6 +423,26 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
     }
 }
 
+/// Accepts an `http://` or `https://` URL with a host: the collector's
+/// address, a path prefix allowed.
+///
+/// # Errors
+/// A message naming the expected form.
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or_default();
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} is not an OTLP/HTTP endpoint: expected http(s)://host[:port], such as http://127.0.0.1:4318"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -437,5 +465,26 @@ impl Config {
     /// variables still apply); tests adjust fields from here.
     pub fn defaults() -> Self {
         Self::parse_from(["herald"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_endpoint;
+
+    #[test]
+    fn an_otlp_endpoint_is_an_http_url_with_a_host() {
+        for good in ["http://127.0.0.1:4318", "https://collector.example/otlp"] {
+            assert_eq!(parse_endpoint(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "127.0.0.1:4318",
+            "http://",
+            "grpc://c:4317",
+            "http://a b",
+            "ftp://c",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn serve(config: Config) -> ExitCode {
-    telemetry::init_tracing(config.log_format);
+    let export = telemetry::otel::Export::resolve(config.otlp_endpoint.as_deref());
+    if let Err(e) = telemetry::init_tracing(config.log_format, &export) {
+        eprintln!("herald: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match herald::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -103,7 +103,17 @@ async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiE
         .limits
         .publish(identity.subject.as_deref(), events.len())?;
 
-    let appended = state.log.append(events).await?;
+    let send = telemetry::otel::on().then(|| send_span(&events, is_batch, &headers));
+    let appended = state.log.append(events).await;
+    if let Some(span) = &send {
+        match &appended {
+            Ok(appended) if !is_batch => telemetry::otel::sent(span, appended[0].event.id),
+            Ok(_) => {}
+            Err(e) => telemetry::otel::send_failed(span, e.kind()),
+        }
+    }
+    drop(send);
+    let appended = appended?;
 
     log_published(&appended, identity.subject.as_deref());
     let created = appended.iter().filter(|a| a.created).count();
@@ -314,6 +324,26 @@ fn log_published(appended: &[crate::log::Appended], subject: Option<&str>) {
         created = appended.iter().filter(|a| a.created).count(),
         "events published"
     );
+}
+
+/// The `send` span of a request (`telemetry::otel`): a child of the
+/// event's context when it is one event (its own fields, else the
+/// headers'), of the headers' for a batch, else of the batch's first
+/// event's own; named after the topic all its events share, if they do.
+fn send_span(events: &[NewEvent], is_batch: bool, headers: &RequestTrace) -> tracing::Span {
+    let first = &events[0];
+    let same_topic = events.iter().all(|e| e.topic == first.topic);
+    let parent = if is_batch {
+        headers.context.as_deref().or(first.trace.as_deref())
+    } else {
+        first.trace.as_deref()
+    };
+    telemetry::otel::send_span(&telemetry::otel::Send {
+        topic: same_topic.then(|| first.topic.as_str()),
+        count: events.len(),
+        is_batch,
+        parent,
+    })
 }
 
 /// The request's `traceparent` and `tracestate` headers, checked once for

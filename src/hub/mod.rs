@@ -240,12 +240,22 @@ impl Hub {
     /// At debug level (`RUST_LOG=herald::hub=debug`) each frame is one line,
     /// `event fanned out`, with its id, topic, trace id and the number of
     /// streams it was queued for: one line per event per instance, never
-    /// one per stream.
+    /// one per stream. With export on, each new frame is a `process` span
+    /// (`telemetry::otel`) around its fan-out, with the same number.
     pub fn publish(&self, frames: &[Arc<Frame>]) {
         let mut lagging = Vec::new();
         let debug = tracing::enabled!(tracing::Level::DEBUG);
+        let export = telemetry::otel::on();
         for frame in frames {
+            // The listener is the hub's only writer, so a frame above the
+            // head here is still new under the lock: one span per event,
+            // none for a frame the hub already had.
+            let span =
+                (export && frame.id > self.head()).then(|| telemetry::otel::process_span(frame));
             let streams = self.lock().publish(frame, &mut lagging);
+            if let Some(span) = span {
+                telemetry::otel::processed(&span, streams);
+            }
             if debug {
                 tracing::debug!(
                     id = frame.id,

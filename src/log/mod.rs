@@ -82,6 +82,20 @@ pub enum LogError {
     Closed,
 }
 
+impl LogError {
+    /// A short, stable name of the failure (an exported span's
+    /// `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Database(_) => "database",
+            Self::Refused(_) => "refused",
+            Self::Unknown(_) => "outcome_unknown",
+            Self::Closed => "closed",
+        }
+    }
+}
+
 impl From<sqlx::Error> for LogError {
     fn from(e: sqlx::Error) -> Self {
         if is_transient(&e) {

@@ -168,7 +168,8 @@ impl Registry {
         settings: RegistrySettings,
         stop: CancellationToken,
     ) -> Result<(Self, Vec<tokio::task::JoinHandle<()>>), LogError> {
-        let instance = instance_id();
+        // The id the exported spans name, if export took one.
+        let instance = crate::telemetry::otel::claim_instance_id().unwrap_or_else(new_instance_id);
         let (tx, rx) = mpsc::unbounded_channel();
         let registry = Self {
             inner: Arc::new(Inner {
@@ -661,7 +662,7 @@ fn parse_topics(topics: &[String]) -> Filters {
 
 /// A new id for this run of this instance: random, so that a restarted
 /// instance never takes over a dead one's streams.
-fn instance_id() -> String {
+pub(crate) fn new_instance_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

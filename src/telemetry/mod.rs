@@ -1,4 +1,5 @@
-//! Structured logs (tracing) and the Prometheus metric set.
+//! Structured logs (tracing), the Prometheus metric set, and the
+//! OpenTelemetry export of spans ([`otel`], off unless configured).
 //!
 //! Every metric is named, described and, where it can be, set to zero in
 //! `names.rs`, once: `promtool check metrics` refuses a metric without HELP,
@@ -7,6 +8,7 @@
 //! several apps started by one test binary share it.
 
 mod names;
+pub mod otel;
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
@@ -157,19 +159,72 @@ pub fn http_requests(method: &'static str, route: &'static str, status: StatusCo
 /// Starts the tracing subscriber: `RUST_LOG` filters (default `info`),
 /// `format` picks human or JSON lines (one object per line). Colour only
 /// when standard error is a terminal: a log file or a journal gets plain
-/// text. Safe to call twice (tests).
-pub fn init_tracing(format: LogFormat) {
+/// text. Safe to call twice (tests): the second call changes nothing.
+///
+/// With `export` on, the OpenTelemetry layer goes beside the log, each
+/// with a filter of its own: the layer takes only the spans of
+/// [`otel::TARGET`], whatever `RUST_LOG` says, and the log never prints
+/// them. With export off the subscriber is the log alone, as it always was.
+///
+/// # Errors
+/// Export configured with an endpoint the exporter refuses.
+pub fn init_tracing(format: LogFormat, export: &otel::Export) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::Targets};
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let Some(tracer) = otel::tracer(export)? else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let _ = match format {
+            LogFormat::Pretty => builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        };
+        return Ok(());
     };
+    let off = format!("{}=off", otel::TARGET)
+        .parse()
+        .expect("a target and a level make a directive");
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match format {
+        LogFormat::Pretty => fmt
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter.add_directive(off))
+            .boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_filter(filter.add_directive(off))
+            .boxed(),
+    };
+    // Only what the span itself says: no source location, thread, level,
+    // target or busy/idle times, and no context made current on enter
+    // (nothing in herald reads it); the span is then built once, when it
+    // closes.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(Targets::new().with_target(otel::TARGET, tracing::Level::INFO));
+    if tracing_subscriber::registry()
+        .with(log)
+        .with(spans)
+        .try_init()
+        .is_ok()
+    {
+        otel::started();
+        tracing::info!(endpoint = %export, "exporting spans over OTLP/HTTP");
+    }
+    Ok(())
 }

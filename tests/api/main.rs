@@ -23,6 +23,7 @@ mod hostile;
 mod idempotency;
 mod observability;
 mod ops;
+mod otel;
 mod outage;
 mod proxy;
 mod publish;

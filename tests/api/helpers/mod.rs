@@ -39,7 +39,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        herald::telemetry::init_tracing(herald::config::LogFormat::Pretty);
+        let export = herald::telemetry::otel::Export::Off;
+        let _ = herald::telemetry::init_tracing(herald::config::LogFormat::Pretty, &export);
     }
 }
 
