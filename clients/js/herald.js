@@ -66,6 +66,7 @@ export class Herald {
   #last = null; // the last id this tab saw, a number
   #status = "connecting";
   #closed = false;
+  #alive; // releases this tab's own lock
 
   constructor(options = {}) {
     this.#o = options;
@@ -93,6 +94,11 @@ export class Herald {
       addEventListener("pageshow", (e) => e.persisted && back());
       document.addEventListener("freeze", () => this.#resign());
       document.addEventListener("resume", back);
+      // Held for this Herald's life: a leader tells a live tab (frozen,
+      // say) that has not reported yet from one that is gone.
+      navigator.locks
+        .request(`herald ${this.#url} tab ${this.#tab}`, () => new Promise((r) => (this.#alive = r)))
+        .catch(() => {});
       this.#elect();
     } else {
       this.#lead();
@@ -163,7 +169,7 @@ export class Herald {
 
   #lead() {
     if (this.#closed) return this.#free?.();
-    this.#link = new Link(this, this.#o, this.#url, (this.#handle ??= handle()), this.#last);
+    this.#link = new Link(this, this.#o, this.#url, (this.#handle ??= handle()), this.#last, this.#tab);
     this.#post({ t: "q", h: this.#handle });
     this.#report();
   }
@@ -185,6 +191,7 @@ export class Herald {
     this.status_("closed");
     this.#closed = true;
     this.#ch?.close();
+    this.#alive?.();
     if (reason) this.#o.onClosed?.(reason, info);
   }
 
@@ -331,6 +338,7 @@ class Link {
   #handle;
   #fresh; // no resume: a new handle, or the first stream of this one
   #members = new Map();
+  #reported = new Set(); // the tabs that have said what they follow
   #t; // the transport: an EventSource, or { close } for fetch
   #open = false; // the opening frame came: `#sent` is the stream's topics
   #sent = [];
@@ -345,7 +353,7 @@ class Link {
   #failed = 0; // when the EventSource last failed with no opening since
   #token;
 
-  constructor(h, o, url, handle, last) {
+  constructor(h, o, url, handle, last, tab) {
     this.#h = h;
     this.#o = o;
     this.#url = url;
@@ -353,15 +361,25 @@ class Link {
     this.#fresh = last === null;
     // The tabs answer the new leader's "q" within milliseconds; until then
     // the stream's own topics stay, so no tab's filter is dropped at the
-    // takeover.
-    this.#grace = setTimeout(() => {
-      this.#grace = null;
-      this.#sync();
-    }, 1000);
+    // takeover. A tab that holds its lock and has not answered (frozen)
+    // keeps them until it does.
+    this.#reported.add(tab);
+    this.#grace = setTimeout(() => this.#settle(url), 1000);
+  }
+
+  async #settle(url) {
+    const prefix = `herald ${url} tab `;
+    const held = (await navigator.locks?.query?.().catch(() => null))?.held ?? [];
+    const silent = held.some((l) => l.name.startsWith(prefix) && !this.#reported.has(l.name.slice(prefix.length)));
+    if (this.#gone) return;
+    if (silent) return (this.#grace = setTimeout(() => this.#settle(url), 1000));
+    this.#grace = null;
+    this.#sync();
   }
 
   // A tab's subscriptions, as it reports them: [[id, filter, at]].
   set(tab, subs) {
+    this.#reported.add(tab);
     const old = this.#members;
     this.#members = new Map([...old].filter(([, m]) => m.tab !== tab));
     for (const [id, f, at] of subs) {

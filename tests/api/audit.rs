@@ -275,7 +275,8 @@ async fn the_topics_in_force_did_not_match() {
     let topic = unique_topic("audit-topic");
     let other = format!("{topic}-other");
     // A named stream that follows the topic, then switches away from it.
-    let handle = format!("audit-{}", unique_topic("h").replace(':', "-"));
+    // 16 to 64 of [A-Za-z0-9_-].
+    let handle = format!("audit-handle-{}", unique_topic("h").replace(':', "-"));
     let mut sse = open(
         &a,
         "s-topic",

@@ -200,8 +200,11 @@ async fn invalid_trace_context_is_dropped_counted_and_the_event_stored(writer: W
     let stored: Value = res.json().await.unwrap();
     assert!(stored.get("traceparent").is_none(), "{stored}");
     assert!(stored.get("tracestate").is_none(), "{stored}");
-    assert_eq!(dropped("traceparent").await, parents + 1.0);
-    assert_eq!(dropped("tracestate").await, states + 1.0);
+    // The counter is shared by every in-process herald of this test
+    // binary (one recorder), and this test runs over both writers at once:
+    // at least this test's drops.
+    assert!(dropped("traceparent").await >= parents + 1.0);
+    assert!(dropped("tracestate").await >= states + 1.0);
 
     // A valid traceparent with a broken tracestate keeps the traceparent.
     let res = publish_traced(
@@ -219,7 +222,7 @@ async fn invalid_trace_context_is_dropped_counted_and_the_event_stored(writer: W
         None,
         "bad state",
     );
-    assert_eq!(dropped("tracestate").await, states + 2.0);
+    assert!(dropped("tracestate").await >= states + 2.0);
 
     // An event's invalid field falls back to the request's headers.
     let res = publish_traced(
