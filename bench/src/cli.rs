@@ -49,6 +49,12 @@ pub struct RunArgs {
     /// master; its workers are counted with it).
     #[arg(long, conflicts_with = "spawn")]
     pub server_pid: Option<u32>,
+    /// publish, herald: start this many instances on one fresh database
+    /// (each on a port of its own) and split the publishers and
+    /// subscribers across them, client i on instance i mod N (issue 26).
+    /// Default 1.
+    #[arg(long, conflicts_with = "url", value_parser = clap::value_parser!(u16).range(1..))]
+    pub instances: Option<u16>,
     #[command(flatten)]
     pub workload: Workload,
     #[command(flatten)]
@@ -69,6 +75,21 @@ pub struct CompareArgs {
         default_value = "herald,nchan"
     )]
     pub targets: Vec<Kind>,
+    /// publish, herald only: compare herald with these numbers of
+    /// instances on one database each (e.g. 1,2,3) instead of the
+    /// targets; the publishers split across the instances (issue 26).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "targets",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub instances: Vec<u16>,
+    /// Rounds, interleaved: every side once, then every side again, …
+    /// (each on a fresh server and database); the medians of each side's
+    /// rounds are printed after the rounds' tables.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub rounds: u16,
     #[command(flatten)]
     pub workload: Workload,
     #[command(flatten)]
@@ -322,5 +343,52 @@ impl ServerArgs {
             nchan_module: self.nchan_module.clone(),
             nchan_config: self.nchan_config.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("herald-bench").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn run_starts_several_instances_only_when_it_spawns_them() {
+        let cli =
+            parse("run --spawn --target herald --scenario publish --instances 3 --publishers 64")
+                .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+
+        assert_eq!(run.instances, Some(3));
+        assert_eq!(run.workload.params(run.scenario)[0].publishers, 64);
+        assert!(parse("run --url 127.0.0.1:8080 --scenario publish --instances 2").is_err());
+        assert!(parse("run --spawn --scenario publish --instances 0").is_err());
+        let Command::Run(one) = parse("run --spawn --scenario publish").unwrap().command else {
+            panic!("run")
+        };
+        assert_eq!(one.instances, None);
+    }
+
+    #[test]
+    fn compare_takes_instance_counts_and_rounds_instead_of_targets() {
+        let cli = parse("compare --scenario publish --instances 1,2,3 --rounds 3").expect("parses");
+        let Command::Compare(c) = cli.command else {
+            panic!("compare")
+        };
+
+        assert_eq!(c.instances, [1, 2, 3]);
+        assert_eq!(c.rounds, 3);
+        assert!(parse("compare --scenario publish --instances 1,2 --targets herald").is_err());
+        assert!(parse("compare --scenario publish --rounds 0").is_err());
+        let Command::Compare(plain) = parse("compare --scenario fanout").unwrap().command else {
+            panic!("compare")
+        };
+        assert!(plain.instances.is_empty());
+        assert_eq!(plain.rounds, 1);
+        assert_eq!(plain.targets, [Kind::Herald, Kind::Nchan]);
     }
 }

@@ -16,9 +16,13 @@
 //! - [`workload`]: the scenario and its size, read by both of the next two.
 //! - [`scenario`]: publish, fanout, idle, resume, storm, peruser,
 //!   peruser-storm, retention, churn.
-//! - [`report`]: what a run found (the JSON); [`table`]: the same for people.
-//! - [`servers`]: starting herald and nginx+nchan for a comparison.
+//! - [`report`]: what a run found (the JSON); [`table`]: the same for people;
+//!   [`rounds`]: the medians of `compare --rounds`.
+//! - [`servers`]: starting herald and nginx+nchan for a comparison;
+//!   [`cluster`]: the instances a run drives (several herald instances on
+//!   one database, issue 26).
 
+pub mod cluster;
 pub mod group;
 pub mod http;
 pub mod net;
@@ -27,6 +31,7 @@ pub mod postgres;
 pub mod procfs;
 pub mod publisher;
 pub mod report;
+pub mod rounds;
 pub mod scenario;
 pub mod servers;
 pub mod sse;

@@ -1,5 +1,7 @@
-//! The `herald-bench` binary: flags (`cli`), then `run` (one server) or
-//! `compare` (herald and nchan started in turn, same workload, one table).
+//! The `herald-bench` binary: flags (`cli`), then `run` (one server, or
+//! several herald instances on one database) or `compare` (herald and
+//! nchan, or herald with different numbers of instances, started in turn,
+//! same workload, one table; in rounds, with their medians).
 
 mod cli;
 
@@ -7,9 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use herald_bench::cluster::{self, Cluster};
 use herald_bench::report::Report;
-use herald_bench::scenario::{Processes, retention};
-use herald_bench::servers::{self, Spawned};
+use herald_bench::scenario::retention;
+use herald_bench::servers;
 use herald_bench::table;
 use herald_bench::{Kind, Scenario, target};
 
@@ -68,6 +71,14 @@ async fn execute(command: Command) -> anyhow::Result<bool> {
         }
     }
     let all: Vec<&Report> = groups.iter().flatten().collect();
+    if all.iter().any(|r| r.round.is_some()) {
+        let text = herald_bench::rounds::summary(&all);
+        if to_stdout {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
     if let Some(path) = &output.json {
         let json = serde_json::to_string_pretty(&all)?;
         if to_stdout {
@@ -97,24 +108,26 @@ async fn run_one(args: &RunArgs) -> anyhow::Result<Vec<Report>> {
         }
         return Ok(reports);
     }
-    let (addr, pid, spawned) = if args.spawn {
-        eprintln!("starting {}", args.target);
-        let s = servers::spawn(args.target, &args.servers.options()).await?;
-        (s.addr, Some(s.pid), Some(s))
+    let instances = usize::from(args.instances.unwrap_or(1));
+    anyhow::ensure!(
+        instances == 1 || (args.scenario == Scenario::Publish && args.target == Kind::Herald),
+        "--instances is for the publish scenario on herald"
+    );
+    let (cluster, spawned) = if args.spawn {
+        eprintln!("starting {}", side_name(args.target, instances));
+        let s = cluster::spawn(args.target, &args.servers.options(), instances).await?;
+        (s.cluster(), Some(s))
     } else {
         let url = args.url.as_deref().context("--url or --spawn")?;
-        (resolve(url).await?, args.server_pid, None)
+        let target = target::make(args.target, resolve(url).await?);
+        (Cluster::single(target, args.server_pid), None)
     };
-    let processes = Processes {
-        server: pid,
-        postgres: postgres_pid(args.target, &args.servers).await,
-    };
-    let target = target::make(args.target, addr);
+    let postgres = postgres_pid(args.target, &args.servers).await;
     let mut reports = Vec::new();
     let mut failure = None;
     for p in params {
         eprintln!("{}: {}", args.target, p.describe(args.scenario));
-        match herald_bench::scenario::run(args.scenario, target.clone(), processes, p).await {
+        match herald_bench::scenario::run_on(args.scenario, &cluster, postgres, p).await {
             Ok(r) => reports.push(r),
             Err(e) => {
                 failure = Some(e);
@@ -135,36 +148,73 @@ async fn run_one(args: &RunArgs) -> anyhow::Result<Vec<Report>> {
     }
 }
 
-/// Runs every parameter set on every target; groups reports by parameter
-/// set, targets side by side.
+/// What a comparison puts side by side: a server, herald with a number of
+/// instances.
+fn sides(args: &CompareArgs) -> anyhow::Result<Vec<(Kind, usize)>> {
+    if args.instances.is_empty() {
+        return Ok(args.targets.iter().map(|&k| (k, 1)).collect());
+    }
+    anyhow::ensure!(
+        args.scenario == Scenario::Publish,
+        "--instances is for the publish scenario"
+    );
+    Ok(args
+        .instances
+        .iter()
+        .map(|&n| (Kind::Herald, usize::from(n)))
+        .collect())
+}
+
+fn side_name(kind: Kind, instances: usize) -> String {
+    if instances > 1 {
+        format!("{kind} x{instances}")
+    } else {
+        kind.to_string()
+    }
+}
+
+/// Runs every parameter set on every side, `--rounds` times interleaved
+/// (every side, then every side again); groups reports by round and
+/// parameter set, sides side by side.
 async fn compare(args: &CompareArgs) -> anyhow::Result<Vec<Vec<Report>>> {
     let params = args.workload.params(args.scenario);
-    let mut groups: Vec<Vec<Report>> = params.iter().map(|_| Vec::new()).collect();
+    let sides = sides(args)?;
+    let rounds = usize::from(args.rounds);
     // A comparison with one side missing is not one: stop before any run.
-    for &kind in &args.targets {
+    for &(kind, _) in &sides {
         servers::preflight(kind, &args.servers.options())
             .with_context(|| format!("{kind} cannot be started"))?;
     }
-    for &kind in &args.targets {
-        eprintln!("starting {kind}");
-        let spawned: Spawned = servers::spawn(kind, &args.servers.options())
-            .await
-            .with_context(|| format!("{kind} did not start"))?;
-        let target = target::make(kind, spawned.addr);
-        let processes = Processes {
-            server: Some(spawned.pid),
-            postgres: postgres_pid(kind, &args.servers).await,
-        };
-        for (i, p) in params.iter().enumerate() {
-            eprintln!("{kind}: {}", p.describe(args.scenario));
-            match herald_bench::scenario::run(args.scenario, target.clone(), processes, p.clone())
-                .await
-            {
-                Ok(r) => groups[i].push(r),
-                Err(e) => eprintln!("{kind}: {e:#}"),
+    let mut groups: Vec<Vec<Report>> = Vec::new();
+    for round in 1..=rounds {
+        let first = groups.len();
+        groups.extend(params.iter().map(|_| Vec::new()));
+        for &(kind, instances) in &sides {
+            let name = side_name(kind, instances);
+            if rounds > 1 {
+                eprintln!("round {round} of {rounds}: starting {name}");
+            } else {
+                eprintln!("starting {name}");
             }
+            let spawned = cluster::spawn(kind, &args.servers.options(), instances)
+                .await
+                .with_context(|| format!("{name} did not start"))?;
+            let cluster = spawned.cluster();
+            let postgres = postgres_pid(kind, &args.servers).await;
+            for (i, p) in params.iter().enumerate() {
+                eprintln!("{name}: {}", p.describe(args.scenario));
+                match herald_bench::scenario::run_on(args.scenario, &cluster, postgres, p.clone())
+                    .await
+                {
+                    Ok(mut r) => {
+                        r.round = (rounds > 1).then_some(round);
+                        groups[first + i].push(r);
+                    }
+                    Err(e) => eprintln!("{name}: {e:#}"),
+                }
+            }
+            spawned.stop().await?;
         }
-        spawned.stop().await?;
     }
     groups.retain(|g| !g.is_empty());
     if groups.is_empty() {

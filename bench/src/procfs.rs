@@ -163,6 +163,28 @@ pub struct Resources {
     pub fds_end: usize,
 }
 
+impl Resources {
+    /// Several processes' (herald instances') together, over the same
+    /// window: memory, CPU and descriptors summed (the peaks too, so the
+    /// peak is an upper bound); the first one's pid. `None` unless every
+    /// one was measured.
+    pub fn sum(all: &[Option<Self>]) -> Option<Self> {
+        let all: Vec<&Self> = all.iter().map(Option::as_ref).collect::<Option<_>>()?;
+        let (first, rest) = all.split_first()?;
+        let mut total = (*first).clone();
+        for r in rest {
+            total.processes += r.processes;
+            total.rss_start_mib += r.rss_start_mib;
+            total.rss_peak_mib += r.rss_peak_mib;
+            total.rss_end_mib += r.rss_end_mib;
+            total.cpu_seconds += r.cpu_seconds;
+            total.cpu_percent += r.cpu_percent;
+            total.fds_end += r.fds_end;
+        }
+        Some(total)
+    }
+}
+
 /// Samples a process tree until [`Sampler::finish`].
 pub struct Sampler {
     pid: u32,

@@ -28,6 +28,12 @@ pub struct Report {
     /// `churn`: the streams opened and dropped beside the publishers, and
     /// the registry write lag.
     pub churn: Option<ChurnStats>,
+    /// `publish` on herald: each instance's share of the publishers, what
+    /// its committer did, and PostgreSQL's view of the log's head lock
+    /// (issue 26). One instance or several on one database.
+    pub cluster: Option<ClusterStats>,
+    /// `compare --rounds`: which round (from 1) this run was.
+    pub round: Option<usize>,
     pub correctness: Correctness,
     /// The server's process tree, when its pid is known.
     pub server: Option<Resources>,
@@ -190,6 +196,83 @@ pub struct ChurnStats {
     pub registry_lag: Option<Percentiles>,
 }
 
+/// `publish` on herald, per instance and over the database (see
+/// `scenario/probe.rs` for how each number is read).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStats {
+    pub instances: usize,
+    /// Between the probe's reads of the metrics and counters before and
+    /// after the publishers: the window of every per-second figure here.
+    pub window_s: f64,
+    pub per_instance: Vec<InstanceStats>,
+    /// Append commits per second, all instances together (`None` unless
+    /// every instance exported its append metrics).
+    pub append_commits_per_sec: Option<f64>,
+    /// PostgreSQL's side, when the harness knows the database.
+    pub database: Option<DatabaseStats>,
+}
+
+/// One instance: its publishers, its commits, its backends' waits.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStats {
+    /// Its `application_name` (`herald/bench-K` for instance K).
+    pub name: String,
+    pub addr: String,
+    /// Its share of the publishers (`publishers`, acknowledged events,
+    /// events per second, latency).
+    pub publish: PublishStats,
+    /// From its `/metrics`; `None` if it exports no append histograms.
+    pub appends: Option<AppendStats>,
+    /// Its backends in `pg_stat_activity`; `None` unless sampled.
+    pub waits: Option<WaitStats>,
+    /// Its process's CPU over the measured window, in % of one core.
+    pub cpu_percent: Option<f64>,
+}
+
+/// Deltas of `herald_append_group_events` and
+/// `herald_append_transaction_seconds` over the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendStats {
+    /// Append transactions (groups) committed, and their events.
+    pub commits: u64,
+    pub events: u64,
+    pub commits_per_sec: f64,
+    /// Events per commit.
+    pub group_events_mean: f64,
+    /// Group sent → answered, lock wait included.
+    pub transaction_ms_mean: f64,
+    /// Transaction time over the window: near 1, the committer always had
+    /// a group in flight.
+    pub committer_busy: f64,
+}
+
+/// Backends sampled every `DatabaseStats::sample_every_ms`: the share of
+/// samples in which one of them waited on a row lock (an append waiting
+/// for `log_head`), waited on WAL (a commit's flush), ran a statement.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitStats {
+    pub samples: u64,
+    pub lock_wait_fraction: f64,
+    /// Backends waiting on a row lock, on average over the samples.
+    pub lock_waiters_mean: f64,
+    pub wal_wait_fraction: f64,
+    pub active_fraction: f64,
+}
+
+/// The run's database in PostgreSQL's statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseStats {
+    /// `pg_stat_database.xact_commit`: every transaction of the database
+    /// (appends, reads, the probe's own samples).
+    pub xact_commits_per_sec: f64,
+    /// `pg_stat_wal.wal_sync` (the whole server; `None` where the column
+    /// is gone, PostgreSQL 18).
+    pub wal_syncs_per_sec: Option<f64>,
+    pub sample_every_ms: f64,
+    /// All of herald's backends together.
+    pub waits: WaitStats,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CatchUpStats {
     pub clients: usize,
@@ -217,6 +300,15 @@ pub struct IdleStats {
 }
 
 impl Report {
+    /// The column heading: the target, and how many instances when more
+    /// than one.
+    pub fn label(&self) -> String {
+        match &self.cluster {
+            Some(c) if c.instances > 1 => format!("{} x{}", self.target, c.instances),
+            _ => self.target.to_string(),
+        }
+    }
+
     /// Whether the correctness counters are all zero.
     pub fn is_clean(&self) -> bool {
         self.correctness.is_clean()

@@ -179,9 +179,14 @@ async fn spawn_herald(opts: &Options) -> anyhow::Result<Spawned> {
     if !has("--listen") {
         cmd.args(["--listen", &addr.to_string()]);
     }
-    if !has("--database-url") {
+    // A database named in the flags is someone else's (a cluster's, the
+    // retention scenario's): they drop it, not this instance.
+    let database = if has("--database-url") {
+        None
+    } else {
         cmd.args(["--database-url", &format!("{base}/{database}")]);
-    }
+        Some(database)
+    };
     if !has("--drain") {
         // Streams are closed by the harness before it stops herald.
         cmd.args(["--drain", "200ms"]);
@@ -199,7 +204,7 @@ async fn spawn_herald(opts: &Options) -> anyhow::Result<Spawned> {
         pid: child.id().unwrap_or(0),
         child: Some(child),
         dir: dir.keep(),
-        database: Some(database),
+        database,
         admin_url: opts.admin_url.clone(),
     };
     spawned.wait_ready().await?;

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use crate::report::{ChurnStats, PerUserStats, Report, RetentionStats, TableSizes};
 use crate::stats::Percentiles;
 
+mod cluster;
+
 fn pct(p: Option<&Percentiles>) -> String {
     p.map_or_else(
         || "-".into(),
@@ -52,6 +54,9 @@ impl Report {
                 "publish latency ms p50/p90/p99/p99.9/max",
                 pct(p.latency.as_ref()),
             );
+        }
+        if let Some(c) = &self.cluster {
+            c.rows(&mut row);
         }
         if let Some(u) = &self.per_user {
             row(
@@ -226,6 +231,9 @@ pub fn render(reports: &[&Report]) -> String {
         return String::new();
     };
     let mut out = String::new();
+    if let Some(r) = first.round {
+        let _ = write!(out, "round {r}: ");
+    }
     let _ = writeln!(out, "{}", first.params.describe(first.scenario));
     let columns: Vec<Vec<(String, String)>> = reports.iter().map(|r| r.rows()).collect();
     // Every label any report has, in first-seen order.
@@ -242,14 +250,14 @@ pub fn render(reports: &[&Report]) -> String {
         .map(|(col, r)| {
             col.iter()
                 .map(|(_, v)| v.len())
-                .chain([r.target.to_string().len()])
+                .chain([r.label().len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let _ = write!(out, "{:label_w$}", "");
     for (r, w) in reports.iter().zip(&widths) {
-        let _ = write!(out, "  {:>w$}", r.target.to_string());
+        let _ = write!(out, "  {:>w$}", r.label());
     }
     out.push('\n');
     for label in labels {
@@ -268,7 +276,7 @@ pub fn render(reports: &[&Report]) -> String {
             .or_else(|| r.publish.as_ref().and_then(|p| p.first_error.as_ref()))
             .or_else(|| r.churn.as_ref().and_then(|c| c.first_error.as_ref()))
         {
-            let _ = writeln!(out, "{}: first error: {e}", r.target);
+            let _ = writeln!(out, "{}: first error: {e}", r.label());
         }
     }
     out

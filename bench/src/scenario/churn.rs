@@ -97,6 +97,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
             registry_lag: Percentiles::of(&scrapes.lag),
             ..churn
         }),
+        cluster: None,
+        round: None,
         correctness: Correctness::default(),
         server: measured.server,
         postgres: measured.postgres,
@@ -397,7 +399,7 @@ async fn scrape_once(
 /// The value of the metric `name` in a Prometheus text exposition: its
 /// first sample, with labels or without; `None` when absent (or not a
 /// finite number of at least 0).
-fn gauge(text: &str, name: &str) -> Option<f64> {
+pub(super) fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let rest = match rest.strip_prefix('{') {

@@ -66,7 +66,7 @@ impl Subscribers {
                     expect,
                 };
                 tokio::spawn(subscriber::run(
-                    ctx.target.clone(),
+                    ctx.cluster.member(index).target.clone(),
                     ctx.sources.clone(),
                     spec,
                     shared.clone(),

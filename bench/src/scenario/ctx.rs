@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::cluster::Cluster;
 use crate::net::Sources;
 use crate::procfs::{Resources, Sampler, Scope};
 use crate::target::{self, Target};
@@ -13,7 +14,11 @@ use crate::workload::{Params, Scenario};
 /// What a scenario runs against.
 #[derive(Clone)]
 pub struct Ctx {
+    /// The first instance: the one the harness's own publishes (sync
+    /// events, probes) go to.
     pub target: Arc<dyn Target>,
+    /// Every instance; client `i` uses `cluster.member(i)`.
+    pub cluster: Arc<Cluster>,
     pub processes: Processes,
     pub params: Params,
     pub sources: Arc<Sources>,
@@ -40,14 +45,18 @@ pub struct Processes {
 /// Memory and CPU over a measured window: the server, PostgreSQL, and the
 /// harness itself (this process alone, not the servers it started).
 pub(super) struct Samplers {
-    server: Option<Sampler>,
+    /// One per instance.
+    servers: Vec<Option<Sampler>>,
     postgres: Option<Sampler>,
     client: Option<Sampler>,
 }
 
 /// What [`Samplers`] found.
 pub(super) struct Measured {
+    /// Every instance together.
     pub(super) server: Option<Resources>,
+    /// Each instance, in instance order.
+    pub(super) servers: Vec<Option<Resources>>,
     pub(super) postgres: Option<Resources>,
     pub(super) client: Option<Resources>,
 }
@@ -58,7 +67,7 @@ impl Samplers {
         let period = Duration::from_millis(250);
         let tree = |pid: Option<u32>| pid.and_then(|pid| Sampler::start(pid, period));
         Self {
-            server: tree(ctx.processes.server),
+            servers: ctx.cluster.members.iter().map(|m| tree(m.pid)).collect(),
             postgres: tree(ctx.processes.postgres),
             client: Sampler::start_scoped(std::process::id(), Scope::Process, period),
         }
@@ -72,8 +81,13 @@ impl Samplers {
                 None => None,
             }
         }
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for s in self.servers {
+            servers.push(done(s).await);
+        }
         Measured {
-            server: done(self.server).await,
+            server: Resources::sum(&servers),
+            servers,
             postgres: done(self.postgres).await,
             client: done(self.client).await,
         }

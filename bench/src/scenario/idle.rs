@@ -87,6 +87,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         per_user: None,
         retention: None,
         churn: None,
+        cluster: None,
+        round: None,
         idle,
         correctness,
         server: measured.server,

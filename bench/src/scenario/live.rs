@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use super::clients::{Subscribers, correctness, wait_for};
 use super::ctx::{Ctx, Samplers, fresh_topic};
+use super::probe::Probe;
 use super::publishing::publish_all;
 use crate::publisher::Control;
 use crate::report::{DeliveryStats, Report};
 use crate::stats::Percentiles;
+use crate::target::Kind;
 use crate::track::Bits;
-use crate::workload::Params;
+use crate::workload::{Params, Scenario};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     let p = &ctx.params;
@@ -25,9 +27,19 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
     // Sync events are not measured.
     subs.shared.latency.reset();
 
+    // Issue 26: what the committers and the log's head lock do meanwhile.
+    let probe = if ctx.scenario == Scenario::Publish && ctx.target.kind() == Kind::Herald {
+        Some(Probe::start(ctx.cluster.clone()).await)
+    } else {
+        None
+    };
     let samplers = Samplers::start(ctx);
     let started = Instant::now();
     let published = publish_all(ctx, &topics, p.events, p.rate, p.until()).await?;
+    let cluster = match probe {
+        Some(probe) => Some(probe.finish(published.per_instance.clone()).await),
+        None => None,
+    };
 
     // What each topic's subscribers should receive: its publishers' events.
     let n = topics.len();
@@ -64,6 +76,12 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         .zip(published.last_sent)
         .map(|(t, sent)| t.saturating_duration_since(sent));
     let measured = samplers.finish().await;
+    let cluster = cluster.map(|mut c| {
+        for (i, r) in c.per_instance.iter_mut().zip(&measured.servers) {
+            i.cpu_percent = r.as_ref().map(|r| r.cpu_percent);
+        }
+        c
+    });
     let deliveries = subs.shared.delivered.load(Ordering::Relaxed);
     let latency = Percentiles::of(&subs.shared.latency.merged());
     let outcomes = subs.finish().await;
@@ -85,6 +103,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<Report> {
         per_user: None,
         retention: None,
         churn: None,
+        cluster,
+        round: None,
         idle: None,
         server: measured.server,
         postgres: measured.postgres,

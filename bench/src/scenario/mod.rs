@@ -1,6 +1,8 @@
 //! The workloads, each written once against [`Target`]:
 //! - `publish`: publishers flat out (or at `--rate`), a few subscribers
-//!   checking that every acknowledged event arrives;
+//!   checking that every acknowledged event arrives; on herald, also on
+//!   several instances of one database ([`run_on`]), with a `probe` of
+//!   each one's commits and lock waits;
 //! - `fanout`: many subscribers on one topic, publishers at a fixed rate;
 //! - `idle`: many open streams and nothing published: memory per stream;
 //! - `resume`: one client comes back after K missed events: time to replay;
@@ -30,12 +32,14 @@ mod idle;
 mod live;
 mod peruser;
 mod peruser_storm;
+mod probe;
 mod publishing;
 mod resume;
 pub mod retention;
 
 use std::sync::Arc;
 
+use crate::cluster::Cluster;
 use crate::net::Sources;
 use crate::report::Report;
 use crate::target::Target;
@@ -53,8 +57,34 @@ pub async fn run(
     scenario: Scenario,
     target: Arc<dyn Target>,
     processes: Processes,
+    params: Params,
+) -> anyhow::Result<Report> {
+    let cluster = Cluster::single(target, processes.server);
+    run_on(scenario, &cluster, processes.postgres, params).await
+}
+
+/// Runs `scenario` against every instance of `cluster` (client `i` on
+/// instance `i mod n`; only `publish` takes more than one) and reports;
+/// PostgreSQL's postmaster is `postgres`.
+///
+/// # Errors
+/// As [`run`]; and several instances for a scenario other than `publish`.
+pub async fn run_on(
+    scenario: Scenario,
+    cluster: &Cluster,
+    postgres: Option<u32>,
     mut params: Params,
 ) -> anyhow::Result<Report> {
+    anyhow::ensure!(!cluster.is_empty(), "no server to run against");
+    anyhow::ensure!(
+        cluster.len() == 1 || scenario == Scenario::Publish,
+        "several instances are for the publish scenario only"
+    );
+    let target = cluster.members[0].target.clone();
+    let processes = Processes {
+        server: cluster.members[0].pid,
+        postgres,
+    };
     params.batch = params.batch.clamp(1, target.max_batch());
     params.publishers = params.publishers.max(1);
     params.topics = params.topics.max(1);
@@ -67,6 +97,7 @@ pub async fn run(
     ));
     let ctx = Ctx {
         target,
+        cluster: Arc::new(cluster.clone()),
         processes,
         params,
         sources,

@@ -119,6 +119,8 @@ pub(super) async fn run(ctx: &Ctx, with_storm: bool) -> anyhow::Result<Report> {
         }),
         retention: None,
         churn: None,
+        cluster: None,
+        round: None,
         correctness,
         publish: Some(published.stats),
         catch_up: None,

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
+use crate::cluster::{instance_of, split};
 use crate::publisher::{self, Topics};
 use crate::report::PublishStats;
 use crate::stats::{self, Percentiles};
@@ -17,6 +19,9 @@ use crate::track::Bits;
 pub(super) struct Published {
     pub(super) acked: Vec<Bits>,
     pub(super) stats: PublishStats,
+    /// The same for each instance's publishers (publisher i on instance
+    /// i mod n), in instance order; over the same window as `stats`.
+    pub(super) per_instance: Vec<PublishStats>,
     /// When the last acknowledged request went out (`None`: none was).
     pub(super) last_sent: Option<Instant>,
 }
@@ -88,46 +93,88 @@ async fn publish_with(
         })
         .collect();
     let outcomes = run_publishers(ctx, plans).await?;
+    let instances = ctx.cluster.len();
+    let mut total = Totals::new(started);
+    let mut per_instance: Vec<Totals> = (0..instances).map(|_| Totals::new(started)).collect();
     let mut acked = Vec::with_capacity(p);
-    let mut latency = stats::histogram();
-    let (mut requests, mut acked_events, mut errors) = (0, 0, 0);
-    let mut first_error = None;
-    let mut finished = started;
-    let mut last_sent = None;
-    for o in outcomes {
+    for (i, o) in outcomes.into_iter().enumerate() {
         let Some(o) = o else {
             acked.push(Bits::default());
             continue;
         };
-        latency.add(&o.latency).expect("same bounds");
-        requests += o.requests;
-        acked_events += o.acked_events;
-        errors += o.errors;
-        if first_error.is_none() {
-            first_error = o.first_error;
-        }
-        finished = finished.max(o.finished);
-        last_sent = last_sent.max(o.last_acked_sent);
+        total.add(&o);
+        per_instance[instance_of(i, instances)].add(&o);
         acked.push(o.acked);
     }
-    let secs = finished.duration_since(started).as_secs_f64();
+    // Every share over the whole group's window, so they add up.
+    let finished = total.finished;
+    let last_sent = total.last_sent;
+    let shares = split(p, instances);
     Ok(Published {
         acked,
         last_sent,
-        stats: PublishStats {
-            publishers: p,
-            requests,
-            events_acked: acked_events,
-            errors,
-            first_error,
+        stats: total.stats(p, started, finished),
+        per_instance: per_instance
+            .into_iter()
+            .zip(shares)
+            .map(|(t, n)| t.stats(n, started, finished))
+            .collect(),
+    })
+}
+
+/// Publishers' outcomes summed up.
+struct Totals {
+    latency: Histogram<u64>,
+    requests: u64,
+    acked_events: u64,
+    errors: u64,
+    first_error: Option<String>,
+    finished: Instant,
+    last_sent: Option<Instant>,
+}
+
+impl Totals {
+    fn new(started: Instant) -> Self {
+        Self {
+            latency: stats::histogram(),
+            requests: 0,
+            acked_events: 0,
+            errors: 0,
+            first_error: None,
+            finished: started,
+            last_sent: None,
+        }
+    }
+
+    fn add(&mut self, o: &publisher::Outcome) {
+        self.latency.add(&o.latency).expect("same bounds");
+        self.requests += o.requests;
+        self.acked_events += o.acked_events;
+        self.errors += o.errors;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&o.first_error);
+        }
+        self.finished = self.finished.max(o.finished);
+        self.last_sent = self.last_sent.max(o.last_acked_sent);
+    }
+
+    /// `publishers` of them, over `started` to `finished`.
+    fn stats(self, publishers: usize, started: Instant, finished: Instant) -> PublishStats {
+        let secs = finished.duration_since(started).as_secs_f64();
+        PublishStats {
+            publishers,
+            requests: self.requests,
+            events_acked: self.acked_events,
+            errors: self.errors,
+            first_error: self.first_error,
             events_per_sec: if secs > 0.0 {
-                acked_events as f64 / secs
+                self.acked_events as f64 / secs
             } else {
                 0.0
             },
-            latency: Percentiles::of(&latency),
-        },
-    })
+            latency: Percentiles::of(&self.latency),
+        }
+    }
 }
 
 /// Runs the publishers on a runtime of their own (`publisher_threads`
@@ -138,7 +185,7 @@ async fn run_publishers(
     ctx: &Ctx,
     plans: Vec<publisher::Plan>,
 ) -> anyhow::Result<Vec<Option<publisher::Outcome>>> {
-    let (target, sources) = (ctx.target.clone(), ctx.sources.clone());
+    let (cluster, sources) = (ctx.cluster.clone(), ctx.sources.clone());
     let threads = ctx.params.publisher_threads.max(1);
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -154,7 +201,9 @@ async fn run_publishers(
                     let handles: Vec<_> = plans
                         .into_iter()
                         .map(|plan| {
-                            tokio::spawn(publisher::run(target.clone(), sources.clone(), plan))
+                            // Publisher i on instance i mod n.
+                            let target = cluster.member(plan.index as usize).target.clone();
+                            tokio::spawn(publisher::run(target, sources.clone(), plan))
                         })
                         .collect();
                     let mut out = Vec::with_capacity(handles.len());

@@ -103,6 +103,8 @@ pub(super) async fn run(ctx: &Ctx, storm: bool) -> anyhow::Result<Report> {
         per_user: None,
         retention: None,
         churn: None,
+        cluster: None,
+        round: None,
         idle: None,
         correctness: correctness(&outcomes, |_| &published.acked, total),
         server: measured.server,

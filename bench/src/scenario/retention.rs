@@ -244,6 +244,8 @@ async fn measure(launcher: &dyn Launcher, url: &str, params: Params) -> anyhow::
         per_user: None,
         retention: Some(stats),
         churn: None,
+        cluster: None,
+        round: None,
         correctness: Correctness::default(),
         server: None,
         postgres: None,
