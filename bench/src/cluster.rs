@@ -116,17 +116,7 @@ pub async fn spawn(kind: Kind, opts: &Options, n: usize) -> anyhow::Result<Spawn
             admin_url: opts.admin_url.clone(),
         });
     }
-    let name = format!(
-        "herald_bench_{}_{}",
-        std::process::id(),
-        crate::payload::now_nanos() % 1_000_000_000_000
-    );
-    let base = opts
-        .admin_url
-        .rsplit_once('/')
-        .context("--database-admin-url has no database path")?
-        .0;
-    let url = format!("{base}/{name}");
+    let (name, url) = servers::fresh_database(&opts.admin_url)?;
     let mut cluster = SpawnedCluster {
         instances: Vec::with_capacity(n),
         names: Vec::with_capacity(n),

@@ -160,20 +160,27 @@ pub async fn spawn(kind: Kind, opts: &Options) -> anyhow::Result<Spawned> {
     }
 }
 
-async fn spawn_herald(opts: &Options) -> anyhow::Result<Spawned> {
-    let bin = herald_bin(opts)?;
-    let dir = Scratch::new(Kind::Herald)?;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let database = format!(
+/// A database name of this run's own, and the URL it has on the server of
+/// `--database-admin-url`.
+pub(crate) fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
+    let name = format!(
         "herald_bench_{}_{}",
         std::process::id(),
         crate::payload::now_nanos() % 1_000_000_000_000
     );
-    let base = opts
-        .admin_url
+    let base = admin_url
         .rsplit_once('/')
         .context("--database-admin-url has no database path")?
         .0;
+    let url = format!("{base}/{name}");
+    Ok((name, url))
+}
+
+async fn spawn_herald(opts: &Options) -> anyhow::Result<Spawned> {
+    let bin = herald_bin(opts)?;
+    let dir = Scratch::new(Kind::Herald)?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let (database, url) = fresh_database(&opts.admin_url)?;
     let has = |flag: &str| opts.herald_args.iter().any(|a| a.starts_with(flag));
     let mut cmd = Command::new(&bin);
     if !has("--listen") {
@@ -184,7 +191,7 @@ async fn spawn_herald(opts: &Options) -> anyhow::Result<Spawned> {
     let database = if has("--database-url") {
         None
     } else {
-        cmd.args(["--database-url", &format!("{base}/{database}")]);
+        cmd.args(["--database-url", &url]);
         Some(database)
     };
     if !has("--drain") {
