@@ -115,8 +115,8 @@ async fn publish_request(state: AppState, req: Request) -> Result<Response, ApiE
     drop(send);
     let appended = appended?;
 
-    log_published(&appended, identity.subject.as_deref());
     let created = appended.iter().filter(|a| a.created).count();
+    log_published(&appended, created, identity.subject.as_deref());
     telemetry::events_published().increment(created as u64);
     telemetry::publish_seconds().record(started.elapsed());
     let status = if created > 0 {
@@ -307,7 +307,7 @@ fn validate(
 /// ids a request stored or found again, and their trace ids, to follow an
 /// event from its publisher's trace. At info, a line per publish would
 /// cost a busy instance more than the publish.
-fn log_published(appended: &[crate::log::Appended], subject: Option<&str>) {
+fn log_published(appended: &[crate::log::Appended], created: usize, subject: Option<&str>) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
@@ -321,7 +321,7 @@ fn log_published(appended: &[crate::log::Appended], subject: Option<&str>) {
         ids = ?ids,
         trace_id = trace_ids.join(","),
         subject = subject.unwrap_or(""),
-        created = appended.iter().filter(|a| a.created).count(),
+        created,
         "events published"
     );
 }
@@ -354,12 +354,13 @@ pub(super) struct RequestTrace {
 
 impl RequestTrace {
     fn of(headers: &HeaderMap) -> Self {
+        // A value that is not text cannot be valid: it is dropped, and counted.
         let value = |name: &HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-        if !headers.contains_key(&TRACEPARENT) && !headers.contains_key(&TRACESTATE) {
-            return Self { context: None };
-        }
+        let (parent, state) = (value(&TRACEPARENT), value(&TRACESTATE));
         Self {
-            context: checked(value(&TRACEPARENT), value(&TRACESTATE)),
+            context: (parent.is_some() || state.is_some())
+                .then(|| checked(parent, state))
+                .flatten(),
         }
     }
 }
