@@ -198,16 +198,7 @@ impl Drop for SpawnedCluster {
         // The instances first (each killed as it drops), then their database.
         self.instances.clear();
         if let Some((name, _)) = self.database.take() {
-            let admin = self.admin_url.clone();
-            // Drop runs outside async code: a runtime of its own.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(drop_database(&admin, &name)).ok()
-            })
-            .join();
+            servers::drop_database_blocking(&self.admin_url, name);
         }
     }
 }

@@ -160,6 +160,20 @@ pub async fn spawn(kind: Kind, opts: &Options) -> anyhow::Result<Spawned> {
     }
 }
 
+/// Drops database `name` from outside async code (a `Drop`): on a runtime
+/// of its own, on a thread of its own.
+pub(crate) fn drop_database_blocking(admin_url: &str, name: String) {
+    let admin = admin_url.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(drop_database(&admin, &name)).ok()
+    })
+    .join();
+}
+
 /// A database name of this run's own, and the URL it has on the server of
 /// `--database-admin-url`.
 pub(crate) fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
@@ -388,16 +402,7 @@ impl Drop for Spawned {
             signal_group(self.pid, libc::SIGKILL, true);
         }
         if let Some(db) = self.database.take() {
-            let admin = self.admin_url.clone();
-            // Drop runs outside async code: a runtime of its own.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(drop_database(&admin, &db)).ok()
-            })
-            .join();
+            drop_database_blocking(&self.admin_url, db);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
