@@ -252,7 +252,10 @@ impl Hub {
             // none for a frame the hub already had.
             let span =
                 (export && frame.id > self.head()).then(|| telemetry::otel::process_span(frame));
-            let streams = self.lock().publish(frame, &mut lagging);
+            // `None`: a frame the hub already had; nothing to say of it.
+            let Some(streams) = self.lock().publish(frame, &mut lagging) else {
+                continue;
+            };
             if let Some(span) = span {
                 telemetry::otel::processed(&span, streams);
             }
@@ -310,10 +313,11 @@ struct Work {
 impl State {
     /// Rings `frame` and offers it to each subscriber the index finds, once;
     /// those whose queue is full leave the hub into `lagging`.
-    /// Returns how many streams it was queued for.
-    fn publish(&mut self, frame: &Arc<Frame>, lagging: &mut Vec<Subscriber>) -> usize {
+    /// Returns how many streams it was queued for, `None` for a frame the
+    /// hub already had.
+    fn publish(&mut self, frame: &Arc<Frame>, lagging: &mut Vec<Subscriber>) -> Option<usize> {
         if frame.id <= self.head {
-            return 0;
+            return None;
         }
         self.head = frame.id;
         self.ring.push(frame.clone());
@@ -343,7 +347,7 @@ impl State {
             }
         });
         lagging.extend(full.into_iter().filter_map(|id| self.remove(id)));
-        queued
+        Some(queued)
     }
 
     /// Takes a subscriber out of the hub and out of every index entry.
