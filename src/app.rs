@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::http::{self, AppState, PublishLimits, Shared};
 use crate::hub::Hub;
-use crate::log::{EventLog, Kept, Policy};
+use crate::log::{Election, EventLog, Kept, Policy, advertised_url};
 use crate::registry::{Registry, RegistrySettings};
 use crate::retention::Retention;
 use crate::stream::{StreamSettings, Streams};
@@ -74,13 +74,21 @@ impl Instance {
             config.db_timeout,
         )
         .await?;
-        let (log, committer) = EventLog::start(pool.clone(), config.db_timeout);
+        let (election, cluster) = Election::new(pool.connect_options().as_ref().clone());
+        let (log, committer) = EventLog::start(pool.clone(), config.db_timeout, cluster.clone());
         let hub = Hub::new(config.ring_size, 0);
         tail::warm(&log, &hub, config.ring_size)
             .await
             .context("cannot read the event log")?;
         let tcp =
             bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let advertised = advertised_url(
+            config.advertise_url.as_deref(),
+            tcp.local_addr()
+                .context("the listening socket has no address")?,
+            &pool,
+        )
+        .await;
 
         let shutdown = CancellationToken::new();
         // The listener outlives `shutdown`: streams in their drain slot still
@@ -120,8 +128,10 @@ impl Instance {
                 config.idempotency_window,
             ),
         };
+        let election = election.of(registry.instance().to_owned(), advertised);
         let tasks = vec![
             committer,
+            tokio::spawn(election.run(tasks_stop.clone())),
             tokio::spawn(tail.run(tasks_stop.clone())),
             tokio::spawn(retention.run(tasks_stop.clone())),
             telemetry::spawn_upkeep(metrics.clone()),
@@ -160,6 +170,7 @@ impl Instance {
             listener: status,
             metrics,
             max_topics_per_stream: config.max_topics_per_stream,
+            cluster,
         });
         Ok(Self {
             tcp,

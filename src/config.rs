@@ -53,6 +53,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub otlp_endpoint: Option<String>,
 
+    /// The base URL the other instances on the same database reach this one
+    /// at, such as `http://10.0.0.5:8080`: whichever instance commits for
+    /// the cluster is sent the others' publish requests there (README,
+    /// "Several instances"). By default `http://` and the listen address,
+    /// or, when that is `0.0.0.0` or `::`, the address PostgreSQL sees this
+    /// instance connect from, with the listen port.
+    #[arg(long, env = "HERALD_ADVERTISE_URL", value_name = "URL", value_parser = parse_advertise_url)]
+    pub advertise_url: Option<String>,
+
     /// Window over which a stopping instance ends its open streams.
     #[arg(long, env = "HERALD_DRAIN", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
@@ -443,6 +452,24 @@ pub fn parse_endpoint(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// An `--advertise-url`: `http(s)://host[:port]`, without a path.
+///
+/// # Errors
+/// Anything else, with an example.
+pub fn parse_advertise_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or_default();
+    if rest.is_empty() || rest.contains(['/', '?', '#']) || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} is not a base URL: expected http(s)://host[:port], such as http://10.0.0.5:8080"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -470,7 +497,25 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_endpoint;
+    use super::{parse_advertise_url, parse_endpoint};
+
+    #[test]
+    fn an_advertise_url_is_an_http_base_url() {
+        assert_eq!(
+            parse_advertise_url("http://10.0.0.5:8080/").unwrap(),
+            "http://10.0.0.5:8080"
+        );
+        assert!(parse_advertise_url("https://herald-0.herald:8080").is_ok());
+        for bad in [
+            "10.0.0.5:8080",
+            "http://",
+            "http://h/v1",
+            "ftp://h",
+            "http://h x",
+        ] {
+            assert!(parse_advertise_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn an_otlp_endpoint_is_an_http_url_with_a_host() {

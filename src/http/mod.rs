@@ -9,11 +9,14 @@
 //! - `history`: `GET /v1/events`
 //! - `streams`: `PUT /v1/streams/{handle}`, a named stream's topics
 //! - `admin`: listing streams, ending them, revoking subjects
+//! - `cluster`: `POST /v1/cluster/append`, other instances' groups sent to
+//!   the cluster's committer
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`
 //! - `routes`: the one table of routes the others are named from
 
 mod admin;
 mod client;
+mod cluster;
 mod console;
 mod edge;
 mod history;
@@ -36,7 +39,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::log::EventLog;
+use crate::log::{Cluster, EventLog};
 use crate::stream::Streams;
 use crate::tail::ListenerStatus;
 
@@ -63,6 +66,9 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// `--max-topics-per-stream`, for `PUT /v1/streams/{handle}`.
     pub max_topics_per_stream: usize,
+    /// Whether this instance commits for the cluster, and with which
+    /// secret it takes the others' groups.
+    pub cluster: Cluster,
 }
 
 impl AppState {
@@ -110,6 +116,10 @@ fn router(state: AppState) -> Router {
             axum::routing::put(streams::put).delete(admin::end_one),
         )
         .route(Route::SubjectStreams.template(), delete(admin::revoke))
+        .route(
+            Route::ClusterAppend.template(),
+            axum::routing::post(cluster::append),
+        )
         .route(Route::Healthz.template(), get(ops::healthz))
         .route(Route::Readyz.template(), get(ops::readyz))
         .route(Route::Metrics.template(), get(ops::metrics))

@@ -30,6 +30,8 @@ pub enum Route {
     StreamHandle,
     /// `DELETE`: end a subject's streams and revoke its tokens (admin).
     SubjectStreams,
+    /// `POST`: other instances' groups, to the cluster's committer.
+    ClusterAppend,
     Healthz,
     Readyz,
     Metrics,
@@ -40,7 +42,7 @@ pub const UNMATCHED: &str = "unmatched";
 
 impl Route {
     /// Every route, in the order the router lists them.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Console,
         Self::ConsoleScript,
         Self::ConsoleStyle,
@@ -52,6 +54,7 @@ impl Route {
         Self::Streams,
         Self::StreamHandle,
         Self::SubjectStreams,
+        Self::ClusterAppend,
         Self::Healthz,
         Self::Readyz,
         Self::Metrics,
@@ -71,6 +74,7 @@ impl Route {
             Self::Streams => "/v1/streams",
             Self::StreamHandle => "/v1/streams/{handle}",
             Self::SubjectStreams => "/v1/subjects/{sub}/streams",
+            Self::ClusterAppend => crate::log::APPEND_PATH,
             Self::Healthz => "/healthz",
             Self::Readyz => "/readyz",
             Self::Metrics => "/metrics",

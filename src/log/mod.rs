@@ -29,7 +29,10 @@ mod prune;
 
 use append::{AppendJob, Claim, committer};
 
-pub use append::ANSWER_MARGIN;
+pub use append::{
+    ANSWER_MARGIN, APPEND_PATH, Batch as ForwardBatch, Cluster, Election, MAX_FORWARD_BODY,
+    advertised_url, take_forwarded,
+};
 pub use kept::Kept;
 pub use notice::Notice;
 pub use prune::{PRUNE_LOCK, Policy, Pruner, Round};
@@ -305,9 +308,15 @@ impl EventLog {
     /// Starts the committer task; it ends when every handle is dropped.
     /// `timeout` (`--db-timeout`) bounds every request's wait for the
     /// database: appends and reads answer within it plus [`ANSWER_MARGIN`].
-    pub fn start(pool: PgPool, timeout: Duration) -> (Self, tokio::task::JoinHandle<()>) {
+    /// `cluster`: where the groups go while another instance commits for
+    /// the cluster (`append/cluster.rs`).
+    pub fn start(
+        pool: PgPool,
+        timeout: Duration,
+        cluster: Cluster,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(16 * 1024);
-        let task = tokio::spawn(committer(pool.clone(), rx, timeout));
+        let task = tokio::spawn(committer(pool.clone(), rx, timeout, cluster));
         (
             Self {
                 pool,
@@ -330,7 +339,22 @@ impl EventLog {
     /// answer in time: the events may or may not be stored. Any other
     /// [`LogError`]: nothing was stored.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
-        let deadline = Instant::now() + self.timeout;
+        self.append_until(events, Instant::now() + self.timeout)
+            .await
+    }
+
+    /// As [`Self::append`], waiting for the database until `deadline`
+    /// rather than `--db-timeout` from now: a request another instance
+    /// forwarded, with the time it had left.
+    ///
+    /// # Errors
+    /// As [`Self::append`].
+    pub async fn append_until(
+        &self,
+        events: Vec<NewEvent>,
+        deadline: Instant,
+    ) -> Result<Vec<Appended>, LogError> {
+        let deadline = deadline.min(Instant::now() + self.timeout);
         let claim = Arc::new(Claim::default());
         let (reply, answer) = oneshot::channel();
         let job = AppendJob {

@@ -104,6 +104,19 @@ handle!(events_published: Counter = metrics::counter!(EVENTS_PUBLISHED));
 handle!(publish_seconds: Histogram = metrics::histogram!(PUBLISH_SECONDS));
 handle!(append_seconds: Histogram = metrics::histogram!(APPEND_SECONDS));
 handle!(append_group_events: Histogram = metrics::histogram!(APPEND_GROUP_EVENTS));
+handle!(append_committer: Gauge = metrics::gauge!(APPEND_COMMITTER));
+handle!(
+    /// `herald_append_forwarded_total{outcome="answered"}`.
+    forwards_answered: Counter = metrics::counter!(APPEND_FORWARDED, "outcome" => FORWARD_OUTCOMES[0])
+);
+handle!(
+    /// `herald_append_forwarded_total{outcome="not_sent"}`.
+    forwards_not_sent: Counter = metrics::counter!(APPEND_FORWARDED, "outcome" => FORWARD_OUTCOMES[1])
+);
+handle!(
+    /// `herald_append_forwarded_total{outcome="unknown"}`.
+    forwards_unknown: Counter = metrics::counter!(APPEND_FORWARDED, "outcome" => FORWARD_OUTCOMES[2])
+);
 handle!(log_head: Gauge = metrics::gauge!(LOG_HEAD));
 handle!(
     /// `herald_listener_events_total{source="notification"}`.

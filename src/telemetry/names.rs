@@ -18,6 +18,10 @@ pub const PUBLISH_SECONDS: &str = "herald_publish_duration_seconds";
 pub const PUBLISH_REFUSED: &str = "herald_publish_refused_total";
 pub const APPEND_SECONDS: &str = "herald_append_transaction_seconds";
 pub const APPEND_GROUP_EVENTS: &str = "herald_append_group_events";
+pub const APPEND_COMMITTER: &str = "herald_append_committer";
+pub const APPEND_FORWARDED: &str = "herald_append_forwarded_total";
+/// `outcome` of `herald_append_forwarded_total`.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["answered", "not_sent", "unknown"];
 pub const RESUMES: &str = "herald_resumes_total";
 pub const REPLAY_EVENTS: &str = "herald_replay_events";
 pub const RESETS: &str = "herald_stream_resets_total";
@@ -157,6 +161,17 @@ pub(super) fn describe() {
         APPEND_GROUP_EVENTS,
         "Events carried by one group-commit append transaction."
     );
+    describe_gauge!(
+        APPEND_COMMITTER,
+        "1 while this instance commits the appends of every instance on its database (it holds \
+         the committer lock), 0 while it sends its publish requests to the instance that does."
+    );
+    describe_counter!(
+        APPEND_FORWARDED,
+        "Publish requests this instance sent to the cluster's committer, by outcome: answered \
+         (stored or refused there), not_sent (it could not be reached; committed here instead), \
+         unknown (sent and not answered: 503, outcome unknown)."
+    );
     describe_counter!(
         RESUMES,
         "Streams resumed from a cursor, by where the missed events came from (ring or database)."
@@ -288,11 +303,15 @@ pub(super) fn zero() {
     for reason in PUBLISH_REFUSALS {
         metrics::counter!(PUBLISH_REFUSED, "reason" => reason).absolute(0);
     }
+    for outcome in FORWARD_OUTCOMES {
+        metrics::counter!(APPEND_FORWARDED, "outcome" => outcome).absolute(0);
+    }
     for field in TRACE_FIELDS {
         metrics::counter!(TRACE_DROPPED, "field" => field).absolute(0);
     }
     metrics::gauge!(STREAMS_ACTIVE).set(0.0);
     metrics::gauge!(LISTENER_ATTACHED).set(0.0);
+    metrics::gauge!(APPEND_COMMITTER).set(0.0);
     metrics::gauge!(DB_WAITING).set(0.0);
     metrics::gauge!(READY).set(0.0);
     // Retention gauges exist from the start, so the "retention not running"

@@ -12,6 +12,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod commit;
+mod committer;
 mod connections;
 mod cors;
 mod delivery;

@@ -33,17 +33,29 @@
 //! retried one request at a time, so the request at fault gets the error and
 //! the others commit.
 //!
+//! **One committer for the cluster.** The instances on one database elect
+//! one of them to commit everyone's groups, and the others send it theirs
+//! (`cluster.rs`, `forward.rs`): one statement per group for the whole
+//! cluster, as with one instance. Correctness never rests on the election:
+//! every append still locks `log_head`, whoever sends it.
+//!
 //! - `group`: the committer, gathering waiting requests into a group.
 //! - `commit`: one group's commit within its deadline, and what its
 //!   failure means.
 //! - `sql`: the statements, with and without idempotency keys.
+//! - `cluster`: the election of the cluster's committer.
+//! - `forward`: groups sent to it, and taken there.
 
+mod cluster;
 mod commit;
+mod forward;
 mod group;
 mod sql;
 
 use std::time::Duration;
 
+pub use cluster::{APPEND_PATH, Cluster, Election, advertised_url};
+pub use forward::{Batch, MAX_FORWARD_BODY, take as take_forwarded};
 pub(super) use group::{AppendJob, Claim, committer};
 
 /// How long after its deadline a publisher may wait for its answer: the

@@ -71,7 +71,7 @@ pub(super) async fn append_plain(
         .collect())
 }
 
-fn stored(ev: &NewEvent, id: i64, time: OffsetDateTime) -> StoredEvent {
+pub(super) fn stored(ev: &NewEvent, id: i64, time: OffsetDateTime) -> StoredEvent {
     StoredEvent {
         id,
         topic: ev.topic.clone(),
