@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of BENCHMARKS.md: every target of issues #4 and #9, herald and
+# The figures of BENCHMARKS.md, "Results": every target of issues #4 and #9, herald and
 # nchan side by side in one run each, and issue #23's churn (herald only),
 # repeated RUNS times (medians are quoted). Run on a quiet machine:  bash bench/run-all.sh [OUT_DIR] [RUNS]
 # ONLY=REGEX runs only the tables whose file name matches, e.g.

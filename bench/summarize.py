@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Medians of bench/run-all.sh's runs, as the tables of BENCHMARKS.md.
+"""Medians of bench/run-all.sh's runs, one table per scenario: the figures
+behind BENCHMARKS.md, "Results".
 
     python3 bench/summarize.py bench-results
 """

@@ -12,7 +12,7 @@ use herald::{Config, telemetry};
 /// second glibc's `malloc`/`free` took about 13 % of herald's CPU samples
 /// (fastbin consolidation and free-list unlinking across the runtime's
 /// threads). Its v2 allocator also holds less per idle stream here than
-/// glibc (`BENCHMARKS.md`).
+/// glibc (`BENCHMARKS.md`, "mimalloc").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -51,7 +51,7 @@ pub const PRUNE_LOCK: i64 = 0x6865_7261_6c64_7072;
 /// lock on `log_head` lasts one `UPDATE` and a commit, large enough that a
 /// million events take 200 transactions, not thousands. The effect on
 /// publish latency is what the `retention` benchmark measures
-/// (`BENCHMARKS.md`).
+/// (`BENCHMARKS.md`, "Retention in batches").
 pub const PRUNE_BATCH: i64 = 5_000;
 
 /// Shortest time between rounds; `--retention 2s` still removes an event

@@ -26,8 +26,8 @@ const MAX_GROUP_EVENTS: usize = 4096;
 /// hand in their jobs first and share the statement; with nothing else
 /// ready a yield returns at once. Measured at 5,000 single-event
 /// publishes/s over 64 connections, alternating binaries (`BENCHMARKS.md`,
-/// "Where herald's CPU goes"): PostgreSQL's CPU down from 44 % of a core to
-/// 38 %, herald's 42 % and 41 %, delivery p99 unchanged. Not when
+/// "The committer's gather yields"): PostgreSQL's CPU down from 44 % of a
+/// core to 38 %, herald's 42 % and 41 %, delivery p99 unchanged. Not when
 /// requests are already waiting: the group is then formed anyway, and
 /// yielding on every group delayed the one task every append goes
 /// through (publishes flat out: 19,300 events/s instead of 24,000).
