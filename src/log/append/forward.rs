@@ -99,10 +99,7 @@ impl Forwarder {
         let Some(first_deadline) = group.iter().map(|j| j.deadline).min() else {
             return Forwarded::Answered(Vec::new());
         };
-        let body = match encode(group, now) {
-            Ok(body) => body,
-            Err(e) => return Forwarded::NotSent(format!("cannot encode the group: {e}")),
-        };
+        let body = encode(group, now);
         let limit = (first_deadline + ANSWER_MARGIN).saturating_duration_since(now);
         let sent = client
             .post(&peer.append_url)
@@ -203,21 +200,6 @@ struct Event {
 }
 
 impl Event {
-    fn of(ev: &NewEvent) -> Result<Self, serde_json::Error> {
-        Ok(Self {
-            topic: ev.topic.as_str().to_owned(),
-            event_type: ev.event_type.as_str().to_owned(),
-            data: RawValue::from_string(ev.data.clone())?,
-            key: ev.key.as_ref().map(|k| k.as_str().to_owned()),
-            key_index: ev.key.as_ref().and_then(IdempotencyKey::index),
-            traceparent: ev.trace.as_deref().map(|t| t.traceparent().to_owned()),
-            tracestate: ev
-                .trace
-                .as_deref()
-                .and_then(|t| t.tracestate().map(str::to_owned)),
-        })
-    }
-
     fn of_stored(ev: &StoredEvent) -> Self {
         Self {
             topic: ev.topic.as_str().to_owned(),
@@ -324,23 +306,69 @@ impl Stored {
     }
 }
 
-fn encode(group: &[AppendJob], now: Instant) -> Result<Vec<u8>, serde_json::Error> {
-    let requests = group
+/// The body of a forward ([`Batch`]), written directly: each event's
+/// `data` is already compact JSON and goes in as it is, and topics, types
+/// and keys go through `serde_json`'s string escaping. (Building a
+/// [`Batch`] to serialise would copy and re-validate every event's data.)
+fn encode(group: &[AppendJob], now: Instant) -> Vec<u8> {
+    let size: usize = group
         .iter()
-        .map(|job| {
-            Ok(Request {
-                left_ms: u64::try_from(
-                    job.deadline
-                        .saturating_duration_since(now)
-                        .saturating_sub(RETURN_TRIP)
-                        .as_millis(),
-                )
-                .unwrap_or(u64::MAX),
-                events: job.events.iter().map(Event::of).collect::<Result<_, _>>()?,
-            })
-        })
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    serde_json::to_vec(&Batch { requests })
+        .flat_map(|j| j.events.iter())
+        .map(|e| e.data.len() + e.topic.as_str().len() + e.event_type.as_str().len() + 64)
+        .sum();
+    let mut out = Vec::with_capacity(size + 32);
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"requests\":[");
+    for (i, job) in group.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let left = job
+            .deadline
+            .saturating_duration_since(now)
+            .saturating_sub(RETURN_TRIP)
+            .as_millis();
+        out.extend_from_slice(b"{\"left_ms\":");
+        out.extend_from_slice(number.format(u64::try_from(left).unwrap_or(u64::MAX)).as_bytes());
+        out.extend_from_slice(b",\"events\":[");
+        for (k, ev) in job.events.iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"topic\":");
+            string(&mut out, ev.topic.as_str());
+            out.extend_from_slice(b",\"type\":");
+            string(&mut out, ev.event_type.as_str());
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(ev.data.as_bytes());
+            if let Some(key) = &ev.key {
+                out.extend_from_slice(b",\"key\":");
+                string(&mut out, key.as_str());
+                if let Some(index) = key.index() {
+                    out.extend_from_slice(b",\"key_index\":");
+                    out.extend_from_slice(number.format(index).as_bytes());
+                }
+            }
+            if let Some(trace) = ev.trace.as_deref() {
+                out.extend_from_slice(b",\"traceparent\":");
+                string(&mut out, trace.traceparent());
+                if let Some(state) = trace.tracestate() {
+                    out.extend_from_slice(b",\"tracestate\":");
+                    string(&mut out, state);
+                }
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `s` as a JSON string.
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing a `str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// One request's answer, its events rebuilt from what the sender has and
@@ -398,17 +426,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_event_goes_through_a_forward_byte_for_byte() {
-        let key = IdempotencyKey::parse("k-1").unwrap().in_batch(3);
-        let ev = new_event(r#"{"b":1.50,"a":[true,null]}"#, Some(key.clone()));
-        let text = serde_json::to_string(&Event::of(&ev).unwrap()).unwrap();
-        let back: Event = serde_json::from_str(&text).unwrap();
-        let back = back.into_new().unwrap();
-        assert_eq!(back.data, ev.data);
-        assert_eq!(back.topic, ev.topic);
-        assert_eq!(back.key, Some(key));
-        assert_eq!(back.trace, ev.trace);
+    fn job(events: Vec<NewEvent>, left: Duration) -> AppendJob {
+        AppendJob {
+            events,
+            reply: tokio::sync::oneshot::channel().0,
+            deadline: Instant::now() + left,
+            claim: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_goes_through_a_forward_byte_for_byte() {
+        let key = IdempotencyKey::parse(r#"k"1\"#).unwrap().in_batch(3);
+        let keyed = new_event(r#"{"b":1.50,"a":[true,null,"\u00e9\n"]}"#, Some(key.clone()));
+        let mut plain = new_event("[]", None);
+        plain.trace = None;
+        let group = [
+            job(vec![keyed.clone(), plain.clone()], Duration::from_secs(3)),
+            job(vec![plain.clone()], Duration::from_millis(50)),
+        ];
+        let batch: Batch = serde_json::from_slice(&encode(&group, Instant::now())).unwrap();
+        let [first, second] = &batch.requests[..] else {
+            panic!("two requests");
+        };
+        assert!((2800..=2875).contains(&first.left_ms), "{}", first.left_ms);
+        assert_eq!(second.left_ms, 0, "less than the way back: nothing left");
+        let events: Vec<NewEvent> = batch
+            .requests
+            .into_iter()
+            .flat_map(|r| r.events)
+            .map(|e| e.into_new().unwrap())
+            .collect();
+        for (back, sent) in events.iter().zip([&keyed, &plain, &plain]) {
+            assert_eq!(back.data, sent.data);
+            assert_eq!(back.topic, sent.topic);
+            assert_eq!(back.event_type, sent.event_type);
+            assert_eq!(back.key, sent.key);
+            assert_eq!(back.trace, sent.trace);
+        }
+        assert_eq!(events[0].key, Some(key));
     }
 
     #[test]
