@@ -1,7 +1,8 @@
 //! Faults at the process level (issue #3): an instance killed with SIGKILL
 //! while a client streams from it, PostgreSQL down for ten seconds and back,
 //! and a SIGTERM that drains streams over the window while clients move to
-//! another instance.
+//! another instance. `cluster` kills one of three instances, or restarts
+//! PostgreSQL, under a publishing load (issue #26).
 //!
 //! Each test runs the real `herald` binary ([`HeraldProcess`]); the outage
 //! test runs a PostgreSQL server of its own ([`PgCluster`]) so that the
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::helpers::*;
 
+mod cluster;
 mod processes;
 
 pub(crate) use processes::*;

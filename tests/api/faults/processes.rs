@@ -363,6 +363,9 @@ impl HeraldProcess {
                 }
             }
         });
+        // A test on a PostgreSQL server of its own makes no `TestDb`, which
+        // would otherwise have installed the TLS provider reqwest needs.
+        init_crypto();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
