@@ -131,7 +131,10 @@ impl Instance {
         let election = election.of(registry.instance().to_owned(), advertised);
         let tasks = vec![
             committer,
-            tokio::spawn(election.run(tasks_stop.clone())),
+            // Given up as the drain begins: another instance commits for
+            // the cluster from its next try, while this one still serves
+            // what it was sent (README, "Running several instances").
+            tokio::spawn(election.run(shutdown.clone())),
             tokio::spawn(tail.run(tasks_stop.clone())),
             tokio::spawn(retention.run(tasks_stop.clone())),
             telemetry::spawn_upkeep(metrics.clone()),

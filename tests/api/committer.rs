@@ -206,12 +206,14 @@ async fn a_forwarded_request_postgres_refuses_fails_alone() {
             assert_eq!(status, 201, "a good publish: {code:?}");
         }
     }
-    let stored: i64 = sqlx::query_scalar("select count(*) from events where topic = $1")
-        .bind(&good)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(stored, 45 + 1, "the 45 good ones and the warm-up");
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from events where topic = $1 and data::text <> '\"warm-up\"'",
+    )
+    .bind(&good)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(stored, 45, "every good one, besides the warm-ups");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

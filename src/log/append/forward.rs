@@ -329,7 +329,11 @@ fn encode(group: &[AppendJob], now: Instant) -> Vec<u8> {
             .saturating_sub(RETURN_TRIP)
             .as_millis();
         out.extend_from_slice(b"{\"left_ms\":");
-        out.extend_from_slice(number.format(u64::try_from(left).unwrap_or(u64::MAX)).as_bytes());
+        out.extend_from_slice(
+            number
+                .format(u64::try_from(left).unwrap_or(u64::MAX))
+                .as_bytes(),
+        );
         out.extend_from_slice(b",\"events\":[");
         for (k, ev) in job.events.iter().enumerate() {
             if k > 0 {
@@ -438,7 +442,10 @@ mod tests {
     #[tokio::test]
     async fn a_group_goes_through_a_forward_byte_for_byte() {
         let key = IdempotencyKey::parse(r#"k"1\"#).unwrap().in_batch(3);
-        let keyed = new_event(r#"{"b":1.50,"a":[true,null,"\u00e9\n"]}"#, Some(key.clone()));
+        let keyed = new_event(
+            r#"{"b":1.50,"a":[true,null,"\u00e9\n"]}"#,
+            Some(key.clone()),
+        );
         let mut plain = new_event("[]", None);
         plain.trace = None;
         let group = [

@@ -48,12 +48,19 @@ async fn killed_instance_subscriber_resumes_on_survivor_exactly_once() {
     let query = format!("topic={topic}&last_event_id=0");
     let mut sse = a.api.open_stream(&query, None).await;
     assert!(sse.next_frame().await.unwrap().retry.is_some());
+    // A is started first, so it commits for the cluster (issue 26) and B
+    // sends it B's publishes: a publish in flight at A when A dies gets
+    // `503` "outcome unknown" from B. The publisher does what the README
+    // asks of a client then: it retries with the same `Idempotency-Key`,
+    // which answers the original if the first try was stored.
     let publisher = tokio::spawn({
         let (b, topic) = (b.api.clone(), topic.clone());
         async move {
             let mut ids = Vec::new();
             for i in 0..300 {
-                ids.push(b.publish_ok(&topic, json!({"i": i})).await);
+                ids.push(
+                    publish_until_stored(&b, &topic, &format!("killed-{i}"), json!({"i": i})).await,
+                );
             }
             ids
         }
@@ -383,6 +390,28 @@ async fn reconnecting_client_moves_to_another_instance_during_drain_without_loss
 
 /// Publishes an event that must be refused with `503`, `Retry-After` and a
 /// problem+json body; returns its marker.
+/// Publishes one event with `key` until it is stored: `503` (nothing
+/// stored, or outcome unknown) is retried with the same key. Its id.
+async fn publish_until_stored(api: &Api, topic: &str, key: &str, data: Value) -> i64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let res = api
+            .client
+            .post(api.url("/v1/events"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"topic": topic, "data": data}))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .expect("publish request");
+        match res.status().as_u16() {
+            200 | 201 => return stored_id(res).await,
+            503 => assert!(Instant::now() < deadline, "{key}: still 503 after {WAIT:?}"),
+            status => panic!("{key}: {status} {}", res.text().await.unwrap_or_default()),
+        }
+    }
+}
+
 async fn assert_publish_refused(api: &Api, topic: &str, markers: &mut Markers) -> String {
     let marker = markers.next();
     let res = api.publish(topic, json!({"marker": marker})).await;
