@@ -87,6 +87,7 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         "herald_retention_enabled",
         "herald_connections_refused_total",
         "herald_connections_max",
+        "herald_append_committer",
     ] {
         assert!(found.contains_key(name), "{name} missing:\n{text}");
     }
@@ -121,6 +122,10 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
         ),
         ("herald_limited_total", &["publish_rate"]),
         (
+            "herald_append_forwarded_total",
+            &["answered", "not_sent", "unknown"],
+        ),
+        (
             "herald_publish_refused_total",
             &[
                 "invalid",
@@ -136,6 +141,8 @@ async fn every_metric_exists_from_the_start_with_its_labels_at_zero() {
             .map(|v| {
                 let key = if name.contains("resumes") || name.contains("listener") {
                     "source"
+                } else if name.contains("forwarded") {
+                    "outcome"
                 } else {
                     "reason"
                 };
