@@ -5,7 +5,8 @@
 //! those who can read the database know; every other instance answers
 //! `403`, and its sender commits the group itself.
 //!
-//! Any answer but `200` means nothing of the group was queued.
+//! Every refusal is a `4xx` and comes before anything of the group is
+//! queued; its sender then commits the group itself (`forward.rs`).
 
 use axum::body::Body;
 use axum::extract::{Request, State};

@@ -11,13 +11,15 @@
 //! and answers them all together, in order.
 //!
 //! What a forward's failure means:
-//! - nothing reached the committer (no connection, or it answered anything
-//!   but `200`: it is not the committer any more, or shutting down): the
-//!   group is committed where it is ([`Forwarded::NotSent`]);
-//! - the group was sent and no answer came: the committer may have
-//!   committed it, or not ([`Forwarded::Unknown`]); each request is
-//!   answered "outcome unknown", as when PostgreSQL does not answer a
-//!   commit.
+//! - nothing reached the committer's queue (no connection; a `4xx`, which
+//!   the route answers only before it queues anything: it is not the
+//!   committer any more, or the group was not one; or a full instance's
+//!   `503 too_many_connections`): the group is committed where it is
+//!   ([`Forwarded::NotSent`]);
+//! - the group was sent and no answer came, or another `5xx`: the
+//!   committer may have committed it, or not ([`Forwarded::Unknown`]);
+//!   each request is answered "outcome unknown", as when PostgreSQL does
+//!   not answer a commit.
 //!
 //! The body is JSON; each event's `data` goes through as it is (compact
 //! JSON, as herald stores it), never re-encoded.
@@ -114,9 +116,14 @@ impl Forwarder {
             Err(e) if e.is_connect() => return Forwarded::NotSent(e.to_string()),
             Err(e) => return Forwarded::Unknown(format!("the cluster's committer: {e}")),
         };
-        if res.status() != reqwest::StatusCode::OK {
-            // Refused before anything was queued (see `take`).
-            return Forwarded::NotSent(format!("the committer answered {}", res.status()));
+        let status = res.status();
+        if status != reqwest::StatusCode::OK {
+            let body = res.text().await.unwrap_or_default();
+            return if refused_before_queueing(status, &body) {
+                Forwarded::NotSent(format!("the committer answered {status}"))
+            } else {
+                Forwarded::Unknown(format!("the committer answered {status}"))
+            };
         }
         let answer: Answer = match res.json().await {
             Ok(answer) => answer,
@@ -139,6 +146,15 @@ impl Forwarder {
                 .collect(),
         )
     }
+}
+
+/// Whether an answer other than `200` says nothing of the group was
+/// queued: a `4xx` (the route refuses only before it queues), or a full
+/// instance's `503`, given before it reads a request.
+fn refused_before_queueing(status: reqwest::StatusCode, body: &str) -> bool {
+    status.is_client_error()
+        || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && body.contains("\"code\":\"too_many_connections\""))
 }
 
 /// The committer's side: queues each request of `batch` as a request of
@@ -503,6 +519,30 @@ mod tests {
         assert!(appended[0].created);
         assert_eq!(appended[1].event.envelope_json(), original.envelope_json());
         assert!(!appended[1].created);
+    }
+
+    #[test]
+    fn only_a_refusal_before_queueing_sends_the_group_back() {
+        use reqwest::StatusCode;
+        for status in [401, 403, 400, 413, 404] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(refused_before_queueing(status, ""), "{status}");
+        }
+        let full = r#"{"status":503,"code":"too_many_connections"}"#;
+        assert!(refused_before_queueing(
+            StatusCode::SERVICE_UNAVAILABLE,
+            full
+        ));
+        let other = r#"{"status":503,"code":"database_unavailable"}"#;
+        assert!(!refused_before_queueing(
+            StatusCode::SERVICE_UNAVAILABLE,
+            other
+        ));
+        assert!(!refused_before_queueing(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ""
+        ));
+        assert!(!refused_before_queueing(StatusCode::BAD_GATEWAY, ""));
     }
 
     #[test]

@@ -50,15 +50,7 @@ async fn a_follower_killed_mid_group_loses_no_acknowledged_event_and_leaves_ids_
 async fn a_database_restarted_mid_run_loses_no_acknowledged_event_and_leaves_ids_dense() {
     // Arrange: a PostgreSQL server of our own, three instances on it.
     let pg = PgCluster::init().await;
-    let outage_flags = [
-        "--db-timeout",
-        "1s",
-        "--poll-interval",
-        "200ms",
-        "--listener-probe",
-        "1s",
-    ];
-    let instances = start_cluster(&pg.url(), &outage_flags).await;
+    let instances = start_cluster(&pg.url(), &OUTAGE_FLAGS).await;
     let topic = unique_topic("cluster-restart");
     let subscribers = subscribe_on_each(&instances, &topic).await;
     let publishers = Publishers::start(&instances, &topic);

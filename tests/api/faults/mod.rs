@@ -23,6 +23,17 @@ mod processes;
 
 pub(crate) use processes::*;
 
+/// Flags of an instance in a test that stops its database: it answers
+/// `503` within a second, and its listener notices the outage soon.
+pub(crate) const OUTAGE_FLAGS: [&str; 6] = [
+    "--db-timeout",
+    "1s",
+    "--poll-interval",
+    "200ms",
+    "--listener-probe",
+    "1s",
+];
+
 /// Bound on any single non-stream request (publish, `/readyz`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -103,18 +114,7 @@ async fn database_outage_gives_503_keeps_streams_and_recovers_by_itself() {
     const OUTAGE: Duration = Duration::from_secs(10);
     // Arrange: PostgreSQL of our own; a stream that has seen three events.
     let pg = PgCluster::init().await;
-    let herald = HeraldProcess::start(
-        &pg.url(),
-        &[
-            "--db-timeout",
-            "1s",
-            "--poll-interval",
-            "200ms",
-            "--listener-probe",
-            "1s",
-        ],
-    )
-    .await;
+    let herald = HeraldProcess::start(&pg.url(), &OUTAGE_FLAGS).await;
     let api = herald.api.clone();
     api.wait_ready().await;
     let topic = unique_topic("outage");
