@@ -50,6 +50,9 @@ pub const MAX_FORWARD_BODY: usize = 4 * MAX_FORWARD_BYTES;
 /// then this much before the sender's own.
 const RETURN_TRIP: Duration = Duration::from_millis(125);
 
+/// Longest wait for a connection to the committer.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// How a forward ended.
 pub(super) enum Forwarded {
     /// Each request's answer, in order.
@@ -76,6 +79,10 @@ impl Forwarder {
                     .tls_backend_preconfigured(tls)
                     .no_proxy()
                     .tcp_nodelay(true)
+                    // A committer that does not answer a connection at all
+                    // (a host gone from the network) is given up soon, and
+                    // the group committed here: nothing was sent.
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .pool_idle_timeout(Duration::from_secs(30))
                     .build()
                     .map_err(|e| e.to_string())
