@@ -65,6 +65,13 @@ for run in $(seq "$start" "$runs"); do
     # p99 of the two compared); herald only, the registry is herald's.
     herald_only churn --scenario churn --rate 1000 --churn-per-minute 10000 --churn-hold 2s --duration 5m
     herald_only churn-baseline --scenario churn --rate 1000 --churn-per-minute 0 --duration 5m
+    # Several instances on one database (issue 26): 1, 2 and 3 instances in
+    # turn, the 64 publishers split evenly; herald only (nchan is one
+    # server). The medians across runs are BENCHMARKS.md's figures.
+    if [[ instances =~ $only ]]; then
+        bench compare --scenario publish --instances 1,2,3 --rounds 1 \
+            --publishers 64 --topics 4 --subscribers 4 --duration 15s --json "$out/instances-$run.json"
+    fi
 done
 if [[ fanout-curve =~ $only ]]; then
     bench compare --scenario fanout --subscribers 100,1000,3000,10000 --rate 5 --duration 10s --json "$out/fanout-curve.json"
