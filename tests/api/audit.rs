@@ -241,7 +241,11 @@ async fn the_stream_ended_before_it_and_the_next_started_after_without_resuming(
     let sse = open(&a, "s-gap", &format!("topic={topic}"), None).await;
     drop(sse);
     recorded(&a, "s-gap", "ended", 1).await;
+    // Another subject's live stream on B shows when B has the event: a
+    // stream opened there before that would start before it, and get it.
+    let mut watcher = open(&b, "s-watch", &format!("topic={topic}"), None).await;
     let id = publish(&a, &topic).await;
+    assert_eq!(watcher.next_event().await.unwrap().id_num(), id);
     let _next = open(&b, "s-gap", &format!("topic={topic}"), None).await;
     recorded(&b, "s-gap", "open", 1).await;
 
