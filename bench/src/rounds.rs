@@ -62,46 +62,17 @@ const FIGURES: [Figure; 9] = [
     },
     Figure {
         label: "samples with an append waiting on a row lock (%)",
-        of: |r| {
-            Some(
-                r.cluster
-                    .as_ref()?
-                    .database
-                    .as_ref()?
-                    .waits
-                    .lock_wait_fraction
-                    * 100.0,
-            )
-        },
+        of: |r| Some(waits(r)?.lock_wait_fraction * 100.0),
         digits: 0,
     },
     Figure {
         label: "appends waiting on a row lock, mean",
-        of: |r| {
-            Some(
-                r.cluster
-                    .as_ref()?
-                    .database
-                    .as_ref()?
-                    .waits
-                    .lock_waiters_mean,
-            )
-        },
+        of: |r| Some(waits(r)?.lock_waiters_mean),
         digits: 2,
     },
     Figure {
         label: "samples with a backend waiting on WAL (%)",
-        of: |r| {
-            Some(
-                r.cluster
-                    .as_ref()?
-                    .database
-                    .as_ref()?
-                    .waits
-                    .wal_wait_fraction
-                    * 100.0,
-            )
-        },
+        of: |r| Some(waits(r)?.wal_wait_fraction * 100.0),
         digits: 0,
     },
     Figure {
@@ -115,6 +86,11 @@ const FIGURES: [Figure; 9] = [
         digits: 0,
     },
 ];
+
+/// The database's wait samples of a run, when it sampled them.
+fn waits(r: &Report) -> Option<&crate::report::WaitStats> {
+    Some(&r.cluster.as_ref()?.database.as_ref()?.waits)
+}
 
 fn fixed(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
